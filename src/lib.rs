@@ -1,0 +1,2 @@
+//! multicsi: one Kubernetes CSI driver for several storage providers.
+pub mod csi;
