@@ -410,6 +410,10 @@ fn current_bind_flags(target: &Path, c_target: &CString) -> Result<libc::c_ulong
 /// those flags added to the ones it inherited; if that fails, the bind is undone. Filesystem
 /// specific options cannot change on a bind mount and are ignored (they apply when the
 /// filesystem itself is mounted).
+///
+/// A read-only bind of a *device node* only makes the node's inode read-only: the device can
+/// still be opened for writing through it. A read-only raw block volume needs a read-only
+/// device (for example a read-only loop device or `BLKROSET`).
 pub fn bind(source: &Path, target: &Path, read_only: bool, options: &[String]) -> Result<()> {
     let parsed = parse_options(options, read_only)?;
     let c_source = c_path("bind mount", source)?;
