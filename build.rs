@@ -51,7 +51,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     std::fs::write(out_dir.join("csi_redacted_debug.rs"), redact)?;
 
-    let skip: Vec<String> = secret_fields.keys().map(|m| format!(".csi.v1.{m}")).collect();
+    let skip: Vec<String> = secret_fields
+        .keys()
+        .map(|m| format!(".csi.v1.{m}"))
+        .collect();
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

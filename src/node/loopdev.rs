@@ -1,0 +1,549 @@
+//! Loop devices: attach an image file as a block device, find, resize and detach it.
+//!
+//! Uses the loop ioctls directly: `LOOP_CTL_GET_FREE` on `/dev/loop-control`, then
+//! `LOOP_CONFIGURE` (Linux 5.8+) or `LOOP_SET_FD` + `LOOP_SET_STATUS64` on older kernels.
+//! Devices are attached without autoclear, without partition scanning and with direct I/O off,
+//! so they survive a restart of the driver and are found again by their backing file.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::Duration;
+
+use super::{HostError, Result, c_path};
+
+const LOOP_SET_FD: libc::Ioctl = 0x4C00;
+const LOOP_CLR_FD: libc::Ioctl = 0x4C01;
+const LOOP_SET_STATUS64: libc::Ioctl = 0x4C04;
+const LOOP_GET_STATUS64: libc::Ioctl = 0x4C05;
+const LOOP_SET_CAPACITY: libc::Ioctl = 0x4C07;
+const LOOP_CONFIGURE: libc::Ioctl = 0x4C0A;
+const LOOP_CTL_GET_FREE: libc::Ioctl = 0x4C82;
+
+/// `_IOR(0x12, 114, size_t)`; the direction bits sit higher on a few architectures.
+#[cfg(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+))]
+const IOC_READ: u64 = 2 << 29;
+#[cfg(not(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+)))]
+const IOC_READ: u64 = 2 << 30;
+const BLKGETSIZE64: libc::Ioctl =
+    (IOC_READ | ((std::mem::size_of::<usize>() as u64) << 16) | (0x12 << 8) | 114) as libc::Ioctl;
+
+const LO_NAME_SIZE: usize = 64;
+const LO_KEY_SIZE: usize = 32;
+const LOOP_MAJOR: u32 = 7;
+
+/// How often `attach` tries again when another process configures the free device first.
+const ATTACH_ATTEMPTS: u32 = 16;
+
+/// `struct loop_info64` from `<linux/loop.h>`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; LO_NAME_SIZE],
+    lo_crypt_name: [u8; LO_NAME_SIZE],
+    lo_encrypt_key: [u8; LO_KEY_SIZE],
+    lo_init: [u64; 2],
+}
+
+/// `struct loop_config` from `<linux/loop.h>`.
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
+const _: () = assert!(std::mem::size_of::<LoopConfig>() == 304);
+
+impl LoopInfo64 {
+    fn zeroed() -> Self {
+        LoopInfo64 {
+            lo_device: 0,
+            lo_inode: 0,
+            lo_rdevice: 0,
+            lo_offset: 0,
+            lo_sizelimit: 0,
+            lo_number: 0,
+            lo_encrypt_type: 0,
+            lo_encrypt_key_size: 0,
+            lo_flags: 0,
+            lo_file_name: [0; LO_NAME_SIZE],
+            lo_crypt_name: [0; LO_NAME_SIZE],
+            lo_encrypt_key: [0; LO_KEY_SIZE],
+            lo_init: [0; 2],
+        }
+    }
+
+    /// Flags 0: read-write, no autoclear, no partition scan, no direct I/O. The file name is
+    /// informational only (what `losetup` prints); it is truncated like the kernel does.
+    fn for_image(image: &Path) -> Self {
+        let mut info = Self::zeroed();
+        let name = image.as_os_str().as_bytes();
+        let n = name.len().min(LO_NAME_SIZE - 1);
+        info.lo_file_name[..n].copy_from_slice(&name[..n]);
+        info
+    }
+}
+
+fn ioctl_value(file: &File, request: libc::Ioctl, arg: libc::c_ulong) -> io::Result<libc::c_int> {
+    // SAFETY: the loop ioctls used with this helper take an integer argument, no pointer.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), request, arg) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn ioctl_ptr<T>(file: &File, request: libc::Ioctl, arg: &mut T) -> io::Result<libc::c_int> {
+    // SAFETY: `arg` points to a live, properly laid out (repr(C)) value of the type the
+    // request reads or writes.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), request, arg as *mut T) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn open_device(op: &'static str, device: &Path, write: bool) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(device)
+        .map_err(|e| {
+            let hint = match e.kind() {
+                io::ErrorKind::NotFound => {
+                    "the device node does not exist; is /dev mounted from the host?"
+                }
+                io::ErrorKind::PermissionDenied => {
+                    "the node plugin must run as root (privileged) to use block devices"
+                }
+                _ => "check that the device exists and is a block device",
+            };
+            HostError::os(op, device, e, hint)
+        })
+}
+
+/// Whether `path` is (or, through symlinks, points to) a block device.
+pub fn is_block_device(path: &Path) -> bool {
+    fs::metadata(path)
+        .map(|m| m.file_type().is_block_device())
+        .unwrap_or(false)
+}
+
+/// The size in bytes of a block device (`BLKGETSIZE64`); works for any block device.
+pub fn device_size(device: &Path) -> Result<u64> {
+    let file = open_device("open device to read its size", device, false)?;
+    let mut size: u64 = 0;
+    ioctl_ptr(&file, BLKGETSIZE64, &mut size).map_err(|e| {
+        let hint = if e.raw_os_error() == Some(libc::ENOTTY) {
+            "this is not a block device"
+        } else {
+            "check that the device is still present"
+        };
+        HostError::os("read the size (BLKGETSIZE64) of", device, e, hint)
+    })?;
+    Ok(size)
+}
+
+/// The loop device number in a name like `loop7`.
+fn loop_number(name: &OsStr) -> Option<u32> {
+    let digits = name.as_bytes().strip_prefix(b"loop")?;
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Makes sure `/dev/loopN` exists (containers with a private /dev and no udev lack it) and
+/// returns its path.
+fn ensure_node(number: u32) -> Result<PathBuf> {
+    let path = PathBuf::from(format!("/dev/loop{number}"));
+    match fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_block_device() => return Ok(path),
+        Ok(_) => {
+            return Err(HostError::os(
+                "use loop device node",
+                &path,
+                io::Error::from_raw_os_error(libc::ENOTBLK),
+                "it exists but is not a block device; remove it",
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(HostError::os("inspect", &path, e, "check /dev")),
+    }
+    // The kernel publishes the real numbers (the minor depends on loop.max_part).
+    let sys = format!("/sys/block/loop{number}/dev");
+    let (major, minor) = fs::read_to_string(&sys)
+        .ok()
+        .and_then(|s| {
+            let (a, b) = s.trim().split_once(':')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .unwrap_or((LOOP_MAJOR, number));
+    let cpath = c_path("create loop device node", &path)?;
+    // SAFETY: `cpath` is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::mknod(
+            cpath.as_ptr(),
+            libc::S_IFBLK | 0o660,
+            libc::makedev(major, minor),
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(HostError::os(
+                "create loop device node",
+                &path,
+                e,
+                "the node plugin needs CAP_MKNOD and a writable /dev, or mount /dev from the host",
+            ));
+        }
+    }
+    Ok(path)
+}
+
+/// The (st_dev, st_ino) of the file a loop device is attached to, if it is attached.
+fn backing_identity(device: &Path) -> io::Result<Option<(u64, u64)>> {
+    let file = File::open(device)?;
+    let mut info = LoopInfo64::zeroed();
+    match ioctl_ptr(&file, LOOP_GET_STATUS64, &mut info) {
+        Ok(_) => Ok(Some((info.lo_device, info.lo_inode))),
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The attached loop devices as (number, backing file); a backing file the kernel reports as
+/// deleted is left out, it cannot be the file that is at that path now.
+fn attached() -> Result<Vec<(u32, PathBuf)>> {
+    let sys = Path::new("/sys/block");
+    let dir = fs::read_dir(sys)
+        .map_err(|e| HostError::os("list", sys, e, "is /sys mounted in the node plugin?"))?;
+    let mut found = Vec::new();
+    for entry in dir {
+        let entry = entry.map_err(|e| HostError::os("list", sys, e, "is /sys mounted?"))?;
+        let Some(number) = loop_number(&entry.file_name()) else {
+            continue;
+        };
+        let file = entry.path().join("loop/backing_file");
+        let raw = match fs::read(&file) {
+            Ok(raw) => raw,
+            // Not attached, or detached while we were looking.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENXIO)) => {
+                continue;
+            }
+            Err(e) => return Err(HostError::os("read", &file, e, "is /sys mounted?")),
+        };
+        let raw = raw.strip_suffix(b"\n").unwrap_or(&raw);
+        if raw.ends_with(b" (deleted)") {
+            continue;
+        }
+        found.push((number, PathBuf::from(OsStr::from_bytes(raw))));
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The loop device whose backing file is `image`, if one is attached. When several are (someone
+/// ran `losetup` by hand), the lowest numbered one. A missing image has no loop device.
+///
+/// The backing file path in sysfs is compared with the canonical path of `image`, and the
+/// device's backing inode must be the image's inode (so a re-created image at the same path does
+/// not match a device still holding the old one). Creates the device node when it is missing.
+pub fn find(image: &Path) -> Result<Option<PathBuf>> {
+    let canonical = match fs::canonicalize(image) {
+        Ok(p) => p,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(HostError::os(
+                "resolve image path",
+                image,
+                e,
+                "check the permissions of the directories above it",
+            ));
+        }
+    };
+    let meta = fs::metadata(&canonical)
+        .map_err(|e| HostError::os("stat image", &canonical, e, "check the image file"))?;
+    for (number, backing) in attached()? {
+        if backing != canonical {
+            continue;
+        }
+        let device = ensure_node(number)?;
+        match backing_identity(&device) {
+            Ok(Some((dev, ino))) if dev == meta.dev() && ino == meta.ino() => {
+                return Ok(Some(device));
+            }
+            // Another file at the same path, or detached meanwhile.
+            Ok(_) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => continue,
+            Err(e) => {
+                return Err(HostError::os(
+                    "read loop status (LOOP_GET_STATUS64) of",
+                    &device,
+                    e,
+                    "check the loop device",
+                ));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Binds `backing` to the loop device open as `device`.
+fn configure(device: &File, backing: &File, image: &Path) -> io::Result<()> {
+    let mut config = LoopConfig {
+        fd: backing.as_raw_fd() as u32,
+        block_size: 0,
+        info: LoopInfo64::for_image(image),
+        reserved: [0; 8],
+    };
+    match ioctl_ptr(device, LOOP_CONFIGURE, &mut config) {
+        Ok(_) => return Ok(()),
+        // Kernels before 5.8 do not know LOOP_CONFIGURE.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTTY)) => {}
+        Err(e) => return Err(e),
+    }
+    ioctl_value(device, LOOP_SET_FD, backing.as_raw_fd() as libc::c_ulong)?;
+    let mut info = LoopInfo64::for_image(image);
+    let mut last = None;
+    for _ in 0..10 {
+        match ioctl_ptr(device, LOOP_SET_STATUS64, &mut info) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                last = Some(e);
+                sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                last = Some(e);
+                break;
+            }
+        }
+    }
+    let _ = ioctl_value(device, LOOP_CLR_FD, 0);
+    Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EAGAIN)))
+}
+
+/// Attaches `image` to a free loop device and returns the device path, or returns the device it
+/// is already attached to. Safe against other processes taking the same free device: the
+/// configure fails with EBUSY and the next free device is tried.
+pub fn attach(image: &Path) -> Result<PathBuf> {
+    if let Some(device) = find(image)? {
+        return Ok(device);
+    }
+    let canonical = fs::canonicalize(image).map_err(|e| {
+        HostError::os(
+            "resolve image path",
+            image,
+            e,
+            "the image file must exist before it can be attached",
+        )
+    })?;
+    let backing = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&canonical)
+        .map_err(|e| {
+            HostError::os(
+                "open image read-write",
+                &canonical,
+                e,
+                "check that the image exists and is writable",
+            )
+        })?;
+    let control_path = Path::new("/dev/loop-control");
+    let control = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(control_path)
+        .map_err(|e| {
+            HostError::os(
+                "open",
+                control_path,
+                e,
+                "load the loop module (modprobe loop) and give the node plugin the host's /dev",
+            )
+        })?;
+    for _ in 0..ATTACH_ATTEMPTS {
+        let number = ioctl_value(&control, LOOP_CTL_GET_FREE, 0).map_err(|e| {
+            HostError::os(
+                "get a free loop device (LOOP_CTL_GET_FREE) from",
+                control_path,
+                e,
+                "all loop devices may be in use; raise the loop module's max_loop",
+            )
+        })?;
+        let device = ensure_node(number as u32)?;
+        let file = match OpenOptions::new().read(true).write(true).open(&device) {
+            Ok(file) => file,
+            // Removed (loop_remove via LOOP_CTL_REMOVE) between GET_FREE and open.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENXIO) | Some(libc::ENOENT)) => {
+                continue;
+            }
+            Err(e) => {
+                return Err(HostError::os(
+                    "open loop device",
+                    &device,
+                    e,
+                    "the node plugin must run privileged",
+                ));
+            }
+        };
+        match configure(&file, &backing, &canonical) {
+            Ok(()) => return Ok(device),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                // Somebody else took this device; maybe even for the same image.
+                if let Some(device) = find(image)? {
+                    return Ok(device);
+                }
+                sleep(Duration::from_millis(2));
+            }
+            Err(e) => {
+                return Err(HostError::os(
+                    "attach image to loop device",
+                    &device,
+                    e,
+                    format!("check the image {}", canonical.display()),
+                ));
+            }
+        }
+    }
+    Err(HostError::NoFreeLoop {
+        image: canonical,
+        attempts: ATTACH_ATTEMPTS,
+    })
+}
+
+/// Detaches a loop device (`LOOP_CLR_FD`). A device that is not attached, or whose node is gone
+/// with nothing attached, is fine. While someone still holds the device open (a mount), the kernel
+/// detaches it when the last user closes it; this waits briefly for that and returns Ok.
+pub fn detach(device: &Path) -> Result<()> {
+    let name = device.file_name().unwrap_or_default();
+    let file = match File::open(device) {
+        Ok(file) => file,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENXIO)) => {
+            let attached = loop_number(name).is_some_and(|n| {
+                Path::new(&format!("/sys/block/loop{n}/loop/backing_file")).exists()
+            });
+            if !attached {
+                return Ok(());
+            }
+            let number = loop_number(name).unwrap_or_default();
+            let node = ensure_node(number)?;
+            File::open(&node)
+                .map_err(|e| HostError::os("open loop device", &node, e, "check the device node"))?
+        }
+        Err(e) => {
+            return Err(HostError::os(
+                "open loop device",
+                device,
+                e,
+                "the node plugin must run privileged",
+            ));
+        }
+    };
+    match ioctl_value(&file, LOOP_CLR_FD, 0) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(()),
+        Err(e) => {
+            let hint = match e.raw_os_error() {
+                Some(libc::ENOTTY) | Some(libc::EINVAL) => "this is not a loop device",
+                Some(libc::EBUSY) => "the device is still in use; unmount it first",
+                _ => "check `losetup -a`",
+            };
+            return Err(HostError::os("detach (LOOP_CLR_FD)", device, e, hint));
+        }
+    }
+    // The kernel clears the device when the last opener (possibly us) closes it.
+    drop(file);
+    if let Some(n) = loop_number(name) {
+        let backing = PathBuf::from(format!("/sys/block/loop{n}/loop/backing_file"));
+        for _ in 0..50 {
+            if !backing.exists() {
+                break;
+            }
+            sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(())
+}
+
+/// Tells the loop driver to re-read the size of its backing file (`LOOP_SET_CAPACITY`), after
+/// the image grew.
+pub fn refresh_capacity(device: &Path) -> Result<()> {
+    let file = open_device("open loop device", device, false)?;
+    ioctl_value(&file, LOOP_SET_CAPACITY, 0).map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::ENXIO) => "the loop device is not attached",
+            Some(libc::ENOTTY) | Some(libc::EINVAL) => "this is not a loop device",
+            _ => "check the loop device",
+        };
+        HostError::os("refresh capacity (LOOP_SET_CAPACITY) of", device, e, hint)
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loop_numbers_are_parsed_from_names() {
+        assert_eq!(loop_number(OsStr::new("loop0")), Some(0));
+        assert_eq!(loop_number(OsStr::new("loop127")), Some(127));
+        assert_eq!(loop_number(OsStr::new("loop")), None);
+        assert_eq!(loop_number(OsStr::new("loop-control")), None);
+        assert_eq!(loop_number(OsStr::new("loop1p1")), None);
+        assert_eq!(loop_number(OsStr::new("sda")), None);
+    }
+
+    #[test]
+    fn blkgetsize64_matches_the_kernel_header_value() {
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(BLKGETSIZE64 as u64, 0x8008_1272);
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(BLKGETSIZE64 as u64, 0x8008_1272);
+    }
+
+    #[test]
+    fn loop_info_name_is_truncated_and_nul_terminated() {
+        let long = "/x".repeat(100);
+        let info = LoopInfo64::for_image(Path::new(&long));
+        assert_eq!(info.lo_file_name[LO_NAME_SIZE - 1], 0);
+        assert_eq!(&info.lo_file_name[..4], b"/x/x");
+        assert_eq!(info.lo_flags, 0, "no autoclear, no direct I/O");
+    }
+}
