@@ -9,7 +9,7 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 TMPDIR=/tmp
 umask 022
 
-say() { echo "vm: $*"; }
+say() { local up; read -r up _ </proc/uptime 2>/dev/null; echo "[${up:-?}] vm: $*"; }
 
 halt_now() {
     sync
@@ -37,6 +37,7 @@ mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
 modprobe -q configfs || true
 mount -t configfs configfs /sys/kernel/config
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 vmrun "$RUN"
+say "stage 2 mounts done"
 
 # shellcheck source=/dev/null
 source "$RUN/vm/job.sh"
@@ -49,6 +50,7 @@ ln -sf /proc/self/mounts /etc/mtab 2>/dev/null || true
 modules=(loop dm_mod dm_crypt dm_multipath scsi_dh_alua iscsi_tcp)
 [[ -z $VM_DISKS ]] || modules+=(virtio_blk)
 modprobe -a "${modules[@]}"
+say "modules loaded"
 
 # /etc is writable (tmpfs upper layer): give this node its own iSCSI identity.
 mkdir -p /etc/iscsi /etc/multipath /var/lib/iscsi
@@ -62,10 +64,12 @@ for f in /lib/systemd/systemd-udevd /usr/lib/systemd/systemd-udevd /sbin/udevd; 
 done
 [[ -n $udevd ]] || { say "systemd-udevd not found"; false; }
 "$udevd" --daemon
+say "udevd started"
 # Only block devices: a full coldplug costs seconds under TCG.
 udevadm trigger --type=devices --action=add --subsystem-match=block
 udevadm trigger --type=devices --action=add --subsystem-match=misc --sysname-match=device-mapper
 udevadm settle --timeout=30 || say "udevadm settle timed out"
+say "coldplug done, starting the command"
 
 trap - ERR
 stty -F /dev/ttyS1 raw -echo 2>/dev/null || true
@@ -79,5 +83,6 @@ else
     echo "vm: cannot enter $VM_CWD" >/dev/ttyS1
     rc=125
 fi
+say "command exited with $rc"
 echo "$rc" >"$RUN/vm/exit-code.tmp" && mv "$RUN/vm/exit-code.tmp" "$RUN/vm/exit-code"
 halt_now

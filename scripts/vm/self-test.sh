@@ -29,7 +29,11 @@ check() {
     else
         FAILED=$((FAILED + 1))
         echo "not ok - $name"
-        sed 's/^/#   /' "$LOG" | tail -n 20
+        if (($(wc -l <"$LOG") > 24)); then
+            { head -n 12 "$LOG"; echo '...'; tail -n 12 "$LOG"; } | sed 's/^/#   /'
+        else
+            sed 's/^/#   /' "$LOG"
+        fi
     fi
 }
 
@@ -96,7 +100,7 @@ MPATH=
 
 target_setup() {
     start_iscsi_target || return
-    truncate -s 256M "$LUN_IMG"
+    truncate -s 512M "$LUN_IMG"  # mkfs.xfs wants at least 300 MB
     tgtadm --lld iscsi --op new --mode target --tid 1 -T "$IQN" &&
         tgtadm --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$LUN_IMG" &&
         tgtadm --lld iscsi --op bind --mode target --tid 1 -I ALL
