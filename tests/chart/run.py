@@ -408,6 +408,13 @@ def node_not_host_network(docs):
     ensure("/etc/iscsi" not in host_paths(ds), "/etc/iscsi mounted without packet")
 
 
+def packet_mounts_without_host_network(docs):
+    """packet with node.hostNetwork=false: no host network, iSCSI mounts kept"""
+    ds = get_node(docs)
+    ensure(not ds["spec"]["template"]["spec"].get("hostNetwork"), "hostNetwork set")
+    ensure("/etc/iscsi" in host_paths(ds), "/etc/iscsi not mounted")
+
+
 def state_dir_shared(docs):
     """hostpath: state dir /var/lib/multicsi mounted into controller and node"""
     for w in (get_controller(docs), get_node(docs)):
@@ -782,11 +789,16 @@ def main():
     r.scenario("civo, credentials created by the chart", sets=[
         "backend=civo", "credentials.create=true", f"credentials.civoApiKey={SECRET_VALUE}", "civo.region=FRA1",
         "civo.clusterId=abc"], asserts=[credentials_ref("multicsi-credentials", "CIVO_API_KEY", created=True)])
+    r.scenario("packet defaults", sets=["backend=packet", "credentials.existingSecret=metal", "packet.projectId=p1"],
+               asserts=[node_packet, controller_shape(True), snapshot_objects(True),
+                        credentials_ref("metal", "PACKET_API_KEY", created=False),
+                        storage_classes({"packet-standard": {"multicsi.io/plan": "standard"},
+                                         "packet-performance": {"multicsi.io/plan": "performance"}}, "packet-standard")])
     r.scenario("packet, created credentials, facility set, host network forced off", sets=[
         "backend=packet", "credentials.create=true", f"credentials.packetApiKey={SECRET_VALUE}",
         "packet.projectId=p1", "packet.facilityId=ewr1", "node.hostNetwork=false"], asserts=[
         credentials_ref("multicsi-credentials", "PACKET_API_KEY", created=True),
-        plain_env({"PACKET_PROJECT_ID": "p1", "PACKET_FACILITY_ID": "ewr1"}), node_not_host_network])
+        plain_env({"PACKET_PROJECT_ID": "p1", "PACKET_FACILITY_ID": "ewr1"}), packet_mounts_without_host_network])
     r.scenario("hostpath pinned to a node", sets=["hostpath.nodeName=worker-1"], asserts=[pinned_to("worker-1")])
     r.scenario("snapshots off", sets=["snapshots.enabled=false"], asserts=[
         controller_shape(False), snapshot_objects(False)])
@@ -835,38 +847,38 @@ def main():
                set_json=extra, asserts=[extras_everywhere])
 
     # Bad values must not render.
-    r.must_fail("unknown backend", r"backend", sets=["backend=nfs"])
-    r.must_fail("StorageClass without a name", r"name", set_json=['storageClasses=[{"parameters":{"a":"b"}}]'])
-    r.must_fail("StorageClass with reclaimPolicy Recycle", r"reclaimPolicy",
+    r.must_fail("unknown backend", r"/backend.*one of", sets=["backend=nfs"])
+    r.must_fail("StorageClass without a name", r"/storageClasses/0.*missing property .name.", set_json=['storageClasses=[{"parameters":{"a":"b"}}]'])
+    r.must_fail("StorageClass with reclaimPolicy Recycle", r"/storageClasses/0/reclaimPolicy",
                 set_json=['storageClasses=[{"name":"x","reclaimPolicy":"Recycle"}]'])
-    r.must_fail("StorageClass with an unknown field", r"additional properties|additionalProperties|not allowed",
+    r.must_fail("StorageClass with an unknown field", r"/storageClasses/0.*additional properties .reclaimpolicy.",
                 set_json=['storageClasses=[{"name":"x","reclaimpolicy":"Delete"}]'])
-    r.must_fail("StorageClass parameter that is not a string", r"parameters|string",
+    r.must_fail("StorageClass parameter that is not a string", r"/storageClasses/0/parameters/multicsi.io~1luks-key-size.*string",
                 set_json=['storageClasses=[{"name":"x","parameters":{"multicsi.io/luks-key-size":512}}]'])
-    r.must_fail("StorageClass with an invalid name", r"name|pattern", set_json=['storageClasses=[{"name":"Fast_SSD"}]'])
+    r.must_fail("StorageClass with an invalid name", r"/storageClasses/0/name", set_json=['storageClasses=[{"name":"Fast_SSD"}]'])
     r.must_fail("two StorageClasses with one name", r"appears twice",
                 set_json=['storageClasses=[{"name":"x"},{"name":"x"}]'])
-    r.must_fail("StorageClass with fsType ntfs", r"fsType", set_json=['storageClasses=[{"name":"x","fsType":"ntfs"}]'])
-    r.must_fail("LUKS key size 1024", r"keySize", set_json=['storageClasses=[{"name":"x","luks":{"enabled":true,"keySize":1024}}]'])
-    r.must_fail("cloudscale without credentials", r"credentials", sets=["backend=cloudscale"])
-    r.must_fail("cloudscale with create but no token", r"credentials|cloudscaleAccessToken",
+    r.must_fail("StorageClass with fsType ntfs", r"/storageClasses/0/fsType", set_json=['storageClasses=[{"name":"x","fsType":"ntfs"}]'])
+    r.must_fail("LUKS key size 1024", r"/storageClasses/0/luks/keySize", set_json=['storageClasses=[{"name":"x","luks":{"enabled":true,"keySize":1024}}]'])
+    r.must_fail("cloudscale without credentials", r"/credentials/cloudscaleAccessToken", sets=["backend=cloudscale"])
+    r.must_fail("cloudscale with create but no token", r"/credentials/cloudscaleAccessToken",
                 sets=["backend=cloudscale", "credentials.create=true"])
-    r.must_fail("civo without credentials", r"credentials",
+    r.must_fail("civo without credentials", r"/credentials/civoApiKey",
                 sets=["backend=civo", "civo.region=LON1", "civo.clusterId=c"])
-    r.must_fail("civo without region", r"civo|region", sets=["backend=civo", "credentials.existingSecret=s"])
-    r.must_fail("packet without projectId", r"packet|projectId", sets=["backend=packet", "credentials.existingSecret=s"])
-    r.must_fail("both existingSecret and create", r"credentials",
+    r.must_fail("civo without region", r"/civo/region", sets=["backend=civo", "credentials.existingSecret=s"])
+    r.must_fail("packet without projectId", r"/packet/projectId", sets=["backend=packet", "credentials.existingSecret=s"])
+    r.must_fail("both existingSecret and create", r"/credentials.*'not' failed",
                 sets=["backend=cloudscale", "credentials.existingSecret=s", "credentials.create=true",
                       "credentials.cloudscaleAccessToken=t"])
-    r.must_fail("misspelt top-level key", r"additional properties|additionalProperties|not allowed", sets=["replica=3"])
-    r.must_fail("misspelt controller key", r"additional properties|additionalProperties|not allowed",
+    r.must_fail("misspelt top-level key", r"additional properties .replica. not allowed", sets=["replica=3"])
+    r.must_fail("misspelt controller key", r"/controller.*additional properties .replica. not allowed",
                 sets=["controller.replica=3"])
-    r.must_fail("invalid driver name", r"driverName", sets=["driverName=Multi_CSI"])
-    r.must_fail("relative kubeletDir", r"kubeletDir", sets=["kubeletDir=var/lib/kubelet"])
-    r.must_fail("VolumeSnapshotClass deletionPolicy Keep", r"deletionPolicy", sets=["volumeSnapshotClass.deletionPolicy=Keep"])
-    r.must_fail("log format yaml", r"format", sets=["log.format=yaml"])
-    r.must_fail("sidecar timeout without a unit", r"timeout", sets=["sidecars.provisioner.timeout=60"])
-    r.must_fail("zero controller replicas", r"replicas", sets=["controller.replicas=0"])
+    r.must_fail("invalid driver name", r"/driverName", sets=["driverName=Multi_CSI"])
+    r.must_fail("relative kubeletDir", r"/kubeletDir", sets=["kubeletDir=var/lib/kubelet"])
+    r.must_fail("VolumeSnapshotClass deletionPolicy Keep", r"/volumeSnapshotClass/deletionPolicy", sets=["volumeSnapshotClass.deletionPolicy=Keep"])
+    r.must_fail("log format yaml", r"/log/format", sets=["log.format=yaml"])
+    r.must_fail("sidecar timeout without a unit", r"/sidecars/provisioner/timeout", sets=["sidecars.provisioner.timeout=60"])
+    r.must_fail("zero controller replicas", r"/controller/replicas", sets=["controller.replicas=0"])
 
     check_examples(r)
 
