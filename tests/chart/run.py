@@ -94,8 +94,8 @@ class Runner:
     def run_helm(self, *args):
         return subprocess.run([self.helm, *args], capture_output=True, text=True, timeout=120)
 
-    def template(self, values_files=(), sets=(), set_json=(), release=RELEASE):
-        args = ["template", release, self.chart, "--namespace", NAMESPACE]
+    def template(self, values_files=(), sets=(), set_json=(), release=RELEASE, extra=()):
+        args = ["template", release, self.chart, "--namespace", NAMESPACE, *extra]
         for f in values_files:
             args += ["-f", f]
         for s in sets:
@@ -174,9 +174,9 @@ class Runner:
             self.check(f"[{name}] {label}", a, docs)
         return docs
 
-    def must_fail(self, name, reason_pattern, values_files=(), sets=(), set_json=()):
+    def must_fail(self, name, reason_pattern, values_files=(), sets=(), set_json=(), extra=()):
         def fails():
-            res = self.template(values_files, sets, set_json)
+            res = self.template(values_files, sets, set_json, extra=extra)
             ensure(res.returncode != 0, "rendered although the values are invalid")
             ensure(re.search(reason_pattern, res.stderr, re.I | re.S),
                    f"failed, but not for the expected reason /{reason_pattern}/: {res.stderr.strip()[:300]}")
@@ -878,6 +878,9 @@ def main():
     r.must_fail("VolumeSnapshotClass deletionPolicy Keep", r"/volumeSnapshotClass/deletionPolicy", sets=["volumeSnapshotClass.deletionPolicy=Keep"])
     r.must_fail("log format yaml", r"/log/format", sets=["log.format=yaml"])
     r.must_fail("sidecar timeout without a unit", r"/sidecars/provisioner/timeout", sets=["sidecars.provisioner.timeout=60"])
+    r.must_fail("Kubernetes 1.27 (below kubeVersion)", r"kubeVersion|incompatible", extra=["--kube-version", "1.27.16"])
+    r.check("[kubeVersion] Kubernetes 1.28 accepted", lambda: ensure(
+        r.template(extra=["--kube-version", "1.28.0"]).returncode == 0, "1.28 refused"))
     r.must_fail("zero controller replicas", r"/controller/replicas", sets=["controller.replicas=0"])
 
     check_examples(r)
