@@ -20,3 +20,10 @@ impl std::fmt::Debug for RedactedMap<'_> {
             .finish()
     }
 }
+
+pub mod controller;
+pub mod identity;
+pub mod node;
+pub mod paging;
+pub mod params;
+pub mod validate;

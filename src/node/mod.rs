@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 pub mod fs;
 pub mod loopdev;
 pub mod mount;
+pub mod volume;
 
 /// What can go wrong while touching the host. Every message names the operation and the path,
 /// and says what to check or do next.

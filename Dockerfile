@@ -1,0 +1,66 @@
+# syntax=docker/dockerfile:1
+#
+# multicsi container image: one binary that serves the CSI controller and node
+# plugin of every backend, plus the host tools the node plugin drives.
+#
+#   docker build -t multicsi:dev .
+#   docker build --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) -t multicsi:0.1.0 .
+
+############################ build ############################
+FROM rust:1-bookworm AS build
+
+# libcryptsetup for LUKS, libclang for the bindings generated from its headers.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      libcryptsetup-dev \
+      libclang-dev \
+      pkg-config \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /src
+COPY . .
+
+# --locked: build exactly the dependency versions of Cargo.lock.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    cargo build --release --locked \
+ && install -D -m 0755 target/release/multicsi /out/multicsi
+
+############################ runtime ############################
+FROM debian:bookworm-slim
+
+# Filesystems (mkfs, fsck, grow): e2fsprogs, xfsprogs, btrfs-progs.
+# Block devices and mounts: util-linux (losetup, blkid, lsblk, findmnt), mount.
+# LUKS: cryptsetup-bin, libcryptsetup12. Kernel modules: kmod (modprobe).
+# iSCSI and multipath (packet): open-iscsi, multipath-tools.
+# Device discovery: udev (udevadm). TLS to the cloud APIs: ca-certificates.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      e2fsprogs \
+      xfsprogs \
+      btrfs-progs \
+      util-linux \
+      mount \
+      cryptsetup-bin \
+      libcryptsetup12 \
+      kmod \
+      open-iscsi \
+      multipath-tools \
+      udev \
+      ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+COPY --from=build /out/multicsi /usr/local/bin/multicsi
+
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+LABEL org.opencontainers.image.title="multicsi" \
+      org.opencontainers.image.description="Kubernetes CSI driver for hostpath, cloudscale.ch, Civo and Equinix Metal block storage" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
+
+ENTRYPOINT ["/usr/local/bin/multicsi"]
+CMD ["--help"]

@@ -1,0 +1,268 @@
+{{/* vim: set filetype=mustache: */}}
+
+{{/* Chart name, overridable. */}}
+{{- define "multicsi.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Base name of every object: the release name when it already contains the chart
+name (helm install multicsi ... -> "multicsi"), "<release>-<chart>" otherwise.
+Kept short enough for "-snapshot-controller" suffixes to stay within 63 characters.
+*/}}
+{{- define "multicsi.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 42 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 42 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 42 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "multicsi.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "multicsi.labels" -}}
+helm.sh/chart: {{ include "multicsi.chart" . }}
+app.kubernetes.io/name: {{ include "multicsi.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: multicsi
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component: include with (dict "ctx" $ "component" "controller"). */}}
+{{- define "multicsi.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "multicsi.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* All labels of one component's objects. */}}
+{{- define "multicsi.componentLabels" -}}
+{{ include "multicsi.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Service account names. */}}
+{{- define "multicsi.controllerServiceAccount" -}}
+{{- if .Values.controller.serviceAccount.create -}}
+{{- default (printf "%s-controller" (include "multicsi.fullname" .)) .Values.controller.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.controller.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "multicsi.nodeServiceAccount" -}}
+{{- if .Values.node.serviceAccount.create -}}
+{{- default (printf "%s-node" (include "multicsi.fullname" .)) .Values.node.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.node.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "multicsi.snapshotControllerServiceAccount" -}}
+{{- if .Values.snapshotController.serviceAccount.create -}}
+{{- default (printf "%s-snapshot-controller" (include "multicsi.fullname" .)) .Values.snapshotController.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.snapshotController.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Driver image reference. */}}
+{{- define "multicsi.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Sidecar image reference from an image block {repository, tag}. */}}
+{{- define "multicsi.sidecarImage" -}}
+{{- printf "%s:%s" .repository .tag -}}
+{{- end -}}
+
+{{/* "true" when the backend supports snapshots and they are switched on; civo has none. */}}
+{{- define "multicsi.snapshotsEnabled" -}}
+{{- if and .Values.snapshots.enabled (ne .Values.backend "civo") -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when the node plugin uses the host network. */}}
+{{- define "multicsi.nodeHostNetwork" -}}
+{{- if kindIs "bool" .Values.node.hostNetwork -}}
+{{- if .Values.node.hostNetwork -}}true{{- end -}}
+{{- else if eq .Values.backend "packet" -}}true{{- end -}}
+{{- end -}}
+
+{{/* Directory of the node plugin's socket on the host. */}}
+{{- define "multicsi.pluginDir" -}}
+{{- printf "%s/plugins/%s" (trimSuffix "/" .Values.kubeletDir) .Values.driverName -}}
+{{- end -}}
+
+{{/* Name of the Secret holding the cloud credentials (empty for hostpath). */}}
+{{- define "multicsi.credentialsSecret" -}}
+{{- if ne .Values.backend "hostpath" -}}
+{{- if .Values.credentials.existingSecret -}}
+{{- .Values.credentials.existingSecret -}}
+{{- else if .Values.credentials.create -}}
+{{- printf "%s-credentials" (include "multicsi.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Checks the schema cannot express with a helpful message. Rendered from every
+workload template so that a bad combination fails early.
+*/}}
+{{- define "multicsi.validate" -}}
+{{- if and (ne .Values.backend "hostpath") (not (include "multicsi.credentialsSecret" .)) -}}
+{{- fail (printf "backend %s needs credentials: set credentials.existingSecret to the name of a Secret, or credentials.create=true with the token (see docs/install.md)" .Values.backend) -}}
+{{- end -}}
+{{- $names := list -}}
+{{- range (include "multicsi.storageClasses" . | fromYaml).items -}}
+{{- if has .name $names -}}
+{{- fail (printf "storageClasses: the name %q appears twice" .name) -}}
+{{- end -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Driver settings as environment variables, shared by controller and node.
+Include with (dict "ctx" $ "mode" "controller").
+*/}}
+{{- define "multicsi.driverEnv" -}}
+{{- $ctx := .ctx -}}
+- name: NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+- name: MULTICSI_NODE_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+- name: MULTICSI_BACKEND
+  value: {{ $ctx.Values.backend | quote }}
+- name: MULTICSI_DRIVER_NAME
+  value: {{ $ctx.Values.driverName | quote }}
+- name: MULTICSI_STATE_DIR
+  value: {{ $ctx.Values.hostpath.stateDir | quote }}
+- name: MULTICSI_LOG_FORMAT
+  value: {{ $ctx.Values.log.format | quote }}
+- name: MULTICSI_LOG_LEVEL
+  value: {{ $ctx.Values.log.level | quote }}
+- name: MULTICSI_METRICS_ADDRESS
+  value: {{ printf "0.0.0.0:%d" (int $ctx.Values.metrics.port) | quote }}
+{{- if eq $ctx.Values.backend "civo" }}
+- name: CIVO_REGION
+  value: {{ $ctx.Values.civo.region | quote }}
+- name: CIVO_CLUSTER_ID
+  value: {{ $ctx.Values.civo.clusterId | quote }}
+{{- end }}
+{{- if eq $ctx.Values.backend "packet" }}
+- name: PACKET_PROJECT_ID
+  value: {{ $ctx.Values.packet.projectId | quote }}
+{{- with $ctx.Values.packet.facilityId }}
+- name: PACKET_FACILITY_ID
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- if eq .mode "controller" }}
+{{- $secret := include "multicsi.credentialsSecret" $ctx }}
+{{- $key := get (dict "cloudscale" "CLOUDSCALE_ACCESS_TOKEN" "civo" "CIVO_API_KEY" "packet" "PACKET_API_KEY") $ctx.Values.backend }}
+{{- if and $secret $key }}
+- name: {{ $key }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ $key }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Arguments of the driver container. Include with (dict "ctx" $ "mode" "controller" "extra" list). */}}
+{{- define "multicsi.driverArgs" -}}
+- serve
+- --mode={{ .mode }}
+- --endpoint=unix:///csi/csi.sock
+- --node-id=$(NODE_NAME)
+{{- if .ctx.Values.config }}
+- --config=/etc/multicsi/config.toml
+{{- end }}
+{{- range .extra }}
+- {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Standard hardening for sidecar containers. */}}
+{{- define "multicsi.sidecarSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
+
+{{/* Leader election arguments shared by every controller sidecar. */}}
+{{- define "multicsi.leaderElectionArgs" -}}
+- --leader-election
+- --leader-election-namespace=$(NAMESPACE)
+{{- end -}}
+
+{{/*
+StorageClasses to render, as YAML {items: [...]}: the user's list, or the
+defaults of the backend when the list is empty.
+*/}}
+{{- define "multicsi.storageClasses" -}}
+{{- if .Values.storageClasses -}}
+items:
+{{ toYaml .Values.storageClasses | indent 2 }}
+{{- else if eq .Values.backend "hostpath" -}}
+items:
+  - name: multicsi-hostpath
+    default: true
+{{- else if eq .Values.backend "cloudscale" -}}
+items:
+  - name: cloudscale-volume-ssd
+    default: true
+    parameters:
+      multicsi.io/volume-type: ssd
+  - name: cloudscale-volume-bulk
+    parameters:
+      multicsi.io/volume-type: bulk
+  - name: cloudscale-volume-ssd-luks
+    parameters:
+      multicsi.io/volume-type: ssd
+    luks:
+      enabled: true
+  - name: cloudscale-volume-bulk-luks
+    parameters:
+      multicsi.io/volume-type: bulk
+    luks:
+      enabled: true
+{{- else if eq .Values.backend "civo" -}}
+items:
+  - name: civo-volume
+    default: true
+{{- else if eq .Values.backend "packet" -}}
+items:
+  - name: packet-standard
+    default: true
+    parameters:
+      multicsi.io/plan: standard
+  - name: packet-performance
+    parameters:
+      multicsi.io/plan: performance
+{{- else -}}
+items: []
+{{- end -}}
+{{- end -}}

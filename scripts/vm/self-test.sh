@@ -1,0 +1,165 @@
+#!/bin/bash
+# Self-test of the VM harness, run inside the guest by `scripts/vm-test.sh --self-test`.
+# Exercises the kernel features the host lacks: LUKS2 on a loop device, dm-crypt
+# resize, an iSCSI target and initiator with two portals, and a two-path multipath map.
+# Prints `ok - NAME` / `not ok - NAME` per check and `N passed, M failed` at the end.
+set -uo pipefail
+
+if [[ ${MULTICSI_IN_VM:-} != 1 ]]; then
+    echo "self-test.sh: run it with scripts/vm-test.sh --self-test" >&2
+    exit 2
+fi
+
+HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/vm/services.sh
+source "$HERE/services.sh"
+
+PASSED=0 FAILED=0
+W=$(mktemp -d /tmp/selftest.XXXXXX)
+LOG=$W/check.log
+
+# check NAME COMMAND...: run COMMAND, report, show its output on failure.
+check() {
+    local name=$1
+    shift
+    local t0=$SECONDS
+    if "$@" >"$LOG" 2>&1; then
+        PASSED=$((PASSED + 1))
+        echo "ok - $name"
+    else
+        FAILED=$((FAILED + 1))
+        echo "not ok - $name"
+        if (($(wc -l <"$LOG") > 24)); then
+            { head -n 12 "$LOG"; echo '...'; tail -n 12 "$LOG"; } | sed 's/^/#   /'
+        else
+            sed 's/^/#   /' "$LOG"
+        fi
+    fi
+}
+
+# Cheap key derivation: tests only, never a production default.
+LUKS_OPTS=(--batch-mode --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000)
+KEY=$W/key
+head -c 32 /dev/urandom >"$KEY"
+IMG=$W/luks.img
+MAP=vmtest-crypt
+MNT=$W/mnt
+mkdir -p "$MNT"
+LOOP=
+
+luks_format() {
+    truncate -s 64M "$IMG"
+    LOOP=$(losetup -f --show "$IMG") || return
+    cryptsetup luksFormat "${LUKS_OPTS[@]}" --key-file "$KEY" "$LOOP" &&
+        cryptsetup isLuks --type luks2 "$LOOP"
+}
+luks_open() { cryptsetup open --key-file "$KEY" "$LOOP" "$MAP" && [[ -b /dev/mapper/$MAP ]]; }
+mkfs_mount_write() {
+    mkfs.ext4 -q "/dev/mapper/$MAP" &&
+        mount "/dev/mapper/$MAP" "$MNT" &&
+        echo "multicsi $RANDOM" >"$MNT/hello" && cp "$MNT/hello" "$W/hello.expected" &&
+        sync
+}
+luks_close() { umount "$MNT" && cryptsetup close "$MAP" && [[ ! -e /dev/mapper/$MAP ]]; }
+luks_reopen_read() {
+    cryptsetup open --key-file "$KEY" "$LOOP" "$MAP" &&
+        mount "/dev/mapper/$MAP" "$MNT" &&
+        cmp "$MNT/hello" "$W/hello.expected"
+}
+wrong_key_refused() {
+    head -c 32 /dev/urandom >"$W/badkey"
+    ! cryptsetup open --test-passphrase --key-file "$W/badkey" "$LOOP"
+}
+size_of() { blockdev --getsize64 "$1"; }
+crypt_resize() {
+    local before after fs_before fs_after
+    before=$(size_of "/dev/mapper/$MAP") && fs_before=$(df -B1 --output=size "$MNT" | tail -n 1) || return
+    truncate -s 128M "$IMG" &&
+        losetup -c "$LOOP" &&
+        cryptsetup resize --key-file "$KEY" "$MAP" &&
+        resize2fs "/dev/mapper/$MAP" || return
+    after=$(size_of "/dev/mapper/$MAP") && fs_after=$(df -B1 --output=size "$MNT" | tail -n 1) || return
+    echo "device $before -> $after, filesystem $fs_before -> $fs_after"
+    ((after == before + 64 * 1024 * 1024 && fs_after > fs_before)) &&
+        cmp "$MNT/hello" "$W/hello.expected"
+}
+luks_teardown() { luks_close && losetup -d "$LOOP"; }
+
+check "luks2 format on a loop device" luks_format
+check "luks2 open" luks_open
+check "mkfs.ext4, mount, write on dm-crypt" mkfs_mount_write
+check "umount and luks close" luks_close
+check "luks reopen and read back" luks_reopen_read
+check "wrong key refused" wrong_key_refused
+check "dm-crypt online resize (losetup -c, cryptsetup resize, resize2fs)" crypt_resize
+check "luks teardown" luks_teardown
+
+IQN=iqn.2024-01.io.multicsi:selftest
+LUN_IMG=$W/lun.img
+MPATH=
+
+target_setup() {
+    start_iscsi_target || return
+    truncate -s 512M "$LUN_IMG"  # mkfs.xfs wants at least 300 MB
+    tgtadm --lld iscsi --op new --mode target --tid 1 -T "$IQN" &&
+        tgtadm --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$LUN_IMG" &&
+        tgtadm --lld iscsi --op bind --mode target --tid 1 -I ALL
+}
+discover_login() {
+    local p
+    start_iscsid || return
+    for p in 127.0.0.1 127.0.0.2; do
+        iscsiadm -m discovery -t sendtargets -p "$p:3260" | grep -qF "$IQN" || return
+        iscsiadm -m node -T "$IQN" -p "$p:3260" --login || return
+    done
+    udevadm settle
+    [[ $(iscsiadm -m session | grep -cF "$IQN") == 2 ]]
+}
+scsi_disks() {
+    ls /dev/disk/by-path/ | grep -E "ip-127\.0\.0\.[12]:3260-iscsi-$IQN-lun-1\$" | wc -l
+}
+two_disks() { _svc_wait 10 test "$(scsi_disks)" = 2; ls -l /dev/disk/by-path/; }
+multipath_map() {
+    start_multipathd || return
+    multipath >/dev/null 2>&1  # multipathd normally builds the map itself
+    _svc_wait 15 sh -c 'multipath -ll | grep -c "active ready running" | grep -qx 2' || {
+        multipath -ll
+        return 1
+    }
+    MPATH=$(multipath -l -v1 | head -n 1)
+    multipath -ll
+    [[ -n $MPATH && -b /dev/mapper/$MPATH ]]
+}
+xfs_on_map() {
+    mkfs.xfs -q -f "/dev/mapper/$MPATH" &&
+        mount "/dev/mapper/$MPATH" "$MNT" &&
+        echo "over two paths" >"$MNT/mp" && sync &&
+        umount "$MNT" && mount "/dev/mapper/$MPATH" "$MNT" &&
+        grep -qx "over two paths" "$MNT/mp" && umount "$MNT"
+}
+path_failover() {
+    # Take one path away: I/O on the map must go on over the other.
+    iscsiadm -m node -T "$IQN" -p 127.0.0.2:3260 --logout &&
+        dd if="/dev/mapper/$MPATH" of=/dev/null bs=1M count=4 iflag=direct &&
+        iscsiadm -m node -T "$IQN" -p 127.0.0.2:3260 --login &&
+        _svc_wait 15 sh -c 'multipath -ll | grep -c "active ready running" | grep -qx 2'
+}
+flush_logout() {
+    multipath -f "$MPATH" && [[ ! -e /dev/mapper/$MPATH ]] &&
+        iscsiadm -m node -T "$IQN" --logout || return
+    local rc=0
+    iscsiadm -m session >/dev/null 2>&1 || rc=$?
+    ((rc == 21))  # no active sessions
+}
+
+check "tgt target with one LUN on loopback" target_setup
+check "iscsi discovery and login on 127.0.0.1 and 127.0.0.2" discover_login
+check "two scsi disks for the LUN" two_disks
+check "multipath map with two active paths" multipath_map
+check "mkfs.xfs, mount, write, read on the multipath map" xfs_on_map
+check "multipath survives losing one path" path_failover
+check "multipath -f and iscsi logout" flush_logout
+
+stop_all
+echo "$PASSED passed, $FAILED failed"
+((FAILED == 0))

@@ -1,0 +1,131 @@
+//! Sparse image files: create, grow, and copy without filling holes.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Creates (or truncates to) a sparse file of `size` bytes.
+pub fn create(path: &Path, size: u64) -> io::Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_len(size)
+}
+
+/// Grows a file to `size` bytes (never shrinks) and makes the size durable.
+pub fn grow(path: &Path, size: u64) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    if file.metadata()?.len() < size {
+        file.set_len(size)?;
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Size of a file in bytes.
+pub fn size(path: &Path) -> io::Result<u64> {
+    Ok(std::fs::metadata(path)?.len())
+}
+
+/// Copies `src` into a new file `dst` of at least `size` bytes, keeping
+/// holes: reflink where the filesystem can, else only the data extents.
+/// The copy is durable when this returns.
+pub fn copy(src: &Path, dst: &Path, size: u64) -> io::Result<()> {
+    let input = File::open(src)?;
+    let output = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dst)?;
+    let len = input.metadata()?.len();
+    // FICLONE shares extents on filesystems that support it (xfs, btrfs).
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    let cloned = unsafe { libc::ioctl(output.as_raw_fd(), FICLONE as _, input.as_raw_fd()) } == 0;
+    if !cloned {
+        copy_data_extents(&input, &output, len)?;
+    }
+    output.set_len(len.max(size))?;
+    output.sync_all()
+}
+
+fn copy_data_extents(input: &File, output: &File, len: u64) -> io::Result<()> {
+    let (fd_in, fd_out) = (input.as_raw_fd(), output.as_raw_fd());
+    let mut offset: i64 = 0;
+    while (offset as u64) < len {
+        let data = unsafe { libc::lseek(fd_in, offset, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole remains
+            }
+            return Err(err);
+        }
+        let hole = unsafe { libc::lseek(fd_in, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut pos_in = data;
+        let mut pos_out = data;
+        while pos_in < hole {
+            let n = unsafe {
+                libc::copy_file_range(
+                    fd_in,
+                    &mut pos_in,
+                    fd_out,
+                    &mut pos_out,
+                    (hole - pos_in) as usize,
+                    0,
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        offset = hole;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn copy_keeps_content_and_holes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src.img");
+        create(&src, 64 << 20).unwrap();
+        let mut f = OpenOptions::new().write(true).open(&src).unwrap();
+        f.seek(SeekFrom::Start(10 << 20)).unwrap();
+        f.write_all(b"hello, volume").unwrap();
+        drop(f);
+        let dst = tmp.path().join("dst.img");
+        copy(&src, &dst, 128 << 20).unwrap();
+        let bytes = std::fs::read(&dst).unwrap();
+        assert_eq!(bytes.len(), 128 << 20);
+        assert_eq!(&bytes[10 << 20..(10 << 20) + 13], b"hello, volume");
+        // sparse: far fewer blocks allocated than the apparent size
+        assert!(std::fs::metadata(&dst).unwrap().blocks() * 512 < 8 << 20);
+    }
+
+    #[test]
+    fn grow_never_shrinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("a.img");
+        create(&p, 4096).unwrap();
+        grow(&p, 8192).unwrap();
+        grow(&p, 1024).unwrap();
+        assert_eq!(size(&p).unwrap(), 8192);
+    }
+}

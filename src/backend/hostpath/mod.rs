@@ -1,0 +1,681 @@
+//! The hostpath backend: a volume is a sparse image file under the state
+//! directory, attached on the node as a loop device. Controller and node
+//! share the state directory, so it serves single-node clusters; volumes
+//! carry their node in the topology, which keeps the design open to
+//! node-local volumes on many nodes.
+
+mod image;
+mod records;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use self::records::RecordDir;
+use super::size::{self, GIB, MIB, SizeRules};
+use super::{
+    Backend, Capacity, ContentSource, CreateVolume, Features, Map, NodeBackend, Snapshot, Volume,
+    VolumeStatus,
+};
+use crate::error::{CsiError, CsiResult};
+use crate::locks::InFlight;
+use crate::node::loopdev;
+
+/// Topology key: the node a hostpath volume lives on.
+pub const TOPOLOGY_KEY: &str = "topology.multicsi.io/node";
+/// Volume IDs start with this.
+const VOLUME_PREFIX: &str = "hp-";
+/// Snapshot IDs start with this.
+const SNAPSHOT_PREFIX: &str = "hps-";
+/// Default number of volumes a node accepts.
+const DEFAULT_MAX_VOLUMES: u64 = 256;
+
+/// Sizes: MiB steps, 1 GiB by default, xfs needs 300 MiB.
+fn size_rules(fs_type: Option<&str>, maximum: u64) -> SizeRules {
+    SizeRules {
+        step: MIB,
+        minimum: if fs_type == Some("xfs") {
+            300 * MIB
+        } else {
+            MIB
+        },
+        maximum,
+        default: GIB,
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct VolumeRecord {
+    id: String,
+    name: String,
+    capacity_bytes: u64,
+    parameters: Map,
+    node_context: Map,
+    fs_type: Option<String>,
+    source: Option<ContentSource>,
+    node_id: String,
+    /// Nodes the volume is published to, with their read-only flag.
+    published: BTreeMap<String, bool>,
+    created_unix: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct SnapshotRecord {
+    id: String,
+    name: String,
+    source_volume_id: String,
+    size_bytes: u64,
+    created_unix_nanos: u128,
+}
+
+#[derive(Default)]
+struct State {
+    volumes: BTreeMap<String, VolumeRecord>,
+    snapshots: BTreeMap<String, SnapshotRecord>,
+}
+
+/// The hostpath backend.
+pub struct HostPath {
+    node_id: String,
+    root: PathBuf,
+    volumes: Arc<RecordDir>,
+    snapshots: Arc<RecordDir>,
+    state: Mutex<State>,
+    busy: InFlight,
+    max_volume_bytes: u64,
+    max_volumes: u64,
+}
+
+/// Runs blocking file work off the async workers.
+async fn blocking<T: Send + 'static>(
+    what: String,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> CsiResult<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(CsiError::io(what, e)),
+        Err(e) => Err(CsiError::io(what, e)),
+    }
+}
+
+fn id_for(prefix: &str, name: &str) -> String {
+    let digest = Sha256::digest(name.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}{hex}")
+}
+
+fn now_unix() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+impl HostPath {
+    /// Opens the state directory: removes what an interrupted operation left
+    /// and loads every record.
+    pub fn open(root: &Path, node_id: &str, max_volumes: u64) -> Result<Self, String> {
+        let volumes = RecordDir::open(root.join("volumes"))
+            .map_err(|e| format!("cannot open state directory {}: {e}", root.display()))?;
+        let snapshots = RecordDir::open(root.join("snapshots"))
+            .map_err(|e| format!("cannot open state directory {}: {e}", root.display()))?;
+        let mut state = State::default();
+        for dir in [&volumes, &snapshots] {
+            let removed = dir
+                .clean_leftovers()
+                .map_err(|e| format!("cannot clean {}: {e}", dir.path().display()))?;
+            for path in removed {
+                tracing::info!(path = %path.display(), "removed leftover of an interrupted operation");
+            }
+        }
+        let (records, broken) = volumes
+            .load_all::<VolumeRecord>()
+            .map_err(|e| format!("cannot read {}: {e}", volumes.path().display()))?;
+        report_broken(&broken)?;
+        for record in records {
+            repair_image(&volumes.image_path(&record.id), record.capacity_bytes)?;
+            state.volumes.insert(record.id.clone(), record);
+        }
+        let (records, broken) = snapshots
+            .load_all::<SnapshotRecord>()
+            .map_err(|e| format!("cannot read {}: {e}", snapshots.path().display()))?;
+        report_broken(&broken)?;
+        for record in records {
+            state.snapshots.insert(record.id.clone(), record);
+        }
+        tracing::info!(
+            volumes = state.volumes.len(),
+            snapshots = state.snapshots.len(),
+            dir = %root.display(),
+            "hostpath state loaded"
+        );
+        Ok(HostPath {
+            node_id: node_id.to_string(),
+            root: root.to_path_buf(),
+            volumes: Arc::new(volumes),
+            snapshots: Arc::new(snapshots),
+            state: Mutex::new(state),
+            busy: InFlight::default(),
+            max_volume_bytes: 1 << 40,
+            max_volumes: if max_volumes == 0 {
+                DEFAULT_MAX_VOLUMES
+            } else {
+                max_volumes
+            },
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn volume(&self, id: &str) -> CsiResult<VolumeRecord> {
+        self.state()
+            .volumes
+            .get(id)
+            .cloned()
+            .ok_or_else(|| CsiError::NotFound(format!("volume {id} does not exist")))
+    }
+
+    fn status(&self, record: &VolumeRecord) -> VolumeStatus {
+        let image = self.volumes.image_path(&record.id);
+        let abnormal = match std::fs::metadata(&image) {
+            Ok(meta) if meta.len() >= record.capacity_bytes => None,
+            Ok(meta) => Some(format!(
+                "image {} is {} bytes, smaller than the volume's {}",
+                image.display(),
+                meta.len(),
+                record.capacity_bytes
+            )),
+            Err(e) => Some(format!("image {} is unreadable: {e}", image.display())),
+        };
+        VolumeStatus {
+            volume: self.to_volume(record),
+            published_nodes: record.published.keys().cloned().collect(),
+            abnormal,
+        }
+    }
+
+    fn to_volume(&self, record: &VolumeRecord) -> Volume {
+        Volume {
+            id: record.id.clone(),
+            capacity_bytes: record.capacity_bytes,
+            context: record.node_context.clone(),
+            source: record.source.clone(),
+            topology: vec![Map::from([(
+                TOPOLOGY_KEY.to_string(),
+                record.node_id.clone(),
+            )])],
+        }
+    }
+
+    fn check_topology(&self, request: &CreateVolume) -> CsiResult<()> {
+        let ours = |segments: &Map| {
+            segments
+                .get(TOPOLOGY_KEY)
+                .is_none_or(|node| *node == self.node_id)
+        };
+        if request.requisite.is_empty() || request.requisite.iter().any(ours) {
+            Ok(())
+        } else {
+            Err(CsiError::ResourceExhausted(format!(
+                "no requisite topology includes this node ({TOPOLOGY_KEY}={}); hostpath volumes live on the node that serves the controller",
+                self.node_id
+            )))
+        }
+    }
+
+    async fn write_volume(&self, record: VolumeRecord) -> CsiResult<()> {
+        let dir_record = record.clone();
+        let id = record.id.clone();
+        let path = self.volumes.record_path(&id);
+        let dir = self.volumes.clone();
+        blocking(format!("cannot write {}", path.display()), move || {
+            dir.write(&dir_record.id, &dir_record)
+        })
+        .await?;
+        self.state().volumes.insert(id, record);
+        Ok(())
+    }
+}
+
+fn report_broken(broken: &[String]) -> Result<(), String> {
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "unreadable state records (move them away after checking them): {}",
+            broken.join("; ")
+        ))
+    }
+}
+
+/// A record whose image is missing or short (its create or expand was cut
+/// off before the image became durable) gets a sparse image of its size.
+fn repair_image(path: &Path, capacity: u64) -> Result<(), String> {
+    let result = match image::size(path) {
+        Ok(len) if len >= capacity => return Ok(()),
+        Ok(_) => image::grow(path, capacity),
+        Err(_) => image::create(path, capacity),
+    };
+    tracing::warn!(path = %path.display(), "image missing or short; restored to the recorded size");
+    result.map_err(|e| format!("cannot repair image {}: {e}", path.display()))
+}
+
+fn same_request(record: &VolumeRecord, request: &CreateVolume) -> Result<(), String> {
+    if record.source != request.source {
+        return Err("a different content source".into());
+    }
+    if record.parameters != request.parameters || record.node_context != request.node_context {
+        return Err("different parameters".into());
+    }
+    if record.capacity_bytes < request.required_bytes
+        || (request.limit_bytes > 0 && record.capacity_bytes > request.limit_bytes)
+    {
+        return Err(format!(
+            "a capacity range that excludes its size of {} bytes",
+            record.capacity_bytes
+        ));
+    }
+    if request.fs_type.is_some() && record.fs_type.is_some() && record.fs_type != request.fs_type {
+        return Err("a different filesystem".into());
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Backend for HostPath {
+    fn name(&self) -> &'static str {
+        "hostpath"
+    }
+
+    fn features(&self) -> Features {
+        Features {
+            snapshots: true,
+            clone: true,
+            expand: true,
+            capacity: true,
+            attach: true,
+            volume_condition: true,
+        }
+    }
+
+    fn parameter_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    async fn ready(&self) -> CsiResult<()> {
+        let probe = self.volumes.temp_path("probe");
+        blocking(
+            format!("state directory {} is not writable", self.root.display()),
+            move || {
+                std::fs::write(&probe, b"")?;
+                std::fs::remove_file(&probe)
+            },
+        )
+        .await
+    }
+
+    async fn create_volume(&self, request: &CreateVolume) -> CsiResult<Volume> {
+        let id = id_for(VOLUME_PREFIX, &request.name);
+        let _guard = self.busy.acquire(&[&id])?;
+        if let Some(existing) = self.state().volumes.get(&id).cloned() {
+            return match same_request(&existing, request) {
+                Ok(()) => Ok(self.to_volume(&existing)),
+                Err(why) => Err(CsiError::AlreadyExists(format!(
+                    "volume {:?} exists already ({id}) and this request asks for {why}",
+                    request.name
+                ))),
+            };
+        }
+        self.check_topology(request)?;
+        let rules = size_rules(request.fs_type.as_deref(), self.max_volume_bytes);
+        let target = self.volumes.image_path(&id);
+        let (source_image, floor, _source_guard) = match &request.source {
+            None => (None, 0, None),
+            Some(ContentSource::Snapshot(sid)) => {
+                let snapshot = self.state().snapshots.get(sid).cloned().ok_or_else(|| {
+                    CsiError::NotFound(format!("source snapshot {sid} does not exist"))
+                })?;
+                let guard = self.busy.acquire(&[sid])?;
+                (
+                    Some(self.snapshots.image_path(sid)),
+                    snapshot.size_bytes,
+                    Some(guard),
+                )
+            }
+            Some(ContentSource::Volume(vid)) => {
+                let source = self.volume(vid).map_err(|_| {
+                    CsiError::NotFound(format!("source volume {vid} does not exist"))
+                })?;
+                let guard = self.busy.acquire(&[vid])?;
+                (
+                    Some(self.volumes.image_path(vid)),
+                    source.capacity_bytes,
+                    Some(guard),
+                )
+            }
+        };
+        let size = size::choose(rules, request.required_bytes, request.limit_bytes, floor)?;
+        let what = format!("cannot create image {}", target.display());
+        blocking(what, move || match source_image {
+            None => image::create(&target, size),
+            Some(source) => image::copy(&source, &target, size),
+        })
+        .await?;
+        let record = VolumeRecord {
+            id: id.clone(),
+            name: request.name.clone(),
+            capacity_bytes: size,
+            parameters: request.parameters.clone(),
+            node_context: request.node_context.clone(),
+            fs_type: request.fs_type.clone(),
+            source: request.source.clone(),
+            node_id: self.node_id.clone(),
+            published: BTreeMap::new(),
+            created_unix: now_unix().as_secs(),
+        };
+        let volume = self.to_volume(&record);
+        if let Err(e) = self.write_volume(record).await {
+            let _ = std::fs::remove_file(self.volumes.image_path(&id));
+            return Err(e);
+        }
+        tracing::info!(volume_id = %id, name = %request.name, bytes = size, "volume created");
+        Ok(volume)
+    }
+
+    async fn delete_volume(&self, id: &str) -> CsiResult<()> {
+        let _guard = self.busy.acquire(&[id])?;
+        let Some(record) = self.state().volumes.get(id).cloned() else {
+            return Ok(());
+        };
+        if !record.published.is_empty() {
+            return Err(CsiError::FailedPrecondition(format!(
+                "volume {id} is still published to {}; unpublish it first",
+                record
+                    .published
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let image = self.volumes.image_path(id);
+        let attached = tokio::task::spawn_blocking(move || loopdev::find(&image))
+            .await
+            .map_err(|e| CsiError::io("loop lookup", e))?;
+        if let Ok(Some(device)) = attached {
+            return Err(CsiError::FailedPrecondition(format!(
+                "volume {id} is still attached on this node as {}; unstage it first",
+                device.display()
+            )));
+        }
+        let dir = self.volumes.clone();
+        let owned = id.to_string();
+        blocking(format!("cannot delete volume {id}"), move || {
+            dir.remove(&owned)
+        })
+        .await?;
+        self.state().volumes.remove(id);
+        tracing::info!(volume_id = %id, "volume deleted");
+        Ok(())
+    }
+
+    async fn get_volume(&self, id: &str) -> CsiResult<VolumeStatus> {
+        let record = self.volume(id)?;
+        Ok(self.status(&record))
+    }
+
+    async fn list_volumes(&self) -> CsiResult<Vec<VolumeStatus>> {
+        let records: Vec<VolumeRecord> = self.state().volumes.values().cloned().collect();
+        Ok(records.iter().map(|r| self.status(r)).collect())
+    }
+
+    async fn publish(&self, id: &str, node_id: &str, read_only: bool) -> CsiResult<Map> {
+        let _guard = self.busy.acquire(&[id])?;
+        let mut record = self.volume(id)?;
+        if node_id != self.node_id {
+            return Err(CsiError::NotFound(format!(
+                "node {node_id} is unknown: hostpath volumes live on node {}",
+                self.node_id
+            )));
+        }
+        match record.published.get(node_id) {
+            Some(&ro) if ro == read_only => return Ok(Map::new()),
+            Some(_) => {
+                return Err(CsiError::AlreadyExists(format!(
+                    "volume {id} is already published to {node_id} with readonly={}",
+                    !read_only
+                )));
+            }
+            None => {}
+        }
+        record.published.insert(node_id.to_string(), read_only);
+        self.write_volume(record).await?;
+        Ok(Map::new())
+    }
+
+    async fn unpublish(&self, id: &str, node_id: Option<&str>) -> CsiResult<()> {
+        let _guard = self.busy.acquire(&[id])?;
+        let Ok(mut record) = self.volume(id) else {
+            return Ok(());
+        };
+        let before = record.published.len();
+        match node_id {
+            Some(node) => {
+                record.published.remove(node);
+            }
+            None => record.published.clear(),
+        }
+        if record.published.len() != before {
+            self.write_volume(record).await?;
+        }
+        Ok(())
+    }
+
+    async fn expand(&self, id: &str, required_bytes: u64, limit_bytes: u64) -> CsiResult<u64> {
+        let _guard = self.busy.acquire(&[id])?;
+        let mut record = self.volume(id)?;
+        if required_bytes <= record.capacity_bytes
+            && (limit_bytes == 0 || record.capacity_bytes <= limit_bytes)
+        {
+            return Ok(record.capacity_bytes);
+        }
+        let rules = size_rules(record.fs_type.as_deref(), self.max_volume_bytes);
+        let size = size::choose(rules, required_bytes, limit_bytes, record.capacity_bytes)?;
+        let image = self.volumes.image_path(id);
+        blocking(format!("cannot grow {}", image.display()), move || {
+            image::grow(&image, size)
+        })
+        .await?;
+        record.capacity_bytes = size;
+        self.write_volume(record).await?;
+        tracing::info!(volume_id = %id, bytes = size, "volume expanded");
+        Ok(size)
+    }
+
+    async fn capacity(&self) -> CsiResult<Capacity> {
+        let root = self.root.clone();
+        let available = blocking(format!("cannot statvfs {}", root.display()), move || {
+            crate::node::fs::stats(&root)
+                .map(|s| s.available_bytes)
+                .map_err(std::io::Error::other)
+        })
+        .await?;
+        Ok(Capacity {
+            available_bytes: available,
+            maximum_volume_bytes: available.min(self.max_volume_bytes),
+            minimum_volume_bytes: MIB,
+        })
+    }
+
+    async fn create_snapshot(&self, source_volume_id: &str, name: &str) -> CsiResult<Snapshot> {
+        let id = id_for(SNAPSHOT_PREFIX, name);
+        let _guard = self.busy.acquire(&[&id])?;
+        if let Some(existing) = self.state().snapshots.get(&id).cloned() {
+            if existing.source_volume_id == source_volume_id {
+                return Ok(to_snapshot(&existing));
+            }
+            return Err(CsiError::AlreadyExists(format!(
+                "snapshot {name:?} exists already ({id}) for volume {}, not {source_volume_id}",
+                existing.source_volume_id
+            )));
+        }
+        let source = self.volume(source_volume_id)?;
+        let _source_guard = self.busy.acquire(&[source_volume_id])?;
+        let from = self.volumes.image_path(source_volume_id);
+        let to = self.snapshots.image_path(&id);
+        let size = source.capacity_bytes;
+        blocking(
+            format!("cannot copy {} to {}", from.display(), to.display()),
+            move || image::copy(&from, &to, size),
+        )
+        .await?;
+        let record = SnapshotRecord {
+            id: id.clone(),
+            name: name.to_string(),
+            source_volume_id: source_volume_id.to_string(),
+            size_bytes: size,
+            created_unix_nanos: now_unix().as_nanos(),
+        };
+        let dir = self.snapshots.clone();
+        let written = record.clone();
+        if let Err(e) = blocking(format!("cannot write snapshot {id}"), move || {
+            dir.write(&written.id, &written)
+        })
+        .await
+        {
+            let _ = std::fs::remove_file(self.snapshots.image_path(&id));
+            return Err(e);
+        }
+        self.state().snapshots.insert(id.clone(), record.clone());
+        tracing::info!(snapshot_id = %id, volume_id = %source_volume_id, "snapshot created");
+        Ok(to_snapshot(&record))
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> CsiResult<()> {
+        let _guard = self.busy.acquire(&[id])?;
+        if !self.state().snapshots.contains_key(id) {
+            return Ok(());
+        }
+        let dir = self.snapshots.clone();
+        let owned = id.to_string();
+        blocking(format!("cannot delete snapshot {id}"), move || {
+            dir.remove(&owned)
+        })
+        .await?;
+        self.state().snapshots.remove(id);
+        Ok(())
+    }
+
+    async fn list_snapshots(&self) -> CsiResult<Vec<Snapshot>> {
+        Ok(self.state().snapshots.values().map(to_snapshot).collect())
+    }
+}
+
+fn to_snapshot(record: &SnapshotRecord) -> Snapshot {
+    Snapshot {
+        id: record.id.clone(),
+        source_volume_id: record.source_volume_id.clone(),
+        size_bytes: record.size_bytes,
+        created: UNIX_EPOCH + Duration::from_nanos(record.created_unix_nanos as u64),
+        ready: true,
+    }
+}
+
+#[async_trait]
+impl NodeBackend for HostPath {
+    fn topology(&self) -> Map {
+        Map::from([(TOPOLOGY_KEY.to_string(), self.node_id.clone())])
+    }
+
+    fn max_volumes(&self) -> u64 {
+        self.max_volumes
+    }
+
+    async fn ready(&self) -> CsiResult<()> {
+        if Path::new("/dev/loop-control").exists() {
+            Ok(())
+        } else {
+            Err(CsiError::Unavailable(
+                "/dev/loop-control is missing: load the loop module (modprobe loop)".into(),
+            ))
+        }
+    }
+
+    async fn attach_device(&self, volume_id: &str, _publish_context: &Map) -> CsiResult<PathBuf> {
+        let image = self.volumes.image_path(volume_id);
+        if !image.exists() {
+            return Err(CsiError::NotFound(format!(
+                "volume {volume_id} does not exist on this node (no image {})",
+                image.display()
+            )));
+        }
+        blocking(
+            format!("cannot attach {} to a loop device", image.display()),
+            move || loopdev::attach(&image).map_err(std::io::Error::other),
+        )
+        .await
+    }
+
+    async fn find_device(&self, volume_id: &str) -> CsiResult<Option<PathBuf>> {
+        let image = self.volumes.image_path(volume_id);
+        blocking(
+            format!("cannot look up the loop device of {}", image.display()),
+            move || loopdev::find(&image).map_err(std::io::Error::other),
+        )
+        .await
+    }
+
+    async fn detach_device(&self, volume_id: &str) -> CsiResult<()> {
+        let image = self.volumes.image_path(volume_id);
+        blocking(
+            format!("cannot detach the loop device of {}", image.display()),
+            move || {
+                if let Some(device) = loopdev::find(&image).map_err(std::io::Error::other)? {
+                    loopdev::detach(&device).map_err(std::io::Error::other)?;
+                }
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    async fn refresh_device(&self, volume_id: &str) -> CsiResult<u64> {
+        let image = self.volumes.image_path(volume_id);
+        let id = volume_id.to_string();
+        let device = blocking(
+            format!("cannot look up the loop device of {}", image.display()),
+            move || loopdev::find(&image).map_err(std::io::Error::other),
+        )
+        .await?
+        .ok_or_else(|| CsiError::NotFound(format!("volume {id} is not attached on this node")))?;
+        blocking(format!("cannot refresh {}", device.display()), move || {
+            loopdev::refresh_capacity(&device).map_err(std::io::Error::other)?;
+            loopdev::device_size(&device).map_err(std::io::Error::other)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        assert_eq!(
+            id_for(VOLUME_PREFIX, "pvc-1"),
+            id_for(VOLUME_PREFIX, "pvc-1")
+        );
+        assert_ne!(
+            id_for(VOLUME_PREFIX, "pvc-1"),
+            id_for(VOLUME_PREFIX, "pvc-2")
+        );
+        assert_eq!(id_for(VOLUME_PREFIX, "x").len(), 3 + 32);
+    }
+}

@@ -1,0 +1,145 @@
+//! The storage backends behind the controller and the node.
+//!
+//! A backend speaks in the driver's own types; the CSI adapters translate
+//! requests into them and errors into status codes (see `crate::error`).
+
+pub mod hostpath;
+pub mod size;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use crate::error::CsiResult;
+
+/// Key/value map in a stable order (parameters, contexts, topology segments).
+pub type Map = BTreeMap<String, String>;
+
+/// Where the content of a new volume comes from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentSource {
+    Snapshot(String),
+    Volume(String),
+}
+
+/// A create request after validation.
+#[derive(Clone, Debug)]
+pub struct CreateVolume {
+    pub name: String,
+    /// Smallest acceptable size in bytes (already defaulted and rounded by the caller? no: raw).
+    pub required_bytes: u64,
+    /// Largest acceptable size in bytes; 0 = no limit.
+    pub limit_bytes: u64,
+    pub source: Option<ContentSource>,
+    /// Backend-specific StorageClass parameters (already checked against
+    /// `Backend::parameter_keys`).
+    pub parameters: Map,
+    /// Context the node needs later (filesystem, encryption settings).
+    pub node_context: Map,
+    /// The filesystem the volume will carry, if it is a mounted volume.
+    pub fs_type: Option<String>,
+    /// Requested topology (requisite, preferred), empty = anywhere.
+    pub requisite: Vec<Map>,
+    pub preferred: Vec<Map>,
+}
+
+/// A volume as the controller sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Volume {
+    pub id: String,
+    pub capacity_bytes: u64,
+    pub context: Map,
+    pub source: Option<ContentSource>,
+    pub topology: Vec<Map>,
+}
+
+/// A volume with its publications and health.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeStatus {
+    pub volume: Volume,
+    pub published_nodes: Vec<String>,
+    /// `Some(message)` when the volume is unhealthy.
+    pub abnormal: Option<String>,
+}
+
+/// A snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub id: String,
+    pub source_volume_id: String,
+    pub size_bytes: u64,
+    pub created: SystemTime,
+    pub ready: bool,
+}
+
+/// Free space a backend can offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub available_bytes: u64,
+    pub maximum_volume_bytes: u64,
+    pub minimum_volume_bytes: u64,
+}
+
+/// What a backend can do; the CSI capabilities are derived from it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Features {
+    pub snapshots: bool,
+    pub clone: bool,
+    pub expand: bool,
+    pub capacity: bool,
+    pub attach: bool,
+    pub volume_condition: bool,
+}
+
+/// The controller side of a storage provider.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Short name, e.g. `hostpath`.
+    fn name(&self) -> &'static str;
+    fn features(&self) -> Features;
+    /// StorageClass parameter keys this backend understands itself.
+    fn parameter_keys(&self) -> &'static [&'static str];
+    /// Ok when the backend can serve requests.
+    async fn ready(&self) -> CsiResult<()>;
+
+    async fn create_volume(&self, request: &CreateVolume) -> CsiResult<Volume>;
+    /// Deleting a volume that does not exist is Ok.
+    async fn delete_volume(&self, id: &str) -> CsiResult<()>;
+    async fn get_volume(&self, id: &str) -> CsiResult<VolumeStatus>;
+    /// All volumes, ordered by ID.
+    async fn list_volumes(&self) -> CsiResult<Vec<VolumeStatus>>;
+    async fn publish(&self, id: &str, node_id: &str, read_only: bool) -> CsiResult<Map>;
+    /// Unpublishing what is not published is Ok.
+    async fn unpublish(&self, id: &str, node_id: Option<&str>) -> CsiResult<()>;
+    /// Grows a volume to at least `required_bytes`; returns its new size.
+    async fn expand(&self, id: &str, required_bytes: u64, limit_bytes: u64) -> CsiResult<u64>;
+    async fn capacity(&self) -> CsiResult<Capacity>;
+
+    async fn create_snapshot(&self, source_volume_id: &str, name: &str) -> CsiResult<Snapshot>;
+    /// Deleting a snapshot that does not exist is Ok.
+    async fn delete_snapshot(&self, id: &str) -> CsiResult<()>;
+    /// All snapshots, ordered by ID.
+    async fn list_snapshots(&self) -> CsiResult<Vec<Snapshot>>;
+}
+
+/// The node side of a storage provider: how a volume becomes a block device.
+#[async_trait]
+pub trait NodeBackend: Send + Sync + 'static {
+    /// Topology segments of this node.
+    fn topology(&self) -> Map;
+    /// Default maximum number of volumes on this node (0 = unlimited).
+    fn max_volumes(&self) -> u64;
+    /// Ok when the node can stage volumes.
+    async fn ready(&self) -> CsiResult<()>;
+    /// Makes the volume's block device present on this node; idempotent.
+    async fn attach_device(&self, volume_id: &str, publish_context: &Map) -> CsiResult<PathBuf>;
+    /// The volume's block device if it is present.
+    async fn find_device(&self, volume_id: &str) -> CsiResult<Option<PathBuf>>;
+    /// Removes the volume's block device from this node; idempotent.
+    async fn detach_device(&self, volume_id: &str) -> CsiResult<()>;
+    /// Makes the node see the volume's new size; returns the device size.
+    async fn refresh_device(&self, volume_id: &str) -> CsiResult<u64>;
+}

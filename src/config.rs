@@ -1,0 +1,332 @@
+//! Settings for `multicsi serve`, layered: built-in defaults < config file <
+//! environment < command-line flags.
+//!
+//! clap resolves "flag, else environment variable" for every option; the
+//! config file fills what neither gave, and defaults fill the rest.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+/// Default CSI driver name.
+pub const DEFAULT_DRIVER_NAME: &str = "multicsi.io";
+/// Default state directory of the hostpath backend.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/multicsi";
+
+/// Which CSI services this process serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Identity and Controller.
+    Controller,
+    /// Identity and Node.
+    Node,
+    /// Identity, Controller and Node.
+    All,
+}
+
+impl Mode {
+    pub fn serves_controller(self) -> bool {
+        matches!(self, Mode::Controller | Mode::All)
+    }
+    pub fn serves_node(self) -> bool {
+        matches!(self, Mode::Node | Mode::All)
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON lines (for containers).
+    Json,
+    /// Human-readable text (for terminals).
+    Text,
+}
+
+/// The flags of `multicsi serve`; each may also come from the environment
+/// variable named beside it, or from the config file.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// CSI endpoint: unix:///path/to/csi.sock or tcp://HOST:PORT.
+    #[arg(long, env = "MULTICSI_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// This node's ID, as reported by NodeGetInfo (usually the Kubernetes node name).
+    #[arg(long, env = "MULTICSI_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Services to serve.
+    #[arg(long, value_enum, env = "MULTICSI_MODE")]
+    pub mode: Option<Mode>,
+    /// CSI driver name reported by GetPluginInfo.
+    #[arg(long, env = "MULTICSI_DRIVER_NAME")]
+    pub driver_name: Option<String>,
+    /// Directory where the hostpath backend keeps its images and state.
+    #[arg(long, env = "MULTICSI_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// TOML config file; its values are overridden by environment and flags.
+    #[arg(long, env = "MULTICSI_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Storage backend.
+    #[arg(long, env = "MULTICSI_BACKEND")]
+    pub backend: Option<String>,
+    /// Maximum number of volumes this node accepts (0 = the backend's default).
+    #[arg(long, env = "MULTICSI_MAX_VOLUMES_PER_NODE")]
+    pub max_volumes_per_node: Option<u64>,
+    /// Log format: json or text (default: text on a terminal, json otherwise).
+    #[arg(long, value_enum, env = "MULTICSI_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. info or multicsi=debug.
+    #[arg(long, env = "MULTICSI_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// The config file: the same settings as the flags, by the same names.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    pub endpoint: Option<String>,
+    pub node_id: Option<String>,
+    pub mode: Option<Mode>,
+    pub driver_name: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub backend: Option<String>,
+    pub max_volumes_per_node: Option<u64>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+}
+
+/// The resolved settings of a server.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub endpoint: Endpoint,
+    pub node_id: String,
+    pub mode: Mode,
+    pub driver_name: String,
+    pub state_dir: PathBuf,
+    pub backend: String,
+    pub max_volumes_per_node: u64,
+    pub log_format: Option<LogFormat>,
+    pub log_level: String,
+}
+
+/// Where the gRPC server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Endpoint {
+    /// Parses `unix:///path`, `unix:/path` or `tcp://host:port`.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        if let Some(path) = text
+            .strip_prefix("unix://")
+            .or_else(|| text.strip_prefix("unix:"))
+        {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "endpoint {text:?}: the socket path must be absolute, e.g. unix:///csi/csi.sock"
+                )));
+            }
+            return Ok(Endpoint::Unix(path));
+        }
+        if let Some(addr) = text.strip_prefix("tcp://") {
+            return addr.parse().map(Endpoint::Tcp).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "endpoint {text:?}: expected tcp://IP:PORT, e.g. tcp://127.0.0.1:10000"
+                ))
+            });
+        }
+        Err(ConfigError::Invalid(format!(
+            "endpoint {text:?}: use unix:///path/to/csi.sock or tcp://IP:PORT"
+        )))
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(path) => write!(f, "unix://{}", path.display()),
+            Endpoint::Tcp(addr) => write!(f, "tcp://{addr}"),
+        }
+    }
+}
+
+/// Reads a config file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+impl Settings {
+    /// Resolves flags/environment over the config file over the defaults.
+    pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let endpoint = args.endpoint.or(file.endpoint).ok_or_else(|| {
+            ConfigError::Invalid(
+                "no endpoint: pass --endpoint unix:///path/csi.sock (or MULTICSI_ENDPOINT)".into(),
+            )
+        })?;
+        let node_id = args.node_id.or(file.node_id).ok_or_else(|| {
+            ConfigError::Invalid(
+                "no node id: pass --node-id NAME (or MULTICSI_NODE_ID), usually the Kubernetes node name"
+                    .into(),
+            )
+        })?;
+        if node_id.is_empty() || node_id.len() > 128 {
+            return Err(ConfigError::Invalid(
+                "node id must be 1 to 128 bytes long".into(),
+            ));
+        }
+        let driver_name = args
+            .driver_name
+            .or(file.driver_name)
+            .unwrap_or_else(|| DEFAULT_DRIVER_NAME.to_string());
+        validate_driver_name(&driver_name)?;
+        let state_dir = args
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        if !state_dir.is_absolute() {
+            return Err(ConfigError::Invalid(format!(
+                "state dir {} must be an absolute path",
+                state_dir.display()
+            )));
+        }
+        Ok(Settings {
+            endpoint: Endpoint::parse(&endpoint)?,
+            node_id,
+            mode: args.mode.or(file.mode).unwrap_or(Mode::All),
+            driver_name,
+            state_dir,
+            backend: args
+                .backend
+                .or(file.backend)
+                .unwrap_or_else(|| "hostpath".to_string()),
+            max_volumes_per_node: args
+                .max_volumes_per_node
+                .or(file.max_volumes_per_node)
+                .unwrap_or(0),
+            log_format: args.log_format.or(file.log_format),
+            log_level: args
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".to_string()),
+        })
+    }
+}
+
+/// A CSI driver name: at most 63 characters, alphanumerics, '-', '.',
+/// beginning and ending with an alphanumeric (CSI spec, GetPluginInfo).
+fn validate_driver_name(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "driver name {name:?}: use at most 63 characters of letters, digits, '-' and '.', starting and ending with a letter or digit"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs {
+            endpoint: Some("unix:///tmp/x.sock".into()),
+            node_id: Some("n1".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_given() {
+        let s = Settings::resolve(args()).unwrap();
+        assert_eq!(s.mode, Mode::All);
+        assert_eq!(s.driver_name, DEFAULT_DRIVER_NAME);
+        assert_eq!(s.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(s.backend, "hostpath");
+    }
+
+    #[test]
+    fn file_fills_what_flags_did_not_give_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "mode = \"node\"\ndriver-name = \"from.file\"\nstate-dir = \"/srv/state\"\n",
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(path);
+        a.driver_name = Some("from.flag".into());
+        let s = Settings::resolve(a).unwrap();
+        assert_eq!(s.mode, Mode::Node);
+        assert_eq!(s.driver_name, "from.flag");
+        assert_eq!(s.state_dir, PathBuf::from("/srv/state"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "modez = \"node\"\n").unwrap();
+        let mut a = args();
+        a.config = Some(path);
+        let err = Settings::resolve(a).unwrap_err().to_string();
+        assert!(err.contains("modez"), "{err}");
+    }
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            Endpoint::parse("unix:///a/b.sock").unwrap(),
+            Endpoint::Unix("/a/b.sock".into())
+        );
+        assert_eq!(
+            Endpoint::parse("tcp://127.0.0.1:9000").unwrap(),
+            Endpoint::Tcp("127.0.0.1:9000".parse().unwrap())
+        );
+        assert!(Endpoint::parse("unix://relative.sock").is_err());
+        assert!(Endpoint::parse("http://x").is_err());
+    }
+
+    #[test]
+    fn driver_names_are_checked() {
+        assert!(validate_driver_name("multicsi.io").is_ok());
+        assert!(validate_driver_name("-bad").is_err());
+        assert!(validate_driver_name(&"a".repeat(64)).is_err());
+    }
+}

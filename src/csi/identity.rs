@@ -1,0 +1,67 @@
+//! The Identity service.
+
+use tonic::{Request, Response, Status};
+
+use crate::csi::{
+    GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest,
+    GetPluginInfoResponse, PluginCapability, ProbeRequest, ProbeResponse, identity_server,
+    plugin_capability,
+};
+use crate::driver::Driver;
+
+#[tonic::async_trait]
+impl identity_server::Identity for Driver {
+    async fn get_plugin_info(
+        &self,
+        _request: Request<GetPluginInfoRequest>,
+    ) -> Result<Response<GetPluginInfoResponse>, Status> {
+        Ok(Response::new(GetPluginInfoResponse {
+            name: self.settings.driver_name.clone(),
+            vendor_version: env!("CARGO_PKG_VERSION").to_string(),
+            manifest: [("backend".to_string(), self.backend.name().to_string())].into(),
+        }))
+    }
+
+    async fn get_plugin_capabilities(
+        &self,
+        _request: Request<GetPluginCapabilitiesRequest>,
+    ) -> Result<Response<GetPluginCapabilitiesResponse>, Status> {
+        use plugin_capability::service::Type as Service;
+        use plugin_capability::volume_expansion::Type as Expansion;
+        let mut capabilities = Vec::new();
+        let service = |t: Service| PluginCapability {
+            r#type: Some(plugin_capability::Type::Service(
+                plugin_capability::Service { r#type: t as i32 },
+            )),
+        };
+        if self.settings.mode.serves_controller() {
+            capabilities.push(service(Service::ControllerService));
+        }
+        capabilities.push(service(Service::VolumeAccessibilityConstraints));
+        if self.backend.features().expand {
+            capabilities.push(PluginCapability {
+                r#type: Some(plugin_capability::Type::VolumeExpansion(
+                    plugin_capability::VolumeExpansion {
+                        r#type: Expansion::Online as i32,
+                    },
+                )),
+            });
+        }
+        Ok(Response::new(GetPluginCapabilitiesResponse {
+            capabilities,
+        }))
+    }
+
+    async fn probe(
+        &self,
+        _request: Request<ProbeRequest>,
+    ) -> Result<Response<ProbeResponse>, Status> {
+        let ready = self.ready().await;
+        if let Err(e) = &ready {
+            tracing::warn!(error = %e, "not ready");
+        }
+        Ok(Response::new(ProbeResponse {
+            ready: Some(ready.is_ok()),
+        }))
+    }
+}

@@ -1,0 +1,278 @@
+//! The Node service: checks requests and drives the node-side steps in
+//! `crate::node::volume` over the backend's device handling.
+
+use tonic::{Request, Response, Status};
+
+use crate::backend::Map;
+use crate::csi::validate::{self, Access};
+use crate::csi::{self as pb, node_server, node_service_capability};
+use crate::driver::Driver;
+use crate::error::{CsiError, CsiResult};
+use crate::node::volume::{self, Usage};
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn to_map(map: &std::collections::HashMap<String, String>) -> Map {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+impl Driver {
+    async fn node_stage(
+        &self,
+        r: pb::NodeStageVolumeRequest,
+    ) -> CsiResult<pb::NodeStageVolumeResponse> {
+        let id = validate::identifier("volume_id", &r.volume_id)?;
+        let staging = validate::target_path("staging_target_path", &r.staging_target_path)?;
+        let capability = validate::capability("volume_capability", r.volume_capability.as_ref())?;
+        let context = to_map(&r.volume_context);
+        volume::mkfs_options(&context)?;
+        let _guard = self.locks.acquire(&[id])?;
+        let device = self
+            .node_backend
+            .attach_device(id, &to_map(&r.publish_context))
+            .await?;
+        volume::stage_filesystem(device, staging, &capability, &context).await?;
+        Ok(pb::NodeStageVolumeResponse {})
+    }
+
+    async fn node_unstage(
+        &self,
+        r: pb::NodeUnstageVolumeRequest,
+    ) -> CsiResult<pb::NodeUnstageVolumeResponse> {
+        let id = validate::identifier("volume_id", &r.volume_id)?;
+        let staging = validate::target_path("staging_target_path", &r.staging_target_path)?;
+        let _guard = self.locks.acquire(&[id])?;
+        volume::unstage_filesystem(staging).await?;
+        self.node_backend.detach_device(id).await?;
+        Ok(pb::NodeUnstageVolumeResponse {})
+    }
+
+    async fn node_publish(
+        &self,
+        r: pb::NodePublishVolumeRequest,
+    ) -> CsiResult<pb::NodePublishVolumeResponse> {
+        let id = validate::identifier("volume_id", &r.volume_id)?;
+        let target = validate::target_path("target_path", &r.target_path)?;
+        let staging = validate::target_path("staging_target_path", &r.staging_target_path)?;
+        let capability = validate::capability("volume_capability", r.volume_capability.as_ref())?;
+        if target == staging {
+            return Err(CsiError::InvalidArgument(
+                "target_path must differ from staging_target_path".into(),
+            ));
+        }
+        let read_only = r.readonly || capability.read_only_mode();
+        let _guard = self.locks.acquire(&[id, &r.target_path])?;
+        match capability.access {
+            Access::Block => {
+                let device = self.node_backend.find_device(id).await?.ok_or_else(|| {
+                    CsiError::FailedPrecondition(format!(
+                        "volume {id} is not staged on this node: call NodeStageVolume first"
+                    ))
+                })?;
+                volume::publish(device, target, true, read_only, Vec::new()).await?;
+            }
+            Access::Mount { flags, .. } => {
+                volume::publish(staging, target, false, read_only, flags).await?;
+            }
+        }
+        Ok(pb::NodePublishVolumeResponse {})
+    }
+
+    async fn node_unpublish(
+        &self,
+        r: pb::NodeUnpublishVolumeRequest,
+    ) -> CsiResult<pb::NodeUnpublishVolumeResponse> {
+        let id = validate::identifier("volume_id", &r.volume_id)?;
+        let target = validate::target_path("target_path", &r.target_path)?;
+        let _guard = self.locks.acquire(&[id, &r.target_path])?;
+        volume::unpublish(target).await?;
+        Ok(pb::NodeUnpublishVolumeResponse {})
+    }
+
+    async fn node_stats(
+        &self,
+        r: pb::NodeGetVolumeStatsRequest,
+    ) -> CsiResult<pb::NodeGetVolumeStatsResponse> {
+        use pb::volume_usage::Unit;
+        let id = validate::identifier("volume_id", &r.volume_id)?;
+        let path = validate::target_path("volume_path", &r.volume_path)?;
+        let device = self.node_backend.find_device(id).await?;
+        let usage = volume::usage(path, device.clone()).await?;
+        let healthy = |usage: Vec<pb::VolumeUsage>| pb::NodeGetVolumeStatsResponse {
+            usage,
+            volume_condition: Some(pb::VolumeCondition {
+                abnormal: false,
+                message: "volume is mounted and healthy".into(),
+            }),
+        };
+        Ok(match usage {
+            Usage::Filesystem(s) => healthy(vec![
+                pb::VolumeUsage {
+                    available: s.available_bytes as i64,
+                    total: s.total_bytes as i64,
+                    used: s.used_bytes as i64,
+                    unit: Unit::Bytes as i32,
+                },
+                pb::VolumeUsage {
+                    available: s.free_inodes as i64,
+                    total: s.total_inodes as i64,
+                    used: s.used_inodes as i64,
+                    unit: Unit::Inodes as i32,
+                },
+            ]),
+            Usage::Block(size) => healthy(vec![pb::VolumeUsage {
+                available: 0,
+                total: size as i64,
+                used: 0,
+                unit: Unit::Bytes as i32,
+            }]),
+            Usage::NotMounted(message) => pb::NodeGetVolumeStatsResponse {
+                usage: Vec::new(),
+                volume_condition: Some(pb::VolumeCondition {
+                    abnormal: true,
+                    message: if device.is_none() {
+                        format!("{message}; the volume's device is not attached")
+                    } else {
+                        message
+                    },
+                }),
+            },
+        })
+    }
+
+    async fn node_expand(
+        &self,
+        r: pb::NodeExpandVolumeRequest,
+    ) -> CsiResult<pb::NodeExpandVolumeResponse> {
+        let id = validate::identifier("volume_id", &r.volume_id)?;
+        let path = validate::target_path("volume_path", &r.volume_path)?;
+        validate::capacity_range(r.capacity_range.as_ref())?;
+        if r.volume_capability.is_some() {
+            validate::capability("volume_capability", r.volume_capability.as_ref())?;
+        }
+        if !path.exists() {
+            return Err(CsiError::NotFound(format!(
+                "volume_path {} does not exist",
+                path.display()
+            )));
+        }
+        let _guard = self.locks.acquire(&[id])?;
+        let device =
+            self.node_backend.find_device(id).await?.ok_or_else(|| {
+                CsiError::NotFound(format!("volume {id} is not staged on this node"))
+            })?;
+        let size = self.node_backend.refresh_device(id).await?;
+        let grow_at = if r.staging_target_path.is_empty() {
+            path
+        } else {
+            validate::target_path("staging_target_path", &r.staging_target_path)?
+        };
+        volume::grow_filesystem(device, grow_at).await?;
+        Ok(pb::NodeExpandVolumeResponse {
+            capacity_bytes: size as i64,
+        })
+    }
+
+    fn node_info(&self) -> pb::NodeGetInfoResponse {
+        let max = if self.settings.max_volumes_per_node > 0 {
+            self.settings.max_volumes_per_node
+        } else {
+            self.node_backend.max_volumes()
+        };
+        pb::NodeGetInfoResponse {
+            node_id: self.settings.node_id.clone(),
+            max_volumes_per_node: max as i64,
+            accessible_topology: Some(pb::Topology {
+                segments: self.node_backend.topology().into_iter().collect(),
+            }),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl node_server::Node for Driver {
+    async fn node_stage_volume(
+        &self,
+        r: Request<pb::NodeStageVolumeRequest>,
+    ) -> Reply<pb::NodeStageVolumeResponse> {
+        let r = r.into_inner();
+        let span = tracing::info_span!("NodeStageVolume", volume_id = %r.volume_id);
+        self.call(span, self.node_stage(r)).await
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        r: Request<pb::NodeUnstageVolumeRequest>,
+    ) -> Reply<pb::NodeUnstageVolumeResponse> {
+        let r = r.into_inner();
+        let span = tracing::info_span!("NodeUnstageVolume", volume_id = %r.volume_id);
+        self.call(span, self.node_unstage(r)).await
+    }
+
+    async fn node_publish_volume(
+        &self,
+        r: Request<pb::NodePublishVolumeRequest>,
+    ) -> Reply<pb::NodePublishVolumeResponse> {
+        let r = r.into_inner();
+        let span = tracing::info_span!("NodePublishVolume", volume_id = %r.volume_id);
+        self.call(span, self.node_publish(r)).await
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        r: Request<pb::NodeUnpublishVolumeRequest>,
+    ) -> Reply<pb::NodeUnpublishVolumeResponse> {
+        let r = r.into_inner();
+        let span = tracing::info_span!("NodeUnpublishVolume", volume_id = %r.volume_id);
+        self.call(span, self.node_unpublish(r)).await
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        r: Request<pb::NodeGetVolumeStatsRequest>,
+    ) -> Reply<pb::NodeGetVolumeStatsResponse> {
+        let r = r.into_inner();
+        let span = tracing::debug_span!("NodeGetVolumeStats", volume_id = %r.volume_id);
+        self.call(span, self.node_stats(r)).await
+    }
+
+    async fn node_expand_volume(
+        &self,
+        r: Request<pb::NodeExpandVolumeRequest>,
+    ) -> Reply<pb::NodeExpandVolumeResponse> {
+        let r = r.into_inner();
+        let span = tracing::info_span!("NodeExpandVolume", volume_id = %r.volume_id);
+        self.call(span, self.node_expand(r)).await
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _r: Request<pb::NodeGetCapabilitiesRequest>,
+    ) -> Reply<pb::NodeGetCapabilitiesResponse> {
+        use node_service_capability::rpc::Type as Rpc;
+        let capabilities = [
+            Rpc::StageUnstageVolume,
+            Rpc::GetVolumeStats,
+            Rpc::ExpandVolume,
+            Rpc::VolumeCondition,
+            Rpc::SingleNodeMultiWriter,
+        ]
+        .into_iter()
+        .map(|t| pb::NodeServiceCapability {
+            r#type: Some(node_service_capability::Type::Rpc(
+                node_service_capability::Rpc { r#type: t as i32 },
+            )),
+        })
+        .collect();
+        Ok(Response::new(pb::NodeGetCapabilitiesResponse {
+            capabilities,
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _r: Request<pb::NodeGetInfoRequest>,
+    ) -> Reply<pb::NodeGetInfoResponse> {
+        Ok(Response::new(self.node_info()))
+    }
+}

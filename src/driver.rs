@@ -1,0 +1,86 @@
+//! The driver: settings, the chosen backend and the in-flight guard, shared
+//! by the Identity, Controller and Node services.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Response, Status};
+use tracing::Instrument;
+
+use crate::backend::hostpath::HostPath;
+use crate::backend::{Backend, NodeBackend};
+use crate::config::Settings;
+use crate::error::CsiResult;
+use crate::locks::InFlight;
+
+/// Backends this binary can serve.
+pub const BACKENDS: &[&str] = &["hostpath"];
+
+pub struct Driver {
+    pub settings: Settings,
+    pub backend: Arc<dyn Backend>,
+    pub node_backend: Arc<dyn NodeBackend>,
+    pub locks: InFlight,
+}
+
+impl Driver {
+    /// Builds the driver for the configured backend.
+    pub async fn new(settings: &Settings) -> Result<Self, String> {
+        let (backend, node_backend): (Arc<dyn Backend>, Arc<dyn NodeBackend>) =
+            match settings.backend.as_str() {
+                "hostpath" => {
+                    let state_dir = settings.state_dir.clone();
+                    let node_id = settings.node_id.clone();
+                    let max = settings.max_volumes_per_node;
+                    let hostpath = tokio::task::spawn_blocking(move || {
+                        HostPath::open(&state_dir, &node_id, max)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())??;
+                    let hostpath = Arc::new(hostpath);
+                    (hostpath.clone(), hostpath)
+                }
+                other => {
+                    return Err(format!(
+                        "unknown backend {other:?}; this binary serves: {}",
+                        BACKENDS.join(", ")
+                    ));
+                }
+            };
+        Ok(Driver {
+            settings: settings.clone(),
+            backend,
+            node_backend,
+            locks: InFlight::default(),
+        })
+    }
+
+    /// Ok when every served part can take requests.
+    pub async fn ready(&self) -> CsiResult<()> {
+        if self.settings.mode.serves_controller() {
+            self.backend.ready().await?;
+        }
+        if self.settings.mode.serves_node() {
+            self.node_backend.ready().await?;
+        }
+        Ok(())
+    }
+
+    /// Runs one RPC inside its span, logs its outcome and turns the result
+    /// into a gRPC reply.
+    pub(crate) async fn call<T>(
+        &self,
+        span: tracing::Span,
+        work: impl Future<Output = CsiResult<T>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = work.instrument(span.clone()).await;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        span.in_scope(|| match &result {
+            Ok(_) => tracing::debug!(elapsed_ms, "ok"),
+            Err(e) => tracing::warn!(elapsed_ms, code = ?e.code(), error = %e, "failed"),
+        });
+        result.map(Response::new).map_err(Status::from)
+    }
+}

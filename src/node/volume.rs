@@ -1,0 +1,329 @@
+//! Node-side volume operations built on the host primitives: stage (device
+//! + filesystem + mount), publish (bind mount), unpublish, unstage, expand
+//! and stats. Every step checks what is already there first, so a repeat,
+//! or a call after a driver or kubelet restart, finds its own work and
+//! returns OK; anything unexpected is refused, never overwritten.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use super::fs::{self as nodefs, MkfsOptions, Signature};
+use super::mount::{self, MountEntry};
+use super::{HostError, loopdev};
+use crate::backend::Map;
+use crate::csi::params;
+use crate::csi::validate::{Access, Capability};
+use crate::error::{CsiError, CsiResult};
+
+/// Runs a blocking node operation off the async workers. Host errors
+/// become INTERNAL with their message (which names the path and the fix).
+pub async fn host<T: Send + 'static>(
+    f: impl FnOnce() -> CsiResult<T> + Send + 'static,
+) -> CsiResult<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => Err(CsiError::Internal(format!("node task failed: {e}"))),
+    }
+}
+
+impl From<HostError> for CsiError {
+    fn from(e: HostError) -> Self {
+        CsiError::Internal(e.to_string())
+    }
+}
+
+/// Major and minor number of a block device node.
+fn device_numbers(device: &Path) -> Result<(u32, u32), HostError> {
+    let meta = std::fs::metadata(device)
+        .map_err(|e| HostError::os("stat", device, e, "is the device present?"))?;
+    let rdev = meta.rdev();
+    Ok((libc::major(rdev), libc::minor(rdev)))
+}
+
+fn same_device(entry: &MountEntry, numbers: (u32, u32)) -> bool {
+    (entry.major, entry.minor) == numbers
+}
+
+/// A path that must not be a symlink (it would lead the mount elsewhere).
+fn refuse_symlink(field: &str, path: &Path) -> CsiResult<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(CsiError::InvalidArgument(format!(
+            "{field} {} is a symlink; refusing to mount through it",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// mkfs settings from the volume context.
+pub fn mkfs_options(context: &Map) -> CsiResult<MkfsOptions> {
+    let number = |key: &str| -> CsiResult<Option<u32>> {
+        context
+            .get(key)
+            .map(|v| {
+                v.parse::<u32>().map_err(|_| {
+                    CsiError::InvalidArgument(format!("volume context {key}={v:?} is not a number"))
+                })
+            })
+            .transpose()
+    };
+    let reserved = number(params::MKFS_RESERVED_PERCENT)?
+        .map(|v| {
+            u8::try_from(v).map_err(|_| {
+                CsiError::InvalidArgument(format!(
+                    "{} must be 0..=50",
+                    params::MKFS_RESERVED_PERCENT
+                ))
+            })
+        })
+        .transpose()?;
+    Ok(MkfsOptions {
+        inode_size: number(params::MKFS_INODE_SIZE)?,
+        block_size: number(params::MKFS_BLOCK_SIZE)?,
+        reserved_percent: reserved,
+    })
+}
+
+/// Makes the filesystem on `device` (only if blank) and mounts it at
+/// `staging`; a staging path that already has this device mounted is done.
+pub async fn stage_filesystem(
+    device: PathBuf,
+    staging: PathBuf,
+    capability: &Capability,
+    context: &Map,
+) -> CsiResult<()> {
+    let Access::Mount { fs_type, flags } = &capability.access else {
+        return Ok(());
+    };
+    let options = mkfs_options(context)?;
+    options
+        .validate(fs_type)
+        .map_err(|e| CsiError::InvalidArgument(e.to_string()))?;
+    refuse_symlink("staging_target_path", &staging)?;
+    let (fs_type, flags) = (fs_type.clone(), flags.clone());
+    let read_only = capability.read_only_mode();
+    let staged = staging.clone();
+    let existing = host(move || Ok(mount::mount_at(&staged)?)).await?;
+    let dev = device.clone();
+    let numbers = host(move || Ok(device_numbers(&dev)?)).await?;
+    if let Some(entry) = existing {
+        return if same_device(&entry, numbers) {
+            Ok(())
+        } else {
+            Err(CsiError::AlreadyExists(format!(
+                "staging_target_path {} already has {} mounted, not this volume's device {}",
+                staging.display(),
+                entry.source,
+                device.display()
+            )))
+        };
+    }
+    let dev = device.clone();
+    let signature = host(move || Ok(nodefs::probe(&dev)?)).await?;
+    match signature {
+        Signature::Blank => {
+            let (dev, fs) = (device.clone(), fs_type.clone());
+            host(move || Ok(nodefs::mkfs(&dev, &fs, &options)?)).await?;
+            tracing::info!(device = %device.display(), fs_type = %fs_type, "filesystem created");
+        }
+        Signature::Filesystem(found) if found == fs_type => {}
+        Signature::Filesystem(found) => {
+            return Err(CsiError::FailedPrecondition(format!(
+                "device {} holds a {found} filesystem but {fs_type} was requested; it is not reformatted (its data is kept)",
+                device.display()
+            )));
+        }
+        other => {
+            return Err(CsiError::FailedPrecondition(format!(
+                "device {} holds {other:?}; refusing to format or mount it",
+                device.display()
+            )));
+        }
+    }
+    host(move || {
+        if !staging.exists() {
+            std::fs::create_dir(&staging).map_err(|e| {
+                HostError::os("mkdir", &staging, e, "does the parent directory exist?")
+            })?;
+        }
+        Ok(mount::mount_fs(
+            &device, &staging, &fs_type, &flags, read_only,
+        )?)
+    })
+    .await
+}
+
+/// Unmounts the staging path if something is mounted there.
+pub async fn unstage_filesystem(staging: PathBuf) -> CsiResult<()> {
+    host(move || {
+        if mount::mount_at(&staging)?.is_some() {
+            mount::unmount(&staging)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Bind-mounts a staged filesystem (`source` = staging path) or a block
+/// device (`source` = device) at `target`.
+pub async fn publish(
+    source: PathBuf,
+    target: PathBuf,
+    block: bool,
+    read_only: bool,
+    flags: Vec<String>,
+) -> CsiResult<()> {
+    refuse_symlink("target_path", &target)?;
+    host(move || {
+        let wanted = if block {
+            device_numbers(&source)?
+        } else {
+            let staged = mount::mount_at(&source)?.ok_or_else(|| {
+                CsiError::FailedPrecondition(format!(
+                    "the volume is not staged at {}: call NodeStageVolume first",
+                    source.display()
+                ))
+            })?;
+            (staged.major, staged.minor)
+        };
+        if let Some(entry) = mount::mount_at(&target)? {
+            let ours =
+                (entry.major, entry.minor) == wanted || (block && entry_is_device(&entry, &source));
+            if !ours {
+                return Err(CsiError::AlreadyExists(format!(
+                    "target_path {} already has {} mounted; unpublish it first",
+                    target.display(),
+                    entry.source
+                )));
+            }
+            if entry.is_read_only() != read_only {
+                return Err(CsiError::AlreadyExists(format!(
+                    "target_path {} is already published with readonly={}",
+                    target.display(),
+                    entry.is_read_only()
+                )));
+            }
+            return Ok(());
+        }
+        create_target(&target, block)?;
+        Ok(mount::bind(&source, &target, read_only, &flags)?)
+    })
+    .await
+}
+
+/// A bind mount of a device node shows the devtmpfs's numbers, not the
+/// device's: match it by the device's name instead.
+fn entry_is_device(entry: &MountEntry, device: &Path) -> bool {
+    device
+        .file_name()
+        .is_some_and(|name| entry.root.file_name() == Some(name))
+}
+
+fn create_target(target: &Path, block: bool) -> Result<(), HostError> {
+    let result = if block {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(target)
+            .map(|_| ())
+    } else if target.is_dir() {
+        Ok(())
+    } else {
+        std::fs::create_dir(target)
+    };
+    result.map_err(|e| {
+        HostError::os(
+            "create",
+            target,
+            e,
+            "the parent directory must exist and be writable",
+        )
+    })
+}
+
+/// Unmounts `target` and removes the directory or file the publish made.
+pub async fn unpublish(target: PathBuf) -> CsiResult<()> {
+    host(move || {
+        while mount::mount_at(&target)?.is_some() {
+            mount::unmount(&target)?;
+        }
+        match std::fs::symlink_metadata(&target) {
+            Ok(meta) if meta.is_dir() => {
+                let _ = std::fs::remove_dir(&target);
+            }
+            Ok(meta) if meta.file_type().is_file() && meta.len() == 0 => {
+                let _ = std::fs::remove_file(&target);
+            }
+            _ => {}
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Usage of a published or staged volume.
+pub enum Usage {
+    Filesystem(nodefs::FsStats),
+    Block(u64),
+    /// The path is there but the volume is not mounted on it.
+    NotMounted(String),
+}
+
+/// Reads the usage at `path`; `device` is the volume's device, if attached.
+pub async fn usage(path: PathBuf, device: Option<PathBuf>) -> CsiResult<Usage> {
+    if !path.exists() {
+        return Err(CsiError::NotFound(format!(
+            "volume_path {} does not exist",
+            path.display()
+        )));
+    }
+    host(move || {
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| HostError::os("stat", &path, e, "is the volume published?"))?;
+        if meta.file_type().is_block_device() {
+            return Ok(Usage::Block(loopdev::device_size(&path)?));
+        }
+        let Some(entry) = mount::mount_at(&path)? else {
+            return Ok(Usage::NotMounted(format!(
+                "{} is not a mount point: the volume is not mounted there",
+                path.display()
+            )));
+        };
+        if let Some(device) = device {
+            let numbers = device_numbers(&device)?;
+            if !same_device(&entry, numbers) && !entry_is_device(&entry, &device) {
+                return Ok(Usage::NotMounted(format!(
+                    "{} has {} mounted, not the volume's device {}",
+                    path.display(),
+                    entry.source,
+                    device.display()
+                )));
+            }
+        }
+        if meta.is_file() {
+            return Ok(Usage::Block(loopdev::device_size(&path)?));
+        }
+        Ok(Usage::Filesystem(nodefs::stats(&path)?))
+    })
+    .await
+}
+
+/// Grows the filesystem mounted at `path` (or nothing for a raw device).
+pub async fn grow_filesystem(device: PathBuf, path: PathBuf) -> CsiResult<()> {
+    host(move || {
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| HostError::os("stat", &path, e, "is the volume published?"))?;
+        if meta.file_type().is_block_device() || meta.is_file() {
+            return Ok(());
+        }
+        let entry = mount::mount_at(&path)?.ok_or_else(|| {
+            CsiError::FailedPrecondition(format!(
+                "volume_path {} is not a mount point: the volume is not mounted there",
+                path.display()
+            ))
+        })?;
+        Ok(nodefs::grow(&device, &entry.mount_point, &entry.fs_type)?)
+    })
+    .await
+}
