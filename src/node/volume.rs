@@ -1,5 +1,5 @@
-//! Node-side volume operations built on the host primitives: stage (device
-//! + filesystem + mount), publish (bind mount), unpublish, unstage, expand
+//! Node-side volume operations built on the host primitives: stage (device,
+//! filesystem, mount), publish (bind mount), unpublish, unstage, expand
 //! and stats. Every step checks what is already there first, so a repeat,
 //! or a call after a driver or kubelet restart, finds its own work and
 //! returns OK; anything unexpected is refused, never overwritten.
