@@ -300,12 +300,13 @@ pub fn grow(device: &Path, mount_point: &Path, fs_type: &str) -> Result<()> {
     if output.status.success() {
         Ok(())
     } else {
-        Err(tool_failed(
-            program,
-            path,
-            &output,
-            "the filesystem must be mounted for an online resize; check dmesg",
-        ))
+        let denied = String::from_utf8_lossy(&output.stderr).contains("Permission denied");
+        let hint = if denied {
+            "an online resize needs CAP_SYS_RESOURCE and CAP_SYS_ADMIN: run the node plugin privileged"
+        } else {
+            "the filesystem must be mounted for an online resize; check dmesg"
+        };
+        Err(tool_failed(program, path, &output, hint))
     }
 }
 
