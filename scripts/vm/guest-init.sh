@@ -2,7 +2,8 @@
 # Second stage of the test VM: PID 1 on the overlay root (host / read-only + tmpfs).
 # Prepares a node-like system (udev, dm, iSCSI, multipath prerequisites), runs the
 # job written by scripts/vm-test.sh into the shared run folder ($vm_run/vm/job.sh)
-# with its output on the second serial port, stores its exit code and powers off.
+# with its output on the second serial port, stores its exit code and reboots
+# (QEMU runs with -no-reboot, so it exits).
 # The kernel console (ttyS0, a log file on the host) gets this script's messages.
 set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -51,9 +52,19 @@ done
 [[ -n $udevd ]] || { say "systemd-udevd not found"; false; }
 "$udevd" --daemon
 say "udevd started"
-# The first stage loaded the storage modules (loop, dm_mod, dm_crypt,
-# dm_multipath, scsi_dh_alua, iscsi_tcp, virtio_blk): coldplug the block
-# devices and device-mapper only (a full coldplug costs seconds under TCG).
+# Stage 1 loaded the storage modules from the initramfs; modprobe whatever is
+# still missing (another kernel's module list, say) now that udevd listens.
+missing=()
+for m in loop dm_mod dm_crypt dm_multipath scsi_dh_alua iscsi_tcp; do
+    [[ -d /sys/module/$m ]] || missing+=("$m")
+done
+[[ -z $VM_DISKS || -d /sys/module/virtio_blk ]] || missing+=(virtio_blk)
+if ((${#missing[@]})); then
+    modprobe -a "${missing[@]}"
+    say "loaded ${missing[*]}"
+fi
+# Coldplug block devices and device-mapper only (a full coldplug costs seconds
+# under TCG).
 udevadm trigger --type=devices --action=add --subsystem-match=block
 udevadm trigger --type=devices --action=add --subsystem-match=misc --sysname-match=device-mapper
 udevadm settle --timeout=30 || say "udevadm settle timed out"
