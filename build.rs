@@ -79,13 +79,13 @@ fn secret_fields(text: &str) -> BTreeMap<String, Vec<String>> {
         } else if let Some(name) = field_name(code) {
             last_field = Some(name);
         }
-        if code.contains("(csi_secret) = true") {
-            if let (Some(message), Some(field)) = (
+        if code.contains("(csi_secret) = true")
+            && let (Some(message), Some(field)) = (
                 stack.iter().rev().find(|m| !m.is_empty()),
                 last_field.clone(),
-            ) {
-                result.entry(message.clone()).or_default().push(field);
-            }
+            )
+        {
+            result.entry(message.clone()).or_default().push(field);
         }
     }
     result

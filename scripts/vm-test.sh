@@ -19,8 +19,15 @@ CACHE_ROOT=$REPO_ROOT/target/vm
 
 PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static cryptsetup-bin e2fsprogs
           xfsprogs open-iscsi tgt multipath-tools kmod udev cpio)
-# Modules the first stage needs to reach the root filesystem (plus their dependencies).
-STAGE1_MODULES=(virtio_pci 9pnet_virtio 9p overlay)
+# Modules the first stage loads from the initramfs (with their dependencies):
+# what it takes to reach the root filesystem, configfs, and the storage modules
+# the tests need (block devices, dm-crypt with AES-NI/XTS, multipath, iSCSI,
+# SCSI disks, ext4, xfs). Loading them from RAM is much faster than the kernel
+# calling modprobe over 9p later.
+STAGE1_MODULES=(virtio_pci 9pnet_virtio 9p overlay configfs
+                virtio_blk loop dm_mod dm_crypt aesni_intel xts ecb
+                dm_multipath dm_service_time dm_round_robin scsi_dh_alua
+                iscsi_tcp sd_mod ext4 xfs)
 # Variables passed into the guest even when not listed in VM_PASS_ENV.
 DEFAULT_PASS_ENV=(RUST_BACKTRACE RUST_LOG)
 
@@ -59,6 +66,7 @@ inside the guest:
 environment:
   VM_ACCEL=kvm|tcg  force the accelerator (default: kvm only if /dev/kvm is real KVM)
   VM_KERNEL_VERSION kernel to boot (default: newest /boot/vmlinuz-* with modules)
+  VM_APPEND         extra kernel parameters (e.g. "loglevel=7" for a verbose console log)
 EOF
 }
 
@@ -325,7 +333,7 @@ done
 # ---------------------------------------------------------------- boot
 CONSOLE=$RUN_DIR/vm/console.log
 APPEND="console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off rdinit=/init 8250.nr_uarts=2"
-APPEND+=" random.trust_cpu=on vm_run=$RUN_DIR vm_init=$VM_DIR/guest-init.sh"
+APPEND+=" random.trust_cpu=on cryptomgr.notests=1 vm_run=$RUN_DIR vm_init=$VM_DIR/guest-init.sh ${VM_APPEND:-}"
 
 QEMU=(qemu-system-x86_64 -nodefaults -no-user-config -no-reboot -display none
       -machine q35 "${ACCEL_ARGS[@]}" -smp "$SMP" -m "$MEM" "${QEMU_BIOS[@]}"

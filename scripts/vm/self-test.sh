@@ -19,18 +19,27 @@ W=$(mktemp -d /tmp/selftest.XXXXXX)
 LOG=$W/check.log
 
 # check NAME COMMAND...: run COMMAND, report, show its output on failure.
+# The time is the guest clock's (close to the host's, good enough per check).
 check() {
     local name=$1
     shift
-    local t0=$SECONDS
-    if "$@" >"$LOG" 2>&1; then
+    local t0=${EPOCHREALTIME/./} ok=0
+    "$@" >"$LOG" 2>&1 && ok=1
+    local ms=$(((${EPOCHREALTIME/./} - t0) / 1000))
+    local took=$((ms / 1000)).$(printf '%03d' $((ms % 1000)))
+    if ((ok)); then
         PASSED=$((PASSED + 1))
         echo "ok - $name"
     else
         FAILED=$((FAILED + 1))
         echo "not ok - $name"
-        sed 's/^/#   /' "$LOG" | tail -n 20
+        if (($(wc -l <"$LOG") > 24)); then
+            { head -n 12 "$LOG"; echo '...'; tail -n 12 "$LOG"; } | sed 's/^/#   /'
+        else
+            sed 's/^/#   /' "$LOG"
+        fi
     fi
+    echo "#   ${took} s"
 }
 
 # Cheap key derivation: tests only, never a production default.
@@ -96,7 +105,7 @@ MPATH=
 
 target_setup() {
     start_iscsi_target || return
-    truncate -s 256M "$LUN_IMG"
+    truncate -s 512M "$LUN_IMG"  # mkfs.xfs wants at least 300 MB
     tgtadm --lld iscsi --op new --mode target --tid 1 -T "$IQN" &&
         tgtadm --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$LUN_IMG" &&
         tgtadm --lld iscsi --op bind --mode target --tid 1 -I ALL
@@ -114,20 +123,41 @@ discover_login() {
 scsi_disks() {
     ls /dev/disk/by-path/ | grep -E "ip-127\.0\.0\.[12]:3260-iscsi-$IQN-lun-1\$" | wc -l
 }
-two_disks() { _svc_wait 10 test "$(scsi_disks)" = 2; ls -l /dev/disk/by-path/; }
+two_disks() { _svc_wait 10 test "$(scsi_disks)" = 2; ls -l /dev/disk/by-path/ | grep -F "$IQN"; }
+# The multipath map (dm device named mpath*) over exactly COUNT paths, from sysfs.
+map_with_paths() {
+    local count=$1 dm name slaves
+    for dm in /sys/block/dm-*; do
+        [[ -r $dm/dm/uuid && $(<"$dm/dm/uuid") == mpath-* ]] || continue
+        name=$(<"$dm/dm/name")
+        slaves=("$dm"/slaves/*)
+        [[ -e ${slaves[0]} ]] || slaves=()
+        if ((${#slaves[@]} == count)); then
+            MPATH=$name
+            return 0
+        fi
+    done
+    return 1
+}
+active_paths() { # prints how many paths multipathd reports active
+    local out n=0 line
+    out=$(multipath -ll "$MPATH" 2>/dev/null)
+    while IFS= read -r line; do
+        [[ $line == *"active ready running"* ]] && n=$((n + 1))
+    done <<<"$out"
+    echo "$n"
+}
+two_active_paths() { [[ $(active_paths) == 2 ]]; }
 multipath_map() {
     start_multipathd || return
-    multipath >/dev/null 2>&1  # multipathd normally builds the map itself
-    _svc_wait 15 sh -c 'multipath -ll | grep -c "active ready running" | grep -qx 2' || {
-        multipath -ll
-        return 1
-    }
-    MPATH=$(multipath -l -v1 | head -n 1)
-    multipath -ll
-    [[ -n $MPATH && -b /dev/mapper/$MPATH ]]
+    # multipathd builds the map itself (find_multipaths no).
+    _svc_wait 20 map_with_paths 2 || { multipath -ll; return 1; }
+    _svc_wait 20 two_active_paths || { multipath -ll; return 1; }
+    multipath -ll "$MPATH"
+    [[ -b /dev/mapper/$MPATH ]]
 }
 xfs_on_map() {
-    mkfs.xfs -q -f "/dev/mapper/$MPATH" &&
+    mkfs.xfs -q -f -K "/dev/mapper/$MPATH" &&
         mount "/dev/mapper/$MPATH" "$MNT" &&
         echo "over two paths" >"$MNT/mp" && sync &&
         umount "$MNT" && mount "/dev/mapper/$MPATH" "$MNT" &&
@@ -138,10 +168,13 @@ path_failover() {
     iscsiadm -m node -T "$IQN" -p 127.0.0.2:3260 --logout &&
         dd if="/dev/mapper/$MPATH" of=/dev/null bs=1M count=4 iflag=direct &&
         iscsiadm -m node -T "$IQN" -p 127.0.0.2:3260 --login &&
-        _svc_wait 15 sh -c 'multipath -ll | grep -c "active ready running" | grep -qx 2'
+        _svc_wait 20 map_with_paths 2 &&
+        _svc_wait 20 two_active_paths
 }
 flush_logout() {
-    multipath -f "$MPATH" && [[ ! -e /dev/mapper/$MPATH ]] &&
+    # udev may still hold the map open for a moment (blkid after a path change).
+    udevadm settle
+    _svc_wait 10 multipath -f "$MPATH" && [[ ! -e /dev/mapper/$MPATH ]] &&
         iscsiadm -m node -T "$IQN" --logout || return
     local rc=0
     iscsiadm -m session >/dev/null 2>&1 || rc=$?

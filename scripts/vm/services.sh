@@ -11,11 +11,19 @@
 #
 # Each start is idempotent and returns once the daemon answers. Daemon output is
 # in $VM_SERVICES_LOG (default /run/vm-services). Can also be sourced: the
-# functions are then start_iscsi_target, start_iscsid, start_multipathd, stop_all.
+# functions are then start_iscsi_target, start_iscsid, start_multipathd,
+# start_all, stop_all, plus the helpers _svc_wait SECONDS COMMAND... (retry until
+# success) and _svc_sleep SECONDS (sleep without an exec).
 
 VM_SERVICES_LOG=${VM_SERVICES_LOG:-/run/vm-services}
 
-_svc_wait() { # SECONDS COMMAND...: retry COMMAND every 0.1 s
+# Bash-only sleep: under TCG every exec costs a few tenths of a second.
+_svc_sleep() {
+    [[ -n ${_svc_sleep_fd:-} ]] || exec {_svc_sleep_fd}<> <(:)
+    read -rt "$1" -u "$_svc_sleep_fd" || :
+}
+
+_svc_wait() { # SECONDS COMMAND...: retry COMMAND every 0.25 s until it succeeds
     local deadline=$((SECONDS + $1))
     shift
     until "$@" >/dev/null 2>&1; do
@@ -23,7 +31,7 @@ _svc_wait() { # SECONDS COMMAND...: retry COMMAND every 0.1 s
             echo "services.sh: timed out waiting for: $*" >&2
             return 1
         fi
-        sleep 0.1
+        _svc_sleep 0.25
     done
 }
 
@@ -35,40 +43,50 @@ _svc_guard() {
     mkdir -p "$VM_SERVICES_LOG"
 }
 
-_tgt_up() { tgtadm --lld iscsi --op show --mode sys; }
+# Is a unix socket with this path (or @abstract name) bound? Bash only: no exec.
+_svc_socket() {
+    local line
+    while IFS= read -r line; do
+        [[ $line == *" $1" ]] && return 0
+    done </proc/net/unix
+    return 1
+}
+
+_tgt_up() { _svc_socket /var/run/tgtd/socket.0 || _svc_socket /run/tgtd/socket.0; }
 
 start_iscsi_target() {
     _svc_guard || return
-    _tgt_up >/dev/null 2>&1 && return 0
+    _tgt_up && return 0
     mkdir -p /run/tgtd
     setsid -f tgtd -f >>"$VM_SERVICES_LOG/tgtd.log" 2>&1 </dev/null
-    _svc_wait 10 _tgt_up
+    _svc_wait 10 _tgt_up && _svc_wait 10 tgtadm --lld iscsi --op show --mode sys
 }
 
-# iscsiadm exits 21 (no sessions) or 0 once it can talk to iscsid.
-_iscsid_up() {
-    local rc=0
-    iscsiadm -m session >/dev/null 2>&1 || rc=$?
-    ((rc == 0 || rc == 21))
-}
+# iscsiadm talks to iscsid over this abstract socket.
+_iscsid_up() { _svc_socket @ISCSIADM_ABSTRACT_NAMESPACE; }
 
 start_iscsid() {
     _svc_guard || return
     [[ -s /etc/iscsi/initiatorname.iscsi ]] ||
         echo "InitiatorName=$(iscsi-iname)" >/etc/iscsi/initiatorname.iscsi
-    if ! pgrep -x iscsid >/dev/null; then
-        modprobe -a iscsi_tcp
+    if ! _iscsid_up; then
+        [[ -d /sys/module/iscsi_tcp ]] || modprobe -a iscsi_tcp
         setsid -f iscsid -f >>"$VM_SERVICES_LOG/iscsid.log" 2>&1 </dev/null
     fi
     _svc_wait 10 _iscsid_up
 }
 
-_multipathd_up() { multipathd show daemon | grep -Eq 'running|idle'; }
+_multipathd_listening() { _svc_socket @/org/kernel/linux/storage/multipathd; }
+_multipathd_ready() {
+    local out
+    out=$(multipathd show daemon 2>/dev/null) && [[ $out == *running* || $out == *idle* ]]
+}
 
 start_multipathd() {
     _svc_guard || return
     # multipath does not load its kernel target itself.
-    modprobe -a dm_multipath scsi_dh_alua
+    [[ -d /sys/module/dm_multipath && -d /sys/module/scsi_dh_alua ]] ||
+        modprobe -a dm_multipath scsi_dh_alua
     if [[ ! -e /etc/multipath.conf ]]; then
         cat >/etc/multipath.conf <<'EOF'
 defaults {
@@ -77,10 +95,10 @@ defaults {
 }
 EOF
     fi
-    if ! pgrep -x multipathd >/dev/null; then
+    if ! _multipathd_listening; then
         setsid -f multipathd -d -s >>"$VM_SERVICES_LOG/multipathd.log" 2>&1 </dev/null
     fi
-    _svc_wait 10 _multipathd_up
+    _svc_wait 10 _multipathd_listening && _svc_wait 10 _multipathd_ready
 }
 
 start_all() {

@@ -31,7 +31,12 @@ impl Driver {
             .node_backend
             .attach_device(id, &to_map(&r.publish_context))
             .await?;
-        volume::stage_filesystem(device, staging, &capability, &context).await?;
+        let marker = self
+            .settings
+            .state_dir
+            .join("node")
+            .join(format!("{id}.mkfs"));
+        volume::stage_filesystem(device, staging, &capability, &context, marker).await?;
         Ok(pb::NodeStageVolumeResponse {})
     }
 
@@ -53,8 +58,15 @@ impl Driver {
     ) -> CsiResult<pb::NodePublishVolumeResponse> {
         let id = validate::identifier("volume_id", &r.volume_id)?;
         let target = validate::target_path("target_path", &r.target_path)?;
-        let staging = validate::target_path("staging_target_path", &r.staging_target_path)?;
         let capability = validate::capability("volume_capability", r.volume_capability.as_ref())?;
+        if r.staging_target_path.is_empty() {
+            // CSI: with STAGE_UNSTAGE_VOLUME, a missing staging path is
+            // FAILED_PRECONDITION ("Staging target path not set").
+            return Err(CsiError::FailedPrecondition(
+                "staging_target_path is not set: this plugin stages volumes; call NodeStageVolume and pass its staging_target_path".into(),
+            ));
+        }
+        let staging = validate::target_path("staging_target_path", &r.staging_target_path)?;
         if target == staging {
             return Err(CsiError::InvalidArgument(
                 "target_path must differ from staging_target_path".into(),
@@ -62,13 +74,15 @@ impl Driver {
         }
         let read_only = r.readonly || capability.read_only_mode();
         let _guard = self.locks.acquire(&[id, &r.target_path])?;
+        // CSI: a volume that does not exist (here: has no device on this
+        // node) is NOT_FOUND.
+        let device = self.node_backend.find_device(id).await?.ok_or_else(|| {
+            CsiError::NotFound(format!(
+                "volume {id} does not exist on this node: call NodeStageVolume first"
+            ))
+        })?;
         match capability.access {
             Access::Block => {
-                let device = self.node_backend.find_device(id).await?.ok_or_else(|| {
-                    CsiError::FailedPrecondition(format!(
-                        "volume {id} is not staged on this node: call NodeStageVolume first"
-                    ))
-                })?;
                 volume::publish(device, target, true, read_only, Vec::new()).await?;
             }
             Access::Mount { flags, .. } => {

@@ -173,14 +173,15 @@ impl MkfsOptions {
                     "use a power of two from 1024 to 65536".into(),
                 );
             }
-            if let Some(inode) = self.inode_size {
-                if fs_type == "ext4" && inode > size {
-                    return invalid(
-                        "inode size",
-                        inode.into(),
-                        format!("it must not exceed the block size {size}"),
-                    );
-                }
+            if let Some(inode) = self.inode_size
+                && fs_type == "ext4"
+                && inode > size
+            {
+                return invalid(
+                    "inode size",
+                    inode.into(),
+                    format!("it must not exceed the block size {size}"),
+                );
             }
         }
         if let Some(percent) = self.reserved_percent {
@@ -300,12 +301,12 @@ pub fn grow(device: &Path, mount_point: &Path, fs_type: &str) -> Result<()> {
     if output.status.success() {
         Ok(())
     } else {
-        Err(tool_failed(
-            program,
-            path,
-            &output,
-            "the filesystem must be mounted for an online resize; check dmesg",
-        ))
+        let hint = if fs_type == "ext4" {
+            "online ext4 resize needs the filesystem mounted and CAP_SYS_RESOURCE (run the node plugin privileged); check dmesg"
+        } else {
+            "the filesystem must be mounted for an online resize; check dmesg"
+        };
+        Err(tool_failed(program, path, &output, hint))
     }
 }
 
@@ -323,6 +324,8 @@ pub struct FsStats {
 }
 
 /// Usage statistics of the filesystem that holds `path` (statvfs).
+// The statvfs field types are 64-bit here but 32-bit on some targets.
+#[allow(clippy::useless_conversion)]
 pub fn stats(path: &Path) -> Result<FsStats> {
     let c = c_path("statvfs", path)?;
     // SAFETY: an all-zero statvfs is a valid value; statvfs fills it.

@@ -369,6 +369,9 @@ pub fn mount_fs(
     )
 }
 
+/// `ST_NOSYMFOLLOW` from `<sys/statvfs.h>` (Linux 5.10+), not in the libc crate.
+const ST_NOSYMFOLLOW: libc::c_ulong = 0x2000;
+
 /// The per-mount flags a mount has now, as `MS_*` flags (from statvfs's `ST_*`), so a remount
 /// adds to them and never loosens them (a bind of a read-only mount stays read-only).
 fn current_bind_flags(target: &Path, c_target: &CString) -> Result<libc::c_ulong> {
@@ -389,6 +392,7 @@ fn current_bind_flags(target: &Path, c_target: &CString) -> Result<libc::c_ulong
         (libc::ST_NOATIME, libc::MS_NOATIME),
         (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
         (libc::ST_RELATIME, libc::MS_RELATIME),
+        (ST_NOSYMFOLLOW, libc::MS_NOSYMFOLLOW),
     ] {
         if f & st_flag != 0 {
             flags |= ms_flag;
@@ -406,6 +410,10 @@ fn current_bind_flags(target: &Path, c_target: &CString) -> Result<libc::c_ulong
 /// those flags added to the ones it inherited; if that fails, the bind is undone. Filesystem
 /// specific options cannot change on a bind mount and are ignored (they apply when the
 /// filesystem itself is mounted).
+///
+/// A read-only bind of a *device node* only makes the node's inode read-only: the device can
+/// still be opened for writing through it. A read-only raw block volume needs a read-only
+/// device (for example a read-only loop device or `BLKROSET`).
 pub fn bind(source: &Path, target: &Path, read_only: bool, options: &[String]) -> Result<()> {
     let parsed = parse_options(options, read_only)?;
     let c_source = c_path("bind mount", source)?;

@@ -1,5 +1,5 @@
-//! Node-side volume operations built on the host primitives: stage (device
-//! + filesystem + mount), publish (bind mount), unpublish, unstage, expand
+//! Node-side volume operations built on the host primitives: stage (device,
+//! filesystem, mount), publish (bind mount), unpublish, unstage, expand
 //! and stats. Every step checks what is already there first, so a repeat,
 //! or a call after a driver or kubelet restart, finds its own work and
 //! returns OK; anything unexpected is refused, never overwritten.
@@ -86,11 +86,17 @@ pub fn mkfs_options(context: &Map) -> CsiResult<MkfsOptions> {
 
 /// Makes the filesystem on `device` (only if blank) and mounts it at
 /// `staging`; a staging path that already has this device mounted is done.
+///
+/// `mkfs_marker` is a file that exists (durably) only while mkfs runs: a
+/// filesystem found with its marker still there was cut off half made (a
+/// killed mkfs.xfs leaves a signature that does not mount) and holds no
+/// data, so it is made again.
 pub async fn stage_filesystem(
     device: PathBuf,
     staging: PathBuf,
     capability: &Capability,
     context: &Map,
+    mkfs_marker: PathBuf,
 ) -> CsiResult<()> {
     let Access::Mount { fs_type, flags } = &capability.access else {
         return Ok(());
@@ -107,23 +113,46 @@ pub async fn stage_filesystem(
     let dev = device.clone();
     let numbers = host(move || Ok(device_numbers(&dev)?)).await?;
     if let Some(entry) = existing {
-        return if same_device(&entry, numbers) {
-            Ok(())
-        } else {
-            Err(CsiError::AlreadyExists(format!(
+        if !same_device(&entry, numbers) {
+            return Err(CsiError::AlreadyExists(format!(
                 "staging_target_path {} already has {} mounted, not this volume's device {}",
                 staging.display(),
                 entry.source,
                 device.display()
-            )))
-        };
+            )));
+        }
+        if entry.fs_type != fs_type {
+            return Err(CsiError::AlreadyExists(format!(
+                "volume is already staged at {} with {}, not {fs_type}",
+                staging.display(),
+                entry.fs_type
+            )));
+        }
+        // A repeat after a failed growth retries it.
+        return grow_to_device(device, staging, fs_type, read_only).await;
     }
     let dev = device.clone();
-    let signature = host(move || Ok(nodefs::probe(&dev)?)).await?;
+    let marker = mkfs_marker.clone();
+    let (signature, interrupted) =
+        host(move || Ok((nodefs::probe(&dev)?, marker.exists()))).await?;
+    if interrupted && signature != Signature::Blank {
+        tracing::warn!(device = %device.display(), ?signature, "an earlier mkfs was cut off; making the filesystem again");
+    }
+    let signature = if interrupted {
+        Signature::Blank
+    } else {
+        signature
+    };
+    let existed = signature != Signature::Blank;
     match signature {
         Signature::Blank => {
             let (dev, fs) = (device.clone(), fs_type.clone());
-            host(move || Ok(nodefs::mkfs(&dev, &fs, &options)?)).await?;
+            host(move || {
+                set_marker(&mkfs_marker, true)?;
+                nodefs::mkfs(&dev, &fs, &options)?;
+                Ok(set_marker(&mkfs_marker, false)?)
+            })
+            .await?;
             tracing::info!(device = %device.display(), fs_type = %fs_type, "filesystem created");
         }
         Signature::Filesystem(found) if found == fs_type => {}
@@ -140,17 +169,66 @@ pub async fn stage_filesystem(
             )));
         }
     }
+    // A restored or cloned xfs carries its origin's UUID; xfs refuses to
+    // mount a second filesystem with the same UUID unless told not to check.
+    let mut flags = flags;
+    if fs_type == "xfs" && !flags.iter().any(|f| f == "nouuid") {
+        flags.push("nouuid".to_string());
+    }
+    let (dev, at, fs) = (device.clone(), staging.clone(), fs_type.clone());
     host(move || {
-        if !staging.exists() {
-            std::fs::create_dir(&staging).map_err(|e| {
-                HostError::os("mkdir", &staging, e, "does the parent directory exist?")
-            })?;
+        if !at.exists() {
+            std::fs::create_dir(&at)
+                .map_err(|e| HostError::os("mkdir", &at, e, "does the parent directory exist?"))?;
         }
-        Ok(mount::mount_fs(
-            &device, &staging, &fs_type, &flags, read_only,
-        )?)
+        Ok(mount::mount_fs(&dev, &at, &fs, &flags, read_only)?)
     })
-    .await
+    .await?;
+    if !existed {
+        return Ok(());
+    }
+    // A volume restored or cloned into a larger size must offer that size
+    // (CSI CreateVolume): grow the filesystem to the device. On failure the
+    // mount is undone so that a retry starts over.
+    if let Err(e) = grow_to_device(device, staging.clone(), fs_type, read_only).await {
+        let _ = unstage_filesystem(staging).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Creates (durably) or removes (durably) the mkfs marker.
+fn set_marker(marker: &Path, present: bool) -> Result<(), HostError> {
+    let fail = |op, e| HostError::os(op, marker, e, "the node's state directory must be writable");
+    let dir = marker.parent().unwrap_or(Path::new("/"));
+    if present {
+        std::fs::create_dir_all(dir).map_err(|e| fail("create the directory of", e))?;
+        std::fs::File::create(marker)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| fail("create", e))?;
+    } else {
+        match std::fs::remove_file(marker) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail("remove", e)),
+            _ => {}
+        }
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| fail("sync the directory of", e))
+}
+
+/// Grows the filesystem mounted at `staging` to the size of `device`; a
+/// no-op when it already has that size.
+async fn grow_to_device(
+    device: PathBuf,
+    staging: PathBuf,
+    fs_type: String,
+    read_only: bool,
+) -> CsiResult<()> {
+    if read_only {
+        return Ok(());
+    }
+    host(move || Ok(nodefs::grow(&device, &staging, &fs_type)?)).await
 }
 
 /// Unmounts the staging path if something is mounted there.

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The project's test command: installs what it needs, then format check,
+# lint, and every test (root tests included).
+set -euo pipefail
+source "$(dirname "$0")/lib/common.sh"
+cd "$(repo_root)"
+require_root "scripts/test.sh"
+ensure_packages "${NODE_PACKAGES[@]}" pkg-config
+
+section() { printf '\n==> %s\n' "$*"; }
+
+section "cargo fmt --check"
+cargo fmt --all -- --check
+
+section "cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+section "cargo test"
+cargo test --locked
+
+if [ -f scripts/chart-test.sh ]; then
+  section "chart tests"
+  bash scripts/chart-test.sh
+fi
+
+section "all tests passed"

@@ -1,0 +1,118 @@
+//! CSI conformance suite: drives the real `multicsi` binary over its unix
+//! socket, the way kubelet and the CSI sidecars do, and checks what the CSI
+//! v1.12 specification demands of every RPC.
+//!
+//! Every test takes a [`harness::BackendUnderTest`]; the suite is
+//! instantiated once per backend below, as `<backend>::<section>::<test>`.
+//! Sections that need a real kernel (loop devices, mounts) are instantiated
+//! only for backends whose node can run here. See docs/conformance.md.
+
+#[path = "conformance/api.rs"]
+mod api;
+#[path = "conformance/controller.rs"]
+mod controller;
+#[path = "conformance/crash.rs"]
+mod crash;
+#[path = "conformance/harness.rs"]
+mod harness;
+#[path = "conformance/identity.rs"]
+mod identity;
+#[path = "conformance/node.rs"]
+mod node;
+#[path = "conformance/socket.rs"]
+mod socket;
+
+/// One `#[test]` per listed test body, run against `$backend()`.
+/// `section!(backend, name in module: [...])` takes the bodies from `module`.
+macro_rules! section {
+    ($backend:path, $section:ident: [$($test:ident),* $(,)?]) => {
+        section!($backend, $section in $section: [$($test),*]);
+    };
+    ($backend:path, $section:ident in $module:ident: [$($test:ident),* $(,)?]) => {
+        mod $section {
+            $(
+                #[test]
+                fn $test() {
+                    crate::harness::run(crate::$module::$test, $backend());
+                }
+            )*
+        }
+    };
+}
+
+/// Sections every backend runs: the gRPC surface, no host devices.
+macro_rules! api_sections {
+    ($backend:path) => {
+        section!($backend, identity: [
+            plugin_info_names_the_driver,
+            plugin_capabilities_are_advertised,
+            probe_reports_ready,
+        ]);
+        section!($backend, controller: [
+            controller_capabilities_are_advertised,
+            unadvertised_rpcs_are_unimplemented,
+            missing_required_fields_are_invalid,
+            hostile_identifiers_are_invalid,
+            unknown_parameters_are_invalid,
+            unknown_ids_are_not_found,
+            deleting_unknown_ids_succeeds,
+            create_and_delete_are_idempotent,
+            incompatible_create_is_already_exists,
+            capacity_ranges_are_honoured,
+            validate_capabilities_confirms_only_supported,
+            list_volumes_pages,
+            list_volumes_paging_survives_changes,
+            controller_publish_is_idempotent,
+            snapshots_are_idempotent_and_listed,
+            list_snapshots_pages,
+            restore_and_clone_respect_source_size,
+            controller_expand_is_idempotent,
+            get_capacity_reports_space,
+            create_volume_honours_topology,
+            concurrent_calls_on_one_volume,
+            parallel_calls_on_different_volumes,
+        ]);
+        section!($backend, socket: [
+            socket_is_private,
+            stale_socket_is_replaced,
+            live_socket_is_not_taken_over,
+            sigterm_exits_cleanly,
+        ]);
+        section!($backend, crash: [
+            crash_during_create_volume,
+        ]);
+    };
+}
+
+/// Sections that format and mount real devices: root only.
+macro_rules! node_sections {
+    ($backend:path) => {
+        section!($backend, node: [
+            node_capabilities_and_info,
+            node_missing_fields_are_invalid,
+            node_hostile_input_is_invalid,
+            node_unknown_volume_is_not_found,
+            node_publish_requires_staging,
+            node_cycle_ext4,
+            node_cycle_xfs,
+            stage_with_another_filesystem_is_already_exists,
+            read_only_publish_refuses_writes,
+            raw_block_round_trip,
+            expand_ext4_online,
+            expand_xfs_online,
+            restore_ext4_keeps_snapshot_data,
+            restore_xfs_keeps_snapshot_data,
+            clone_keeps_data,
+            stats_report_abnormal_when_unmounted,
+            concurrent_node_calls_on_one_volume,
+        ]);
+        section!($backend, node_crash in crash: [
+            crash_during_node_stage,
+        ]);
+    };
+}
+
+mod hostpath {
+    api_sections!(crate::harness::BackendUnderTest::hostpath);
+    node_sections!(crate::harness::BackendUnderTest::hostpath);
+}

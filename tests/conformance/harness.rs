@@ -1,0 +1,670 @@
+//! The harness: starts the real `multicsi` binary on a private unix socket
+//! with a private state directory, connects the CSI clients the way kubelet
+//! and the sidecars do, and leaves nothing behind when it is dropped (even
+//! when the test panicked): the process group is killed, every mount under
+//! the private directory is unmounted and every loop device backed by a file
+//! under it is detached.
+//!
+//! What differs between backends lives in [`BackendUnderTest`]; every test
+//! takes one, so a backend that runs against an emulator runs the same suite.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use multicsi::csi::controller_client::ControllerClient;
+use multicsi::csi::controller_service_capability::rpc::Type as CtrlRpc;
+use multicsi::csi::identity_client::IdentityClient;
+use multicsi::csi::node_client::NodeClient;
+use multicsi::csi::node_service_capability::rpc::Type as NodeRpc;
+use multicsi::csi::plugin_capability::service::Type as PluginService;
+use multicsi::csi::{self as csi};
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// Longest a single test may run before it fails (and cleans up).
+const TEST_TIMEOUT: Duration = Duration::from_secs(100);
+/// Longest a server may take to answer Probe after it was started.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Volume sizes a backend is tested with.
+#[derive(Clone, Debug)]
+pub struct Sizes {
+    /// The backend's allocation step: sizes are rounded up to a multiple.
+    pub step: u64,
+    /// A small volume for controller-only tests.
+    pub small: u64,
+    /// A volume that holds a filesystem of the given type.
+    pub filesystem: fn(&str) -> u64,
+}
+
+/// How a backend is started and what it is expected to offer.
+#[derive(Clone, Debug)]
+pub struct BackendUnderTest {
+    pub name: &'static str,
+    /// Node id the server is started with.
+    pub node_id: &'static str,
+    /// Extra `multicsi serve` arguments; `{dir}` stands for the server's
+    /// private directory.
+    pub args: Vec<&'static str>,
+    /// Extra environment of the server; `{dir}` as above.
+    pub env: Vec<(&'static str, &'static str)>,
+    pub plugin_services: Vec<PluginService>,
+    pub controller_rpcs: Vec<CtrlRpc>,
+    pub node_rpcs: Vec<NodeRpc>,
+    pub sizes: Sizes,
+    /// Filesystems the node tests format and mount.
+    pub filesystems: Vec<&'static str>,
+    /// Whether node tests (real loop devices, mounts) can run: a backend
+    /// served against an emulator has no real disks.
+    pub node_tests: bool,
+    /// Topology key the node reports.
+    pub topology_key: &'static str,
+    /// Well-formed IDs that name nothing.
+    pub unknown_volume_id: &'static str,
+    pub unknown_snapshot_id: &'static str,
+    /// Valid StorageClass parameters that make a different volume than none.
+    pub alt_parameters: Vec<(&'static str, &'static str)>,
+    /// The volume IDs the backend's storage holds (for leak checks), given
+    /// the server's private directory.
+    pub stored_volumes: fn(&Path) -> Vec<String>,
+}
+
+const MIB: u64 = 1 << 20;
+
+impl BackendUnderTest {
+    /// The embedded hostpath backend: sparse images under the state
+    /// directory, loop devices on the node.
+    pub fn hostpath() -> Self {
+        BackendUnderTest {
+            name: "hostpath",
+            node_id: "conformance-node",
+            args: vec!["--backend", "hostpath", "--state-dir", "{dir}/state"],
+            env: vec![],
+            plugin_services: vec![
+                PluginService::ControllerService,
+                PluginService::VolumeAccessibilityConstraints,
+            ],
+            controller_rpcs: vec![
+                CtrlRpc::CreateDeleteVolume,
+                CtrlRpc::PublishUnpublishVolume,
+                CtrlRpc::ListVolumes,
+                CtrlRpc::GetCapacity,
+                CtrlRpc::CreateDeleteSnapshot,
+                CtrlRpc::ListSnapshots,
+                CtrlRpc::CloneVolume,
+                CtrlRpc::PublishReadonly,
+                CtrlRpc::ExpandVolume,
+                CtrlRpc::ListVolumesPublishedNodes,
+                CtrlRpc::VolumeCondition,
+                CtrlRpc::GetVolume,
+                CtrlRpc::SingleNodeMultiWriter,
+                CtrlRpc::GetSnapshot,
+            ],
+            node_rpcs: vec![
+                NodeRpc::StageUnstageVolume,
+                NodeRpc::GetVolumeStats,
+                NodeRpc::ExpandVolume,
+                NodeRpc::VolumeCondition,
+                NodeRpc::SingleNodeMultiWriter,
+            ],
+            sizes: Sizes {
+                step: MIB,
+                small: 8 * MIB,
+                filesystem: |fs| if fs == "xfs" { 300 * MIB } else { 48 * MIB },
+            },
+            filesystems: vec!["ext4", "xfs"],
+            node_tests: true,
+            topology_key: "topology.multicsi.io/node",
+            unknown_volume_id: "hp-00000000000000000000000000000000",
+            unknown_snapshot_id: "hps-00000000000000000000000000000000",
+            alt_parameters: vec![("multicsi.io/mkfs-reserved-percent", "1")],
+            stored_volumes: |dir| {
+                let mut ids = Vec::new();
+                if let Ok(entries) = std::fs::read_dir(dir.join("state/volumes")) {
+                    for entry in entries.flatten() {
+                        let path = entry.path();
+                        if path.extension().and_then(|e| e.to_str()) == Some("img")
+                            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+                        {
+                            ids.push(stem.to_string());
+                        }
+                    }
+                }
+                ids.sort();
+                ids
+            },
+        }
+    }
+
+    pub fn fs_bytes(&self, fs: &str) -> u64 {
+        (self.sizes.filesystem)(fs)
+    }
+}
+
+/// Runs one async test body on its own runtime, with a deadline.
+pub fn run<F, Fut>(test: F, backend: BackendUnderTest)
+where
+    F: FnOnce(BackendUnderTest) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("test runtime");
+    runtime.block_on(async {
+        if tokio::time::timeout(TEST_TIMEOUT, test(backend))
+            .await
+            .is_err()
+        {
+            panic!("test did not finish within {TEST_TIMEOUT:?}");
+        }
+    });
+}
+
+/// Node tests need a backend whose node runs here, and root: they attach
+/// loop devices and mount. Not being root is a failure, never a silent skip.
+pub fn require_node(backend: &BackendUnderTest) {
+    assert!(
+        backend.node_tests,
+        "the {} backend cannot run node tests here; do not instantiate them for it",
+        backend.name
+    );
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test attaches loop devices and mounts filesystems: run the conformance suite as root"
+    );
+}
+
+/// Whether this process may grow a mounted ext4 (EXT4_IOC_RESIZE_FS needs
+/// CAP_SYS_RESOURCE, which some container sandboxes drop even for root).
+pub fn can_resize_ext4_online() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+            u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
+/// Connects a channel to a unix socket.
+pub async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
+    let socket = socket.to_path_buf();
+    Endpoint::from_static("http://[::]:50051")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+        }))
+        .await
+}
+
+/// A running driver with its private directory.
+pub struct Server {
+    pub backend: BackendUnderTest,
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    channel: Option<Channel>,
+}
+
+impl Server {
+    /// Starts a server for `backend` in a fresh private directory and waits
+    /// until it answers Probe.
+    pub async fn start(backend: &BackendUnderTest) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("csi-conf-")
+            .tempdir()
+            .expect("temporary directory");
+        let root = dir.path().canonicalize().expect("canonical temp dir");
+        std::fs::create_dir_all(root.join("work")).expect("work dir");
+        let mut server = Server {
+            backend: backend.clone(),
+            socket: root.join("csi.sock"),
+            log: root.join("server.log"),
+            root,
+            dir,
+            child: None,
+            channel: None,
+        };
+        server.spawn().await;
+        server
+    }
+
+    fn command(&self) -> Command {
+        self.command_with_dir(&self.root)
+    }
+
+    /// The server's command line, on this server's socket, with `{dir}`
+    /// standing for `dir`.
+    pub fn command_with_dir(&self, dir: &Path) -> Command {
+        let expand = |text: &str| text.replace("{dir}", &dir.display().to_string());
+        let binary = std::env::var_os("CONFORMANCE_BINARY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_multicsi")));
+        let mut cmd = Command::new(binary);
+        cmd.arg("serve")
+            .arg("--endpoint")
+            .arg(format!("unix://{}", self.socket.display()))
+            .arg("--node-id")
+            .arg(self.backend.node_id);
+        for arg in &self.backend.args {
+            cmd.arg(expand(arg));
+        }
+        for (key, _) in std::env::vars() {
+            if key.starts_with("MULTICSI_") {
+                cmd.env_remove(key);
+            }
+        }
+        for (key, value) in &self.backend.env {
+            cmd.env(key, expand(value));
+        }
+        cmd.env("MULTICSI_LOG_FORMAT", "text")
+            .env("MULTICSI_LOG_LEVEL", "info")
+            .env("NO_COLOR", "1");
+        cmd
+    }
+
+    /// Starts the process (on the same directory and socket as before) and
+    /// waits until it serves.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "server already running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("server log");
+        let child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            // Its own process group: a crash test kills the server with
+            // every tool it started, like a container runtime would.
+            .process_group(0)
+            .spawn()
+            .expect("start multicsi");
+        self.child = Some(child);
+        self.channel = Some(self.wait_ready().await);
+    }
+
+    async fn wait_ready(&mut self) -> Channel {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!(
+                    "multicsi exited with {status} before serving; log:\n{}",
+                    self.log_tail(60)
+                );
+            }
+            if self.socket.exists()
+                && let Ok(channel) = connect(&self.socket).await
+            {
+                let probe = IdentityClient::new(channel.clone())
+                    .probe(csi::ProbeRequest {})
+                    .await;
+                if probe.is_ok() {
+                    return channel;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "multicsi did not serve within {START_TIMEOUT:?}; log:\n{}",
+                self.log_tail(60)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn channel(&self) -> Channel {
+        self.channel.clone().expect("server is not running")
+    }
+
+    pub fn identity(&self) -> IdentityClient<Channel> {
+        IdentityClient::new(self.channel())
+    }
+
+    pub fn controller(&self) -> ControllerClient<Channel> {
+        ControllerClient::new(self.channel())
+    }
+
+    pub fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(self.channel())
+    }
+
+    /// The server's private directory.
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// A path for the test's own files (staging and target paths).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join("work").join(name)
+    }
+
+    /// A path string for a request.
+    pub fn path_str(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Kills the server and every process it started with SIGKILL, as a
+    /// crash or an OOM kill of its container would.
+    pub fn kill9(&mut self) {
+        self.channel = None;
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill has no memory-safety preconditions; the group
+            // is the child's own (process_group(0)).
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit (at most 20 s).
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.channel = None;
+        let mut child = self.child.take().expect("server is not running");
+        // SAFETY: see kill9.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("multicsi did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Volume IDs the backend's storage holds right now.
+    pub fn stored_volumes(&self) -> Vec<String> {
+        (self.backend.stored_volumes)(&self.root)
+    }
+
+    /// Mounts and loop devices that belong to this server's directory.
+    pub fn host_leftovers(&self) -> Vec<String> {
+        host_leftovers(&self.root)
+    }
+
+    /// The last lines of the server's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let Ok(file) = File::open(&self.log) else {
+            return String::from("(no log)");
+        };
+        let all: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- multicsi log ({}) ---\n{}\n---",
+                self.backend.name,
+                self.log_tail(40)
+            );
+        }
+        self.kill9();
+        let left = cleanup_host(&self.root);
+        if !left.is_empty() {
+            eprintln!(
+                "conformance harness: could not clean up {}: {left:?}",
+                self.dir.path().display()
+            );
+        }
+    }
+}
+
+/// One line of /proc/self/mountinfo.
+#[derive(Clone, Debug)]
+pub struct MountInfo {
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+    pub source: String,
+    pub options: String,
+}
+
+impl MountInfo {
+    pub fn read_only(&self) -> bool {
+        self.options.split(',').any(|o| o == "ro")
+    }
+}
+
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Ok(v) = u8::from_str_radix(&field[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Every mount of this process's namespace, in mount order.
+pub fn mounts() -> Vec<MountInfo> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let right: Vec<&str> = right.split(' ').collect();
+            Some(MountInfo {
+                mount_point: PathBuf::from(unescape(left.get(4)?)),
+                options: left.get(5)?.to_string(),
+                fs_type: right.first()?.to_string(),
+                source: unescape(right.get(1)?),
+            })
+        })
+        .collect()
+}
+
+/// The topmost mount at exactly `path`.
+pub fn mount_at(path: &Path) -> Option<MountInfo> {
+    mounts().into_iter().rev().find(|m| m.mount_point == path)
+}
+
+/// How many mounts are stacked at exactly `path`.
+pub fn mount_count(path: &Path) -> usize {
+    mounts().iter().filter(|m| m.mount_point == path).count()
+}
+
+/// Loop devices whose backing file lies under `dir`: (device, backing file).
+pub fn loops_under(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) else {
+            continue;
+        };
+        let backing = backing.trim_end_matches('\n');
+        let path = backing.trim_end_matches(" (deleted)");
+        if Path::new(path).starts_with(dir) {
+            found.push((PathBuf::from(format!("/dev/{name}")), backing.to_string()));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Mounts and loop devices that belong to `dir`, described.
+pub fn host_leftovers(dir: &Path) -> Vec<String> {
+    let mut left: Vec<String> = mounts()
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(dir))
+        .map(|m| format!("mount {} ({})", m.mount_point.display(), m.source))
+        .collect();
+    left.extend(
+        loops_under(dir)
+            .into_iter()
+            .map(|(dev, file)| format!("loop {} -> {file}", dev.display())),
+    );
+    left
+}
+
+/// Unmounts everything under `dir` and detaches loop devices backed by files
+/// under it; returns what could not be removed.
+pub fn cleanup_host(dir: &Path) -> Vec<String> {
+    const LOOP_CLR_FD: libc::Ioctl = 0x4C01;
+    for _ in 0..50 {
+        let under: Vec<MountInfo> = mounts()
+            .into_iter()
+            .filter(|m| m.mount_point.starts_with(dir))
+            .collect();
+        for mount in under.iter().rev() {
+            if let Ok(c) = std::ffi::CString::new(mount.mount_point.as_os_str().as_encoded_bytes())
+            {
+                // SAFETY: c is a valid NUL-terminated path.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+        for (device, _) in loops_under(dir) {
+            if let Ok(file) = File::open(&device) {
+                // SAFETY: LOOP_CLR_FD takes no argument.
+                unsafe { libc::ioctl(file.as_raw_fd(), LOOP_CLR_FD, 0) };
+            }
+        }
+        let left = host_leftovers(dir);
+        if left.is_empty() {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    host_leftovers(dir)
+}
+
+/// Capabilities a running server advertises.
+pub struct Advertised {
+    pub plugin: BTreeSet<i32>,
+    pub controller: BTreeSet<i32>,
+    pub node: BTreeSet<i32>,
+    pub online_expansion: bool,
+}
+
+impl Advertised {
+    pub fn controller(&self, rpc: CtrlRpc) -> bool {
+        self.controller.contains(&(rpc as i32))
+    }
+    pub fn node(&self, rpc: NodeRpc) -> bool {
+        self.node.contains(&(rpc as i32))
+    }
+    pub fn plugin(&self, service: PluginService) -> bool {
+        self.plugin.contains(&(service as i32))
+    }
+}
+
+impl Server {
+    /// Reads the advertised capabilities; everything the backend description
+    /// expects must be among them (so a lost capability fails instead of
+    /// skipping the tests that depend on it).
+    pub async fn advertised(&self) -> Advertised {
+        use csi::controller_service_capability::Type as C;
+        use csi::node_service_capability::Type as N;
+        use csi::plugin_capability::Type as P;
+        let plugin = self
+            .identity()
+            .get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {})
+            .await
+            .expect("GetPluginCapabilities")
+            .into_inner();
+        let mut advertised = Advertised {
+            plugin: BTreeSet::new(),
+            controller: BTreeSet::new(),
+            node: BTreeSet::new(),
+            online_expansion: false,
+        };
+        for cap in plugin.capabilities {
+            match cap.r#type {
+                Some(P::Service(s)) => {
+                    advertised.plugin.insert(s.r#type);
+                }
+                Some(P::VolumeExpansion(e)) => {
+                    advertised.online_expansion =
+                        e.r#type == csi::plugin_capability::volume_expansion::Type::Online as i32;
+                }
+                None => {}
+            }
+        }
+        if advertised.plugin(PluginService::ControllerService) {
+            let caps = self
+                .controller()
+                .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
+                .await
+                .expect("ControllerGetCapabilities")
+                .into_inner();
+            for cap in caps.capabilities {
+                if let Some(C::Rpc(rpc)) = cap.r#type {
+                    advertised.controller.insert(rpc.r#type);
+                }
+            }
+        }
+        let caps = self
+            .node()
+            .node_get_capabilities(csi::NodeGetCapabilitiesRequest {})
+            .await
+            .expect("NodeGetCapabilities")
+            .into_inner();
+        for cap in caps.capabilities {
+            if let Some(N::Rpc(rpc)) = cap.r#type {
+                advertised.node.insert(rpc.r#type);
+            }
+        }
+        for s in &self.backend.plugin_services {
+            assert!(
+                advertised.plugin(*s),
+                "plugin capability {s:?} not advertised"
+            );
+        }
+        for r in &self.backend.controller_rpcs {
+            assert!(
+                advertised.controller(*r),
+                "controller capability {r:?} not advertised"
+            );
+        }
+        for r in &self.backend.node_rpcs {
+            assert!(advertised.node(*r), "node capability {r:?} not advertised");
+        }
+        advertised
+    }
+}
