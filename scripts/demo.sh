@@ -22,38 +22,26 @@
 # Exit status: 0 when every step passed, 1 otherwise.
 set -euo pipefail
 
-REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
+REPO=$(repo_root)
 FS=${DEMO_FS:-xfs}
 FAIL_AT=${DEMO_FAIL_AT:-}
 NODE=demo-node
-PACKAGES=(e2fsprogs xfsprogs util-linux mount pkg-config jq)
-[ "$FS" = btrfs ] && PACKAGES+=(btrfs-progs)
 
 die() {
   echo "demo: $*" >&2
   exit 1
 }
 
-if [ "$(id -u)" -ne 0 ]; then
-  die "must run as root: it attaches loop devices, makes filesystems and mounts them (try: sudo $0)"
-fi
+require_root "scripts/demo.sh"
 case "$FS" in
   xfs | ext4 | btrfs) ;;
   *) die "DEMO_FS=$FS: use xfs, ext4 or btrfs" ;;
 esac
 
 # --- prerequisites -----------------------------------------------------------
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  command -v apt-get >/dev/null || die "missing packages: ${missing[*]}; install them first"
-  echo "installing: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null || apt-get update
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+ensure_packages "${NODE_PACKAGES[@]}" pkg-config jq
 command -v cargo >/dev/null || die "cargo is missing: install a Rust toolchain (https://rustup.rs)"
 [ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true
 [ -e /dev/loop-control ] || die "/dev/loop-control is missing: load the loop module (modprobe loop)"
@@ -232,10 +220,6 @@ MOUNT1=$WORK/pods/demo/volume
 STAGE2=$WORK/staging/restored
 MOUNT2=$WORK/pods/demo/restored
 mkdir -p "$WORK/staging" "$WORK/pods/demo"
-# xfs refuses to mount two filesystems with one UUID; the restored copy has its
-# source's UUID while the source is still mounted here.
-RESTORE_FLAGS=()
-[ "$FS" = xfs ] && RESTORE_FLAGS=(--mount-flag nouuid)
 
 echo "multicsi demo: filesystem $FS, temporary directory $WORK"
 TOTAL_START=$(date +%s%N)
@@ -271,8 +255,7 @@ step restore-controller-publish "attach the restored volume" \
   client --json controller publish "$VOL2" --node "$NODE" --fs "$FS"
 mapfile -t PUBLISH2 < <(context_flags publish-context publish_context)
 step restore-node-stage "mount the restored volume at its staging path" \
-  client node stage "$VOL2" --staging "$STAGE2" --fs "$FS" "${RESTORE_FLAGS[@]}" \
-  "${CONTEXT2[@]}" "${PUBLISH2[@]}"
+  client node stage "$VOL2" --staging "$STAGE2" --fs "$FS" "${CONTEXT2[@]}" "${PUBLISH2[@]}"
 step restore-node-publish "bind-mount the restored volume" \
   client node publish "$VOL2" --staging "$STAGE2" --target "$MOUNT2" --fs "$FS" \
   "${CONTEXT2[@]}" "${PUBLISH2[@]}"
