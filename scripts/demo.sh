@@ -22,38 +22,26 @@
 # Exit status: 0 when every step passed, 1 otherwise.
 set -euo pipefail
 
-REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
+REPO=$(repo_root)
 FS=${DEMO_FS:-xfs}
 FAIL_AT=${DEMO_FAIL_AT:-}
 NODE=demo-node
-PACKAGES=(e2fsprogs xfsprogs util-linux mount pkg-config jq)
-[ "$FS" = btrfs ] && PACKAGES+=(btrfs-progs)
 
 die() {
   echo "demo: $*" >&2
   exit 1
 }
 
-if [ "$(id -u)" -ne 0 ]; then
-  die "must run as root: it attaches loop devices, makes filesystems and mounts them (try: sudo $0)"
-fi
+require_root "scripts/demo.sh"
 case "$FS" in
   xfs | ext4 | btrfs) ;;
   *) die "DEMO_FS=$FS: use xfs, ext4 or btrfs" ;;
 esac
 
 # --- prerequisites -----------------------------------------------------------
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  command -v apt-get >/dev/null || die "missing packages: ${missing[*]}; install them first"
-  echo "installing: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null || apt-get update
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+ensure_packages "${NODE_PACKAGES[@]}" pkg-config jq
 command -v cargo >/dev/null || die "cargo is missing: install a Rust toolchain (https://rustup.rs)"
 [ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true
 [ -e /dev/loop-control ] || die "/dev/loop-control is missing: load the loop module (modprobe loop)"
@@ -79,6 +67,17 @@ cleanup() {
       echo "---"
     fi
   fi
+  # The driver first (it finishes calls in flight), so that nothing new is
+  # attached or mounted while the rest is undone.
+  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID"
+    for _ in $(seq 50); do
+      kill -0 "$SERVER_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -0 "$SERVER_PID" 2>/dev/null && kill -KILL "$SERVER_PID"
+    wait "$SERVER_PID" 2>/dev/null
+  fi
   [ -n "${DEMO_KEEP_LOG:-}" ] && [ -f "$LOG" ] && cp "$LOG" "$DEMO_KEEP_LOG"
   # Mounts under the temporary directory, deepest first.
   findmnt -rn -o TARGET | grep -F "$WORK/" | sort -r | while read -r target; do
@@ -94,15 +93,6 @@ cleanup() {
         ;;
     esac
   done
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID"
-    for _ in $(seq 50); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -0 "$SERVER_PID" 2>/dev/null && kill -KILL "$SERVER_PID"
-    wait "$SERVER_PID" 2>/dev/null
-  fi
   rm -rf "$WORK"
   exit "$rc"
 }
@@ -230,10 +220,6 @@ MOUNT1=$WORK/pods/demo/volume
 STAGE2=$WORK/staging/restored
 MOUNT2=$WORK/pods/demo/restored
 mkdir -p "$WORK/staging" "$WORK/pods/demo"
-# xfs refuses to mount two filesystems with one UUID; the restored copy has its
-# source's UUID while the source is still mounted here.
-RESTORE_FLAGS=()
-[ "$FS" = xfs ] && RESTORE_FLAGS=(--mount-flag nouuid)
 
 echo "multicsi demo: filesystem $FS, temporary directory $WORK"
 TOTAL_START=$(date +%s%N)
@@ -269,8 +255,7 @@ step restore-controller-publish "attach the restored volume" \
   client --json controller publish "$VOL2" --node "$NODE" --fs "$FS"
 mapfile -t PUBLISH2 < <(context_flags publish-context publish_context)
 step restore-node-stage "mount the restored volume at its staging path" \
-  client node stage "$VOL2" --staging "$STAGE2" --fs "$FS" "${RESTORE_FLAGS[@]}" \
-  "${CONTEXT2[@]}" "${PUBLISH2[@]}"
+  client node stage "$VOL2" --staging "$STAGE2" --fs "$FS" "${CONTEXT2[@]}" "${PUBLISH2[@]}"
 step restore-node-publish "bind-mount the restored volume" \
   client node publish "$VOL2" --staging "$STAGE2" --target "$MOUNT2" --fs "$FS" \
   "${CONTEXT2[@]}" "${PUBLISH2[@]}"
