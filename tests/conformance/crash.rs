@@ -112,7 +112,7 @@ pub async fn crash_during_node_stage(b: BackendUnderTest) {
     require_node(&b);
     let mut s = Server::start(&b).await;
     let mut volumes = Vec::new();
-    for i in 0..6 {
+    for i in 0..8 {
         let fs = b.filesystems[i % b.filesystems.len()];
         volumes.push(
             s.node_volume(&name("crash-stage", i), b.fs_bytes(fs), mount_cap(fs))
