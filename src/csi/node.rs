@@ -76,17 +76,30 @@ impl Driver {
         let _guard = self.locks.acquire(&[id, &r.target_path])?;
         // CSI: a volume that does not exist (here: has no device on this
         // node) is NOT_FOUND.
-        let device = self.node_backend.find_device(id).await?.ok_or_else(|| {
+        let missing = || {
             CsiError::NotFound(format!(
                 "volume {id} does not exist on this node: call NodeStageVolume first"
             ))
-        })?;
+        };
         match capability.access {
             Access::Block => {
+                let device = self
+                    .node_backend
+                    .find_device(id)
+                    .await?
+                    .ok_or_else(missing)?;
                 volume::publish(device, target, true, read_only, Vec::new()).await?;
             }
             Access::Mount { flags, .. } => {
-                volume::publish(staging, target, false, read_only, flags).await?;
+                match volume::publish(staging, target, false, read_only, flags).await {
+                    // Not staged: tell a volume without a device apart.
+                    Err(CsiError::FailedPrecondition(_))
+                        if self.node_backend.find_device(id).await?.is_none() =>
+                    {
+                        return Err(missing());
+                    }
+                    result => result?,
+                }
             }
         }
         Ok(pb::NodePublishVolumeResponse {})

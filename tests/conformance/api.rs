@@ -145,9 +145,11 @@ impl Server {
         );
     }
 
+    /// Creates a snapshot and waits until it is ready to use (a snapshot
+    /// may be cut first and processed after; ListSnapshots tells).
     pub async fn snapshot(&self, name: &str, source: &str) -> csi::Snapshot {
         let what = format!("CreateSnapshot {name}");
-        ok(
+        let snapshot = ok(
             &what,
             self.controller()
                 .create_snapshot(csi::CreateSnapshotRequest {
@@ -158,7 +160,32 @@ impl Server {
                 .await,
         )
         .snapshot
-        .unwrap_or_else(|| panic!("{what}: the response has no snapshot"))
+        .unwrap_or_else(|| panic!("{what}: the response has no snapshot"));
+        if snapshot.ready_to_use {
+            return snapshot;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let listed = ok(
+                "ListSnapshots by snapshot_id",
+                self.controller()
+                    .list_snapshots(csi::ListSnapshotsRequest {
+                        snapshot_id: snapshot.snapshot_id.clone(),
+                        ..Default::default()
+                    })
+                    .await,
+            );
+            if let Some(s) = listed.entries.into_iter().find_map(|e| e.snapshot)
+                && s.ready_to_use
+            {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not ready to use after 60 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     pub async fn delete_snapshot(&self, id: &str) {

@@ -107,80 +107,77 @@ pub async fn crash_during_create_volume(b: BackendUnderTest) {
 
 /// SIGKILL while several NodeStage calls (mkfs, mount) are in flight; after
 /// a restart the same calls succeed, every volume is mounted once with its
-/// filesystem, and after teardown no loop device or mount remains.
+/// filesystem, and after teardown no loop device or mount remains. Three
+/// rounds, so that the kill lands inside an mkfs at least once.
 pub async fn crash_during_node_stage(b: BackendUnderTest) {
     require_node(&b);
     let mut s = Server::start(&b).await;
-    let mut volumes = Vec::new();
-    for i in 0..6 {
-        let fs = b.filesystems[i % b.filesystems.len()];
-        volumes.push(
-            s.node_volume(&name("crash-stage", i), b.fs_bytes(fs), mount_cap(fs))
-                .await,
+    for round in 0..3 {
+        let mut volumes = Vec::new();
+        for i in 0..8 {
+            let fs = b.filesystems[i % b.filesystems.len()];
+            let name = name(&format!("crash-stage-{round}"), i);
+            volumes.push(s.node_volume(&name, b.fs_bytes(fs), mount_cap(fs)).await);
+        }
+        let mut set = JoinSet::new();
+        for v in &volumes {
+            let mut n = s.node();
+            let r = s.stage_request(v);
+            set.spawn(async move { n.node_stage_volume(r).await.is_ok() });
+        }
+        let mut staged = 0;
+        while let Some(done) = set.join_next().await {
+            if done.expect("task") {
+                staged += 1;
+                break;
+            }
+        }
+        s.kill9();
+        while let Some(done) = set.join_next().await {
+            if done.expect("task") {
+                staged += 1;
+            }
+        }
+        assert!(
+            staged < volumes.len(),
+            "every stage finished before the kill"
         );
-    }
-    let mut set = JoinSet::new();
-    for v in &volumes {
-        let mut n = s.node();
-        let r = s.stage_request(v);
-        set.spawn(async move { n.node_stage_volume(r).await.is_ok() });
-    }
-    let mut staged = 0;
-    while let Some(done) = set.join_next().await {
-        if done.expect("task") {
-            staged += 1;
-            break;
-        }
-    }
-    s.kill9();
-    while let Some(done) = set.join_next().await {
-        if done.expect("task") {
-            staged += 1;
-        }
-    }
-    assert!(
-        staged < volumes.len(),
-        "every stage finished before the kill"
-    );
 
-    s.spawn().await;
-    for v in &volumes {
-        for _ in 0..2 {
-            s.stage(v).await;
+        s.spawn().await;
+        for v in &volumes {
+            for _ in 0..2 {
+                s.stage(v).await;
+            }
+            let staging = Path::new(&v.staging);
+            let mount = mount_at(staging).expect("not staged after the restart");
+            let fs = match v.cap.access_type.as_ref() {
+                Some(csi::volume_capability::AccessType::Mount(m)) => m.fs_type.clone(),
+                _ => unreachable!(),
+            };
+            let id = &v.volume.volume_id;
+            assert_eq!(mount.fs_type, fs, "{id}: wrong filesystem after the crash");
+            assert_eq!(
+                mount_count(staging),
+                1,
+                "{id}: mounts stacked after the crash"
+            );
+            write_durably(&staging.join("after-crash"), b"usable").unwrap();
+            let target = s.path_str(&format!("{id}-target"));
+            s.publish(v, &target, false).await;
+            assert_eq!(
+                std::fs::read(Path::new(&target).join("after-crash")).unwrap(),
+                b"usable"
+            );
+            s.unpublish(v, &target).await;
         }
-        let staging = Path::new(&v.staging);
-        let mount = mount_at(staging).expect("not staged after the restart");
-        let fs = match v.cap.access_type.as_ref() {
-            Some(csi::volume_capability::AccessType::Mount(m)) => m.fs_type.clone(),
-            _ => unreachable!(),
-        };
-        assert_eq!(
-            mount.fs_type, fs,
-            "{}: wrong filesystem after the crash",
-            v.volume.volume_id
-        );
-        assert_eq!(
-            mount_count(staging),
-            1,
-            "{}: mounts stacked after the crash",
-            v.volume.volume_id
-        );
-        write_durably(&staging.join("after-crash"), b"usable").unwrap();
-        let target = s.path_str(&format!("{}-target", v.volume.volume_id));
-        s.publish(v, &target, false).await;
-        assert_eq!(
-            std::fs::read(Path::new(&target).join("after-crash")).unwrap(),
-            b"usable"
-        );
-        s.unpublish(v, &target).await;
+        for v in &volumes {
+            s.unstage(v).await;
+            s.unstage(v).await;
+            s.controller_unpublish(&v.volume.volume_id).await;
+            s.delete(&v.volume.volume_id).await;
+        }
+        let left = s.host_leftovers();
+        assert!(left.is_empty(), "left behind after teardown: {left:?}");
+        assert!(s.stored_volumes().is_empty());
     }
-    for v in &volumes {
-        s.unstage(v).await;
-        s.unstage(v).await;
-        s.controller_unpublish(&v.volume.volume_id).await;
-        s.delete(&v.volume.volume_id).await;
-    }
-    let left = s.host_leftovers();
-    assert!(left.is_empty(), "left behind after teardown: {left:?}");
-    assert!(s.stored_volumes().is_empty());
 }

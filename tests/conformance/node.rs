@@ -439,6 +439,17 @@ pub async fn node_unknown_volume_is_not_found(b: BackendUnderTest) {
         .await,
         Code::NotFound,
     );
+    fails(
+        "NodeExpandVolume of an unknown volume",
+        n.node_expand_volume(csi::NodeExpandVolumeRequest {
+            volume_id: b.unknown_volume_id.into(),
+            volume_path: staging.clone(),
+            capacity_range: range(2 * b.fs_bytes("ext4"), 0),
+            ..Default::default()
+        })
+        .await,
+        Code::NotFound,
+    );
     // Unpublish and unstage of what is not there are OK (and repeatable).
     for _ in 0..3 {
         ok(

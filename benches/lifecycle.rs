@@ -1,0 +1,528 @@
+//! Lifecycle benchmark of the `multicsi` server (hostpath backend), driven
+//! over its unix socket like the CSI sidecars and kubelet do:
+//!
+//! - CreateVolume and DeleteVolume: throughput and p50/p99 latency at
+//!   concurrency 1 and 16, 500 volumes each;
+//! - NodePublishVolume / NodeUnpublishVolume: p50/p99 over 200 cycles to
+//!   fresh target directories of one staged volume (needs root);
+//! - the server's resident memory (VmRSS) idle and with 500 volumes.
+//!
+//! Run with `scripts/bench.sh` (or `cargo bench --bench lifecycle`).
+//! Options: `--volumes N`, `--cycles N`, `--skip-node`. The state directory
+//! lives under `$BENCH_DIR` (default /var/tmp), on local disk.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use multicsi::csi::controller_client::ControllerClient;
+use multicsi::csi::identity_client::IdentityClient;
+use multicsi::csi::node_client::NodeClient;
+use multicsi::csi::volume_capability::access_mode::Mode;
+use multicsi::csi::volume_capability::{AccessMode, AccessType, MountVolume};
+use multicsi::csi::{self as csi, VolumeCapability};
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint};
+
+const MIB: i64 = 1 << 20;
+
+struct Options {
+    volumes: usize,
+    cycles: usize,
+    node: bool,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        volumes: 500,
+        cycles: 200,
+        node: true,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--volumes" => o.volumes = args.next().and_then(|v| v.parse().ok()).unwrap_or(500),
+            "--cycles" => o.cycles = args.next().and_then(|v| v.parse().ok()).unwrap_or(200),
+            "--skip-node" => o.node = false,
+            // cargo bench passes --bench; ignore what is not ours.
+            _ => {}
+        }
+    }
+    o
+}
+
+/// The server under test, in its own directory; killed and cleaned on drop.
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+    channel: Channel,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let base = std::env::var_os("BENCH_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+        let dir = base.join(format!("multicsi-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("work")).expect("bench directory");
+        let socket = dir.join("csi.sock");
+        let binary = std::env::var_os("BENCH_BINARY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_multicsi")));
+        let log = std::fs::File::create(dir.join("server.log")).expect("log");
+        let child = Command::new(binary)
+            .arg("serve")
+            .arg("--endpoint")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--node-id")
+            .arg("bench-node")
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .env("MULTICSI_LOG_FORMAT", "json")
+            .env("MULTICSI_LOG_LEVEL", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start multicsi");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let channel = loop {
+            if socket.exists()
+                && let Ok(channel) = connect(&socket).await
+                && IdentityClient::new(channel.clone())
+                    .probe(csi::ProbeRequest {})
+                    .await
+                    .is_ok()
+            {
+                break channel;
+            }
+            assert!(Instant::now() < deadline, "multicsi did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        Server {
+            child,
+            dir,
+            socket,
+            channel,
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn threads(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("Threads:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn controller(&self) -> ControllerClient<Channel> {
+        ControllerClient::new(self.channel.clone())
+    }
+
+    fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(self.channel.clone())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Unmount what is left under the directory (a failed run).
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let mut points: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|p| Path::new(p).starts_with(&self.dir))
+                .collect();
+            points.reverse();
+            for p in points {
+                if let Ok(c) = std::ffi::CString::new(p) {
+                    // SAFETY: a valid NUL-terminated path.
+                    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+                }
+            }
+        }
+        // Detach the loop devices backed by images under the directory.
+        if let Ok(entries) = std::fs::read_dir("/sys/block") {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let backing = std::fs::read_to_string(entry.path().join("loop/backing_file"))
+                    .unwrap_or_default();
+                if name.starts_with("loop") && Path::new(backing.trim_end()).starts_with(&self.dir)
+                {
+                    let _ = Command::new("losetup")
+                        .arg("-d")
+                        .arg(format!("/dev/{name}"))
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
+    let socket = socket.to_path_buf();
+    Endpoint::from_static("http://[::]:50051")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+        }))
+        .await
+}
+
+fn mount_cap() -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume {
+            fs_type: "ext4".into(),
+            ..Default::default()
+        })),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+    }
+}
+
+/// Latencies of `n` operations run by `concurrency` workers, and the wall
+/// time of the whole batch.
+async fn run_batch<F, Fut>(n: usize, concurrency: usize, op: F) -> (Vec<Duration>, Duration)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (op, next) = (op.clone(), next.clone());
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return latencies;
+                }
+                let t = Instant::now();
+                op(i).await;
+                latencies.push(t.elapsed());
+            }
+        });
+    }
+    let mut all = Vec::with_capacity(n);
+    while let Some(done) = workers.join_next().await {
+        all.extend(done.expect("worker"));
+    }
+    (all, started.elapsed())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+struct Row {
+    what: String,
+    ops: usize,
+    per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn row(what: String, mut latencies: Vec<Duration>, wall: Duration) -> Row {
+    latencies.sort();
+    Row {
+        what,
+        ops: latencies.len(),
+        per_sec: latencies.len() as f64 / wall.as_secs_f64(),
+        p50: percentile(&latencies, 50.0),
+        p99: percentile(&latencies, 99.0),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+async fn create_delete(server: &Server, n: usize, concurrency: usize, rows: &mut Vec<Row>) -> u64 {
+    let prefix = format!("bench-c{concurrency}");
+    let client = server.controller();
+    let p = prefix.clone();
+    let (lat, wall) = run_batch(n, concurrency, move |i| {
+        let mut c = client.clone();
+        let name = format!("{p}-{i}");
+        async move {
+            c.create_volume(csi::CreateVolumeRequest {
+                name,
+                capacity_range: Some(csi::CapacityRange {
+                    required_bytes: 64 * MIB,
+                    limit_bytes: 0,
+                }),
+                volume_capabilities: vec![mount_cap()],
+                ..Default::default()
+            })
+            .await
+            .expect("CreateVolume");
+        }
+    })
+    .await;
+    rows.push(row(format!("CreateVolume  c={concurrency}"), lat, wall));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_full = server.rss_kib();
+    let ids: Vec<String> = {
+        let mut c = server.controller();
+        c.list_volumes(csi::ListVolumesRequest::default())
+            .await
+            .expect("ListVolumes")
+            .into_inner()
+            .entries
+            .into_iter()
+            .filter_map(|e| e.volume.map(|v| v.volume_id))
+            .collect()
+    };
+    assert_eq!(ids.len(), n, "ListVolumes after the creates");
+    let ids = Arc::new(ids);
+    let client = server.controller();
+    let (lat, wall) = run_batch(n, concurrency, move |i| {
+        let mut c = client.clone();
+        let id = ids[i].clone();
+        async move {
+            c.delete_volume(csi::DeleteVolumeRequest {
+                volume_id: id,
+                ..Default::default()
+            })
+            .await
+            .expect("DeleteVolume");
+        }
+    })
+    .await;
+    rows.push(row(format!("DeleteVolume  c={concurrency}"), lat, wall));
+    rss_full
+}
+
+async fn publish_cycles(server: &Server, cycles: usize, rows: &mut Vec<Row>) {
+    let mut c = server.controller();
+    let volume = c
+        .create_volume(csi::CreateVolumeRequest {
+            name: "bench-publish".into(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 64 * MIB,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![mount_cap()],
+            ..Default::default()
+        })
+        .await
+        .expect("CreateVolume")
+        .into_inner()
+        .volume
+        .expect("volume");
+    let id = volume.volume_id.clone();
+    let context = c
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+            volume_id: id.clone(),
+            node_id: "bench-node".into(),
+            volume_capability: Some(mount_cap()),
+            ..Default::default()
+        })
+        .await
+        .expect("ControllerPublishVolume")
+        .into_inner()
+        .publish_context;
+    let staging = server.dir.join("work/staging");
+    std::fs::create_dir_all(&staging).expect("staging");
+    let staging = staging.display().to_string();
+    let mut n = server.node();
+    n.node_stage_volume(csi::NodeStageVolumeRequest {
+        volume_id: id.clone(),
+        publish_context: context.clone(),
+        staging_target_path: staging.clone(),
+        volume_capability: Some(mount_cap()),
+        volume_context: volume.volume_context.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("NodeStageVolume");
+    let mut publish = Vec::with_capacity(cycles);
+    let mut unpublish = Vec::with_capacity(cycles);
+    let started = Instant::now();
+    for i in 0..cycles {
+        let target = server.dir.join(format!("work/pods/{i}/mount"));
+        std::fs::create_dir_all(target.parent().expect("parent")).expect("target parent");
+        let target = target.display().to_string();
+        let t = Instant::now();
+        n.node_publish_volume(csi::NodePublishVolumeRequest {
+            volume_id: id.clone(),
+            publish_context: context.clone(),
+            staging_target_path: staging.clone(),
+            target_path: target.clone(),
+            volume_capability: Some(mount_cap()),
+            volume_context: volume.volume_context.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("NodePublishVolume");
+        publish.push(t.elapsed());
+        let t = Instant::now();
+        n.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            target_path: target,
+        })
+        .await
+        .expect("NodeUnpublishVolume");
+        unpublish.push(t.elapsed());
+    }
+    let wall = started.elapsed();
+    rows.push(row("NodePublishVolume".into(), publish, wall));
+    rows.push(row("NodeUnpublishVolume".into(), unpublish, wall));
+    n.node_unstage_volume(csi::NodeUnstageVolumeRequest {
+        volume_id: id.clone(),
+        staging_target_path: staging,
+    })
+    .await
+    .expect("NodeUnstageVolume");
+    c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+        volume_id: id.clone(),
+        node_id: "bench-node".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("ControllerUnpublishVolume");
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: id,
+        ..Default::default()
+    })
+    .await
+    .expect("DeleteVolume");
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
+
+fn main() {
+    let o = options();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let node = o.node && root;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let server = Server::start().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss_idle = server.rss_kib();
+        let threads_idle = server.threads();
+        let mut rows = Vec::new();
+        let rss_c1 = create_delete(&server, o.volumes, 1, &mut rows).await;
+        let rss_c16 = create_delete(&server, o.volumes, 16, &mut rows).await;
+        let threads_busy = server.threads();
+        if node {
+            publish_cycles(&server, o.cycles, &mut rows).await;
+        }
+        let rss_end = server.rss_kib();
+
+        println!();
+        println!(
+            "multicsi lifecycle benchmark (hostpath, state on {})",
+            server.dir.display()
+        );
+        println!(
+            "{:<24} {:>6} {:>10} {:>10} {:>10}",
+            "operation", "ops", "ops/s", "p50 ms", "p99 ms"
+        );
+        for r in &rows {
+            println!(
+                "{:<24} {:>6} {:>10.0} {:>10} {:>10}",
+                r.what,
+                r.ops,
+                r.per_sec,
+                ms(r.p50),
+                ms(r.p99)
+            );
+        }
+        if !node {
+            println!("NodePublishVolume        not measured (needs root; --skip-node)");
+        }
+        println!();
+        println!("{:<40} {:>8}", "server memory", "VmRSS");
+        println!(
+            "{:<40} {:>5} KiB ({} threads)",
+            "idle after start", rss_idle, threads_idle
+        );
+        println!(
+            "{:<40} {:>5} KiB",
+            format!("{} volumes (created at c=1)", o.volumes),
+            rss_c1
+        );
+        println!(
+            "{:<40} {:>5} KiB ({} threads)",
+            format!("{} volumes (created at c=16)", o.volumes),
+            rss_c16,
+            threads_busy
+        );
+        println!("{:<40} {:>5} KiB", "at the end", rss_end);
+
+        println!();
+        println!("targets");
+        let create16 = rows.iter().find(|r| r.what == "CreateVolume  c=16");
+        if let Some(r) = create16 {
+            println!(
+                "  >= 5000 creates/s at c=16: {:.0}/s  {}",
+                r.per_sec,
+                verdict(r.per_sec >= 5000.0)
+            );
+            println!(
+                "  create p99 <= 5 ms at c=16: {} ms  {}",
+                ms(r.p99),
+                verdict(r.p99 <= Duration::from_millis(5))
+            );
+        }
+        if let Some(r) = rows.iter().find(|r| r.what == "NodePublishVolume") {
+            println!(
+                "  NodePublish p50 <= 1 ms: {} ms  {}",
+                ms(r.p50),
+                verdict(r.p50 <= Duration::from_millis(1))
+            );
+        }
+        println!(
+            "  RSS idle <= 8 MB: {:.1} MiB  {}",
+            rss_idle as f64 / 1024.0,
+            verdict(rss_idle <= 8 * 1024)
+        );
+        let full = rss_c1.max(rss_c16);
+        println!(
+            "  RSS with {} volumes <= 12 MB: {:.1} MiB  {}",
+            o.volumes,
+            full as f64 / 1024.0,
+            verdict(full <= 12 * 1024)
+        );
+    });
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Lifecycle benchmark of the multicsi server (hostpath backend): builds the
+# release binary and runs benches/lifecycle.rs, which starts it on a private
+# socket with its state under $BENCH_DIR (default /var/tmp, local disk) and
+# prints a table of throughput, latency and memory against the targets.
+#
+#   scripts/bench.sh [--volumes N] [--cycles N] [--skip-node]
+#
+# Node measurements (NodePublish/NodeUnpublish on a loop device) need root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# The bench profile is the release profile: this builds the optimised server
+# (CARGO_BIN_EXE_multicsi) and the bench program, then runs it.
+exec cargo bench --bench lifecycle -- "$@"
