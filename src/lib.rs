@@ -1,5 +1,6 @@
 //! multicsi: one Kubernetes CSI driver for several storage providers.
 pub mod backend;
+pub mod blocking;
 pub mod client;
 pub mod config;
 pub mod csi;

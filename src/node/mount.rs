@@ -144,13 +144,17 @@ pub fn find_mount<'a>(mounts: &'a [MountEntry], path: &Path) -> Option<&'a Mount
 /// The mount visible at `path` (canonicalized first), if `path` is a mount point. A missing
 /// path is not a mount point.
 pub fn mount_at(path: &Path) -> Result<Option<MountEntry>> {
+    lookup(&mounts()?, path)
+}
+
+/// Like [`mount_at`], in a mount table read once by the caller.
+pub fn lookup(table: &[MountEntry], path: &Path) -> Result<Option<MountEntry>> {
     let canonical = match fs::canonicalize(path) {
         Ok(p) => p,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(HostError::os("resolve", path, e, "check the path")),
     };
-    let all = mounts()?;
-    Ok(find_mount(&all, &canonical).cloned())
+    Ok(find_mount(table, &canonical).cloned())
 }
 
 /// Mount options turned into mount(2) flags and the filesystem-specific data string.

@@ -11,20 +11,10 @@ use super::fs::{self as nodefs, MkfsOptions, Signature};
 use super::mount::{self, MountEntry};
 use super::{HostError, loopdev};
 use crate::backend::Map;
+use crate::blocking;
 use crate::csi::params;
 use crate::csi::validate::{Access, Capability};
 use crate::error::{CsiError, CsiResult};
-
-/// Runs a blocking node operation off the async workers. Host errors
-/// become INTERNAL with their message (which names the path and the fix).
-pub async fn host<T: Send + 'static>(
-    f: impl FnOnce() -> CsiResult<T> + Send + 'static,
-) -> CsiResult<T> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result,
-        Err(e) => Err(CsiError::Internal(format!("node task failed: {e}"))),
-    }
-}
 
 impl From<HostError> for CsiError {
     fn from(e: HostError) -> Self {
@@ -109,9 +99,9 @@ pub async fn stage_filesystem(
     let (fs_type, flags) = (fs_type.clone(), flags.clone());
     let read_only = capability.read_only_mode();
     let staged = staging.clone();
-    let existing = host(move || Ok(mount::mount_at(&staged)?)).await?;
+    let existing = blocking::run(move || Ok(mount::mount_at(&staged)?)).await?;
     let dev = device.clone();
-    let numbers = host(move || Ok(device_numbers(&dev)?)).await?;
+    let numbers = blocking::run(move || Ok(device_numbers(&dev)?)).await?;
     if let Some(entry) = existing {
         if !same_device(&entry, numbers) {
             return Err(CsiError::AlreadyExists(format!(
@@ -134,7 +124,7 @@ pub async fn stage_filesystem(
     let dev = device.clone();
     let marker = mkfs_marker.clone();
     let (signature, interrupted) =
-        host(move || Ok((nodefs::probe(&dev)?, marker.exists()))).await?;
+        blocking::run(move || Ok((nodefs::probe(&dev)?, marker.exists()))).await?;
     if interrupted && signature != Signature::Blank {
         tracing::warn!(device = %device.display(), ?signature, "an earlier mkfs was cut off; making the filesystem again");
     }
@@ -147,7 +137,7 @@ pub async fn stage_filesystem(
     match signature {
         Signature::Blank => {
             let (dev, fs) = (device.clone(), fs_type.clone());
-            host(move || {
+            blocking::run(move || {
                 set_marker(&mkfs_marker, true)?;
                 nodefs::mkfs(&dev, &fs, &options)?;
                 Ok(set_marker(&mkfs_marker, false)?)
@@ -176,7 +166,7 @@ pub async fn stage_filesystem(
         flags.push("nouuid".to_string());
     }
     let (dev, at, fs) = (device.clone(), staging.clone(), fs_type.clone());
-    host(move || {
+    blocking::run(move || {
         if !at.exists() {
             std::fs::create_dir(&at)
                 .map_err(|e| HostError::os("mkdir", &at, e, "does the parent directory exist?"))?;
@@ -228,12 +218,12 @@ async fn grow_to_device(
     if read_only {
         return Ok(());
     }
-    host(move || Ok(nodefs::grow(&device, &staging, &fs_type)?)).await
+    blocking::run(move || Ok(nodefs::grow(&device, &staging, &fs_type)?)).await
 }
 
 /// Unmounts the staging path if something is mounted there.
 pub async fn unstage_filesystem(staging: PathBuf) -> CsiResult<()> {
-    host(move || {
+    blocking::run(move || {
         if mount::mount_at(&staging)?.is_some() {
             mount::unmount(&staging)?;
         }
@@ -252,11 +242,12 @@ pub async fn publish(
     flags: Vec<String>,
 ) -> CsiResult<()> {
     refuse_symlink("target_path", &target)?;
-    host(move || {
+    blocking::run(move || {
+        let table = mount::mounts()?;
         let wanted = if block {
             device_numbers(&source)?
         } else {
-            let staged = mount::mount_at(&source)?.ok_or_else(|| {
+            let staged = mount::lookup(&table, &source)?.ok_or_else(|| {
                 CsiError::FailedPrecondition(format!(
                     "the volume is not staged at {}: call NodeStageVolume first",
                     source.display()
@@ -264,7 +255,7 @@ pub async fn publish(
             })?;
             (staged.major, staged.minor)
         };
-        if let Some(entry) = mount::mount_at(&target)? {
+        if let Some(entry) = mount::lookup(&table, &target)? {
             let ours =
                 (entry.major, entry.minor) == wanted || (block && entry_is_device(&entry, &source));
             if !ours {
@@ -322,7 +313,7 @@ fn create_target(target: &Path, block: bool) -> Result<(), HostError> {
 
 /// Unmounts `target` and removes the directory or file the publish made.
 pub async fn unpublish(target: PathBuf) -> CsiResult<()> {
-    host(move || {
+    blocking::run(move || {
         while mount::mount_at(&target)?.is_some() {
             mount::unmount(&target)?;
         }
@@ -356,7 +347,7 @@ pub async fn usage(path: PathBuf, device: Option<PathBuf>) -> CsiResult<Usage> {
             path.display()
         )));
     }
-    host(move || {
+    blocking::run(move || {
         let meta = std::fs::metadata(&path)
             .map_err(|e| HostError::os("stat", &path, e, "is the volume published?"))?;
         if meta.file_type().is_block_device() {
@@ -389,7 +380,7 @@ pub async fn usage(path: PathBuf, device: Option<PathBuf>) -> CsiResult<Usage> {
 
 /// Grows the filesystem mounted at `path` (or nothing for a raw device).
 pub async fn grow_filesystem(device: PathBuf, path: PathBuf) -> CsiResult<()> {
-    host(move || {
+    blocking::run(move || {
         let meta = std::fs::metadata(&path)
             .map_err(|e| HostError::os("stat", &path, e, "is the volume published?"))?;
         if meta.file_type().is_block_device() || meta.is_file() {

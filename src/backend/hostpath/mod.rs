@@ -91,16 +91,13 @@ pub struct HostPath {
     max_volumes: u64,
 }
 
-/// Runs blocking file work off the async workers.
+/// Runs blocking file work off the async workers; an I/O error becomes
+/// INTERNAL prefixed with `what`.
 async fn blocking<T: Send + 'static>(
     what: String,
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> CsiResult<T> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(CsiError::io(what, e)),
-        Err(e) => Err(CsiError::io(what, e)),
-    }
+    crate::blocking::run(move || f().map_err(|e| CsiError::io(what, e))).await
 }
 
 fn id_for(prefix: &str, name: &str) -> String {
@@ -405,9 +402,8 @@ impl Backend for HostPath {
             )));
         }
         let image = self.volumes.image_path(id);
-        let attached = tokio::task::spawn_blocking(move || loopdev::find(&image))
-            .await
-            .map_err(|e| CsiError::io("loop lookup", e))?;
+        // A controller that cannot see the node's loop devices skips the check.
+        let attached = crate::blocking::run(move || Ok(loopdev::find(&image))).await?;
         if let Ok(Some(device)) = attached {
             return Err(CsiError::FailedPrecondition(format!(
                 "volume {id} is still attached on this node as {}; unstage it first",
@@ -500,12 +496,9 @@ impl Backend for HostPath {
 
     async fn capacity(&self) -> CsiResult<Capacity> {
         let root = self.root.clone();
-        let available = blocking(format!("cannot statvfs {}", root.display()), move || {
-            crate::node::fs::stats(&root)
-                .map(|s| s.available_bytes)
-                .map_err(std::io::Error::other)
-        })
-        .await?;
+        let available =
+            crate::blocking::run(move || Ok(crate::node::fs::stats(&root)?.available_bytes))
+                .await?;
         Ok(Capacity {
             available_bytes: available,
             maximum_volume_bytes: available.min(self.max_volume_bytes),
@@ -615,48 +608,34 @@ impl NodeBackend for HostPath {
                 image.display()
             )));
         }
-        blocking(
-            format!("cannot attach {} to a loop device", image.display()),
-            move || loopdev::attach(&image).map_err(std::io::Error::other),
-        )
-        .await
+        crate::blocking::run(move || Ok(loopdev::attach(&image)?)).await
     }
 
     async fn find_device(&self, volume_id: &str) -> CsiResult<Option<PathBuf>> {
         let image = self.volumes.image_path(volume_id);
-        blocking(
-            format!("cannot look up the loop device of {}", image.display()),
-            move || loopdev::find(&image).map_err(std::io::Error::other),
-        )
-        .await
+        crate::blocking::run(move || Ok(loopdev::find(&image)?)).await
     }
 
     async fn detach_device(&self, volume_id: &str) -> CsiResult<()> {
         let image = self.volumes.image_path(volume_id);
-        blocking(
-            format!("cannot detach the loop device of {}", image.display()),
-            move || {
-                if let Some(device) = loopdev::find(&image).map_err(std::io::Error::other)? {
-                    loopdev::detach(&device).map_err(std::io::Error::other)?;
-                }
-                Ok(())
-            },
-        )
+        crate::blocking::run(move || {
+            if let Some(device) = loopdev::find(&image)? {
+                loopdev::detach(&device)?;
+            }
+            Ok(())
+        })
         .await
     }
 
     async fn refresh_device(&self, volume_id: &str) -> CsiResult<u64> {
         let image = self.volumes.image_path(volume_id);
         let id = volume_id.to_string();
-        let device = blocking(
-            format!("cannot look up the loop device of {}", image.display()),
-            move || loopdev::find(&image).map_err(std::io::Error::other),
-        )
-        .await?
-        .ok_or_else(|| CsiError::NotFound(format!("volume {id} is not attached on this node")))?;
-        blocking(format!("cannot refresh {}", device.display()), move || {
-            loopdev::refresh_capacity(&device).map_err(std::io::Error::other)?;
-            loopdev::device_size(&device).map_err(std::io::Error::other)
+        crate::blocking::run(move || {
+            let device = loopdev::find(&image)?.ok_or_else(|| {
+                CsiError::NotFound(format!("volume {id} is not attached on this node"))
+            })?;
+            loopdev::refresh_capacity(&device)?;
+            Ok(loopdev::device_size(&device)?)
         })
         .await
     }
