@@ -15,6 +15,7 @@ pub fn init(format: Option<LogFormat>, level: &str) {
         LogFormat::Json
     });
     let builder = tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {

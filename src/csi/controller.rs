@@ -458,7 +458,7 @@ impl controller_server::Controller for Driver {
         r: Request<pb::CreateVolumeRequest>,
     ) -> Reply<pb::CreateVolumeResponse> {
         let r = r.into_inner();
-        let span = tracing::info_span!("CreateVolume", name = %r.name);
+        let span = tracing::info_span!("CreateVolume", volume_name = %r.name);
         self.call(span, Driver::create_volume(self, r)).await
     }
 
@@ -528,8 +528,7 @@ impl controller_server::Controller for Driver {
         r: Request<pb::CreateSnapshotRequest>,
     ) -> Reply<pb::CreateSnapshotResponse> {
         let r = r.into_inner();
-        let span =
-            tracing::info_span!("CreateSnapshot", name = %r.name, volume_id = %r.source_volume_id);
+        let span = tracing::info_span!("CreateSnapshot", snapshot_name = %r.name, volume_id = %r.source_volume_id);
         self.call(span, Driver::create_snapshot(self, r)).await
     }
 

@@ -133,20 +133,25 @@ impl Driver {
             }),
         };
         Ok(match usage {
-            Usage::Filesystem(s) => healthy(vec![
-                pb::VolumeUsage {
+            Usage::Filesystem(s) => {
+                let mut usage = vec![pb::VolumeUsage {
                     available: s.available_bytes as i64,
                     total: s.total_bytes as i64,
                     used: s.used_bytes as i64,
                     unit: Unit::Bytes as i32,
-                },
-                pb::VolumeUsage {
-                    available: s.free_inodes as i64,
-                    total: s.total_inodes as i64,
-                    used: s.used_inodes as i64,
-                    unit: Unit::Inodes as i32,
-                },
-            ]),
+                }];
+                // btrfs has no fixed inode count: report no inode usage
+                // rather than a misleading 0 of 0.
+                if s.total_inodes > 0 {
+                    usage.push(pb::VolumeUsage {
+                        available: s.free_inodes as i64,
+                        total: s.total_inodes as i64,
+                        used: s.used_inodes as i64,
+                        unit: Unit::Inodes as i32,
+                    });
+                }
+                healthy(usage)
+            }
             Usage::Block(size) => healthy(vec![pb::VolumeUsage {
                 available: 0,
                 total: size as i64,

@@ -274,6 +274,12 @@ pub fn mkfs(device: &Path, fs_type: &str, opts: &MkfsOptions) -> Result<()> {
 /// Grows the mounted filesystem on `device` to the size of the device, online. The device must
 /// already have its new size (after [`super::loopdev::refresh_capacity`] for a loop device).
 pub fn grow(device: &Path, mount_point: &Path, fs_type: &str) -> Result<()> {
+    // btrfs refuses a resize to its current size (EINVAL); its statvfs total
+    // is the device size, so a filesystem that already fills it is done.
+    if fs_type == "btrfs" && stats(mount_point)?.total_bytes >= super::loopdev::device_size(device)?
+    {
+        return Ok(());
+    }
     let (program, args, path): (&'static str, Vec<OsString>, &Path) = match fs_type {
         "ext4" => ("resize2fs", vec![device.into()], device),
         "xfs" => (

@@ -30,8 +30,12 @@ fn device_numbers(device: &Path) -> Result<(u32, u32), HostError> {
     Ok((libc::major(rdev), libc::minor(rdev)))
 }
 
-fn same_device(entry: &MountEntry, numbers: (u32, u32)) -> bool {
+/// Whether `entry` mounts `device`. btrfs shows an anonymous device number
+/// in mountinfo, so the mount source is compared as well.
+fn same_device(entry: &MountEntry, device: &Path, numbers: (u32, u32)) -> bool {
     (entry.major, entry.minor) == numbers
+        || std::fs::canonicalize(&entry.source)
+            .is_ok_and(|source| std::fs::canonicalize(device).is_ok_and(|d| d == source))
 }
 
 /// A path that must not be a symlink (it would lead the mount elsewhere).
@@ -103,7 +107,7 @@ pub async fn stage_filesystem(
     let dev = device.clone();
     let numbers = blocking::run(move || Ok(device_numbers(&dev)?)).await?;
     if let Some(entry) = existing {
-        if !same_device(&entry, numbers) {
+        if !same_device(&entry, &device, numbers) {
             return Err(CsiError::AlreadyExists(format!(
                 "staging_target_path {} already has {} mounted, not this volume's device {}",
                 staging.display(),
@@ -361,7 +365,7 @@ pub async fn usage(path: PathBuf, device: Option<PathBuf>) -> CsiResult<Usage> {
         };
         if let Some(device) = device {
             let numbers = device_numbers(&device)?;
-            if !same_device(&entry, numbers) && !entry_is_device(&entry, &device) {
+            if !same_device(&entry, &device, numbers) && !entry_is_device(&entry, &device) {
                 return Ok(Usage::NotMounted(format!(
                     "{} has {} mounted, not the volume's device {}",
                     path.display(),

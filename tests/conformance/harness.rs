@@ -118,9 +118,13 @@ impl BackendUnderTest {
             sizes: Sizes {
                 step: MIB,
                 small: 8 * MIB,
-                filesystem: |fs| if fs == "xfs" { 300 * MIB } else { 48 * MIB },
+                filesystem: |fs| match fs {
+                    "xfs" => 300 * MIB,
+                    "btrfs" => 128 * MIB,
+                    _ => 48 * MIB,
+                },
             },
-            filesystems: vec!["ext4", "xfs"],
+            filesystems: vec!["ext4", "xfs", "btrfs"],
             node_tests: true,
             topology_key: "topology.multicsi.io/node",
             unknown_volume_id: "hp-00000000000000000000000000000000",
