@@ -9,10 +9,14 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
+use crate::cloud::settings::{CivoSettings, CloudSettings, CloudscaleSettings, PacketSettings};
+
 /// Default CSI driver name.
 pub const DEFAULT_DRIVER_NAME: &str = "multicsi.io";
 /// Default state directory of the hostpath backend.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/multicsi";
+/// Default directory where attached cloud disks appear.
+pub const DEFAULT_DEVICE_DIR: &str = "/dev/disk/by-id";
 
 /// Which CSI services this process serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -79,6 +83,9 @@ pub struct ServeArgs {
     /// Log filter, e.g. info or multicsi=debug.
     #[arg(long, env = "MULTICSI_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Directory where cloud volumes appear as device links (default /dev/disk/by-id).
+    #[arg(long, env = "MULTICSI_DEVICE_DIR")]
+    pub device_dir: Option<PathBuf>,
 }
 
 /// The config file: the same settings as the flags, by the same names.
@@ -94,6 +101,10 @@ pub struct FileConfig {
     pub max_volumes_per_node: Option<u64>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
+    pub device_dir: Option<PathBuf>,
+    pub cloudscale: Option<CloudscaleSettings>,
+    pub civo: Option<CivoSettings>,
+    pub packet: Option<PacketSettings>,
 }
 
 /// The resolved settings of a server.
@@ -108,6 +119,10 @@ pub struct Settings {
     pub max_volumes_per_node: u64,
     pub log_format: Option<LogFormat>,
     pub log_level: String,
+    pub device_dir: PathBuf,
+    /// Provider credentials and settings (file, then the providers' own
+    /// environment variables).
+    pub clouds: CloudSettings,
 }
 
 /// Where the gRPC server listens.
@@ -217,6 +232,12 @@ impl Settings {
                 state_dir.display()
             )));
         }
+        let mut clouds = CloudSettings {
+            cloudscale: file.cloudscale.unwrap_or_default(),
+            civo: file.civo.unwrap_or_default(),
+            packet: file.packet.unwrap_or_default(),
+        };
+        clouds.overlay_env(|name| std::env::var(name).ok());
         Ok(Settings {
             endpoint: Endpoint::parse(&endpoint)?,
             node_id,
@@ -236,6 +257,11 @@ impl Settings {
                 .log_level
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_string()),
+            device_dir: args
+                .device_dir
+                .or(file.device_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DEVICE_DIR)),
+            clouds,
         })
     }
 }

@@ -2,11 +2,14 @@
 pub mod backend;
 pub mod blocking;
 pub mod client;
+pub mod cloud;
 pub mod config;
 pub mod csi;
 pub mod driver;
+pub mod emulator;
 pub mod error;
 pub mod locks;
+pub mod metrics;
 pub mod node;
 pub mod server;
 pub mod telemetry;

@@ -1,0 +1,6 @@
+//! What the cloud backends share: the HTTP client, credentials that never
+//! print, and the providers' settings.
+
+pub mod http;
+pub mod secret;
+pub mod settings;

@@ -1,0 +1,136 @@
+//! Settings of the cloud providers: a section per provider in the config
+//! file, overridden by the providers' own environment variable names.
+
+use serde::Deserialize;
+
+use super::secret::Secret;
+
+/// `[cloudscale]` in the config file.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CloudscaleSettings {
+    /// `CLOUDSCALE_ACCESS_TOKEN`
+    pub access_token: Option<Secret>,
+    /// `CLOUDSCALE_API_URL` (default https://api.cloudscale.ch)
+    pub api_url: Option<String>,
+    /// `CLOUDSCALE_METADATA_URL` (default http://169.254.169.254)
+    pub metadata_url: Option<String>,
+    /// `CLOUDSCALE_MAX_CSI_VOLUMES_PER_NODE` (default 125)
+    pub max_csi_volumes_per_node: Option<u64>,
+}
+
+/// `[civo]` in the config file.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CivoSettings {
+    /// `CIVO_API_KEY`
+    pub api_key: Option<Secret>,
+    /// `CIVO_API_URL` (default https://api.civo.com)
+    pub api_url: Option<String>,
+    /// `CIVO_REGION`
+    pub region: Option<String>,
+    /// `CIVO_CLUSTER_ID`
+    pub cluster_id: Option<String>,
+    /// `CIVO_METADATA_URL`
+    pub metadata_url: Option<String>,
+}
+
+/// `[packet]` in the config file.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PacketSettings {
+    /// `PACKET_API_KEY`
+    pub api_key: Option<Secret>,
+    /// `PACKET_PROJECT_ID`
+    pub project_id: Option<String>,
+    /// `PACKET_FACILITY_ID`
+    pub facility_id: Option<String>,
+    /// `PACKET_API_URL` (default https://api.packet.net)
+    pub api_url: Option<String>,
+    /// `PACKET_METADATA_URL` (default https://metadata.packet.net)
+    pub metadata_url: Option<String>,
+}
+
+/// All providers' settings.
+#[derive(Deserialize, Debug, Default, Clone)]
+pub struct CloudSettings {
+    #[serde(default)]
+    pub cloudscale: CloudscaleSettings,
+    #[serde(default)]
+    pub civo: CivoSettings,
+    #[serde(default)]
+    pub packet: PacketSettings,
+}
+
+impl CloudSettings {
+    /// Overrides file values with the providers' environment variables;
+    /// `env` looks a variable up (std::env::var outside tests). An empty
+    /// variable counts as unset.
+    pub fn overlay_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        let get = |name: &str| env(name).filter(|v| !v.is_empty());
+        let cs = &mut self.cloudscale;
+        set_secret(&mut cs.access_token, get("CLOUDSCALE_ACCESS_TOKEN"));
+        set(&mut cs.api_url, get("CLOUDSCALE_API_URL"));
+        set(&mut cs.metadata_url, get("CLOUDSCALE_METADATA_URL"));
+        if let Some(n) = get("CLOUDSCALE_MAX_CSI_VOLUMES_PER_NODE").and_then(|v| v.parse().ok()) {
+            cs.max_csi_volumes_per_node = Some(n);
+        }
+        let civo = &mut self.civo;
+        set_secret(&mut civo.api_key, get("CIVO_API_KEY"));
+        set(&mut civo.api_url, get("CIVO_API_URL"));
+        set(&mut civo.region, get("CIVO_REGION"));
+        set(&mut civo.cluster_id, get("CIVO_CLUSTER_ID"));
+        set(&mut civo.metadata_url, get("CIVO_METADATA_URL"));
+        let packet = &mut self.packet;
+        set_secret(&mut packet.api_key, get("PACKET_API_KEY"));
+        set(&mut packet.project_id, get("PACKET_PROJECT_ID"));
+        set(&mut packet.facility_id, get("PACKET_FACILITY_ID"));
+        set(&mut packet.api_url, get("PACKET_API_URL"));
+        set(&mut packet.metadata_url, get("PACKET_METADATA_URL"));
+    }
+}
+
+fn set(slot: &mut Option<String>, value: Option<String>) {
+    if value.is_some() {
+        *slot = value;
+    }
+}
+
+fn set_secret(slot: &mut Option<Secret>, value: Option<String>) {
+    if let Some(v) = value {
+        *slot = Some(Secret::new(v));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut settings: CloudSettings = toml::from_str(
+            "[cloudscale]\naccess-token = \"from-file\"\napi-url = \"http://file\"\n[civo]\nregion = \"LON1\"\n",
+        )
+        .unwrap();
+        settings.overlay_env(|name| match name {
+            "CLOUDSCALE_ACCESS_TOKEN" => Some("from-env".into()),
+            "CIVO_REGION" => Some(String::new()),
+            "CLOUDSCALE_MAX_CSI_VOLUMES_PER_NODE" => Some("10".into()),
+            _ => None,
+        });
+        assert_eq!(
+            settings.cloudscale.access_token.as_ref().unwrap().expose(),
+            "from-env"
+        );
+        assert_eq!(settings.cloudscale.api_url.as_deref(), Some("http://file"));
+        assert_eq!(settings.cloudscale.max_csi_volumes_per_node, Some(10));
+        assert_eq!(settings.civo.region.as_deref(), Some("LON1"));
+        assert!(!format!("{settings:?}").contains("from-env"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<CloudSettings>("[civo]\napikey = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("apikey"), "{err}");
+    }
+}

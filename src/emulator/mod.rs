@@ -1,0 +1,97 @@
+//! Emulators of the clouds' REST APIs and metadata services, served by the
+//! `multicsi-emulator` binary. Each provider module keeps the cloud's state,
+//! walks volumes through the cloud's asynchronous states and answers with
+//! the cloud's own payloads and error bodies; this module adds what every
+//! emulator shares: fault injection and the HTTP server.
+
+pub mod civo;
+pub mod cloudscale;
+pub mod devices;
+pub mod faults;
+pub mod packet;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+pub use devices::DeviceHost;
+pub use faults::{Fault, Faults};
+
+/// Everything a provider's emulator is built from.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where attached volumes appear as block devices; None = API only.
+    pub devices: Option<DeviceHost>,
+    /// How long an asynchronous state change (creating -> available,
+    /// attaching -> attached) takes, in milliseconds.
+    pub transition_ms: u64,
+}
+
+/// The error body a provider answers an injected fault with.
+pub type ErrorBody = fn(status: u16) -> String;
+
+/// Serves `app` on `listener`, injecting `faults` in front of it, until
+/// the listener fails. A `Fault::Drop` closes the connection without an
+/// answer.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    faults: Arc<Faults>,
+    error_body: ErrorBody,
+) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let app = app.clone();
+        let faults = faults.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                let app = app.clone();
+                let faults = faults.clone();
+                async move { answer(app, &faults, error_body, request).await }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    app: Router,
+    faults: &Faults,
+    error_body: ErrorBody,
+    request: hyper::Request<Incoming>,
+) -> Result<axum::response::Response, std::io::Error> {
+    let fault = faults.decide(request.uri().path());
+    if let Some(latency) = faults.latency() {
+        tokio::time::sleep(latency).await;
+    }
+    match fault {
+        Fault::None => {}
+        Fault::Drop => {
+            return Err(std::io::Error::other(
+                "connection dropped (fault injection)",
+            ));
+        }
+        Fault::Status(status) => {
+            let mut builder = axum::http::Response::builder()
+                .status(status)
+                .header("content-type", "application/json");
+            if status == 429 {
+                builder = builder.header("retry-after", faults.retry_after_secs().to_string());
+            }
+            return Ok(builder
+                .body(axum::body::Body::from(error_body(status)))
+                .expect("static response parts are valid"));
+        }
+    }
+    let request = request.map(axum::body::Body::new);
+    let response: Result<_, Infallible> = app.oneshot(request).await;
+    Ok(response.unwrap_or_else(|never| match never {}))
+}
