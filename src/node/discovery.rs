@@ -96,14 +96,13 @@ pub fn find(lookup: &Lookup) -> CsiResult<Found> {
 pub fn wait(lookup: &Lookup, deadline: Duration) -> CsiResult<PathBuf> {
     let started = Instant::now();
     let real_dir = lookup.dir.starts_with("/dev");
-    let mut last = Found::Missing;
-    loop {
-        match find(lookup)? {
-            Found::Device(device) => return Ok(device),
-            other => last = other,
+    let last = loop {
+        let found = find(lookup)?;
+        if let Found::Device(device) = found {
+            return Ok(device);
         }
         if started.elapsed() >= deadline {
-            break;
+            break found;
         }
         if real_dir {
             rescan();
@@ -146,10 +145,11 @@ pub fn read_serial(device: &Path) -> Option<String> {
         let backing = fs::read_to_string(sys.join("loop/backing_file")).ok()?;
         return loop_serial(Path::new(backing.trim()));
     }
-    if let Ok(page) = fs::read(sys.join("device/vpd_pg80")) {
-        if let Some(serial) = parse_vpd_pg80(&page) {
-            return Some(serial);
-        }
+    if let Some(serial) = fs::read(sys.join("device/vpd_pg80"))
+        .ok()
+        .and_then(|page| parse_vpd_pg80(&page))
+    {
+        return Some(serial);
     }
     fs::read_to_string(sys.join("serial"))
         .ok()
