@@ -108,7 +108,7 @@ pub fn wait(lookup: &Lookup, deadline: Duration) -> CsiResult<PathBuf> {
             rescan();
         }
         std::thread::sleep(Duration::from_millis(200).min(deadline));
-    }
+    };
     let waited = started.elapsed().as_secs_f64();
     Err(match last {
         Found::Mismatch(seen) => CsiError::FailedPrecondition(format!(
