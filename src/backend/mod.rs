@@ -3,6 +3,7 @@
 //! A backend speaks in the driver's own types; the CSI adapters translate
 //! requests into them and errors into status codes (see `crate::error`).
 
+pub mod civo;
 pub mod hostpath;
 pub mod size;
 
@@ -130,6 +131,11 @@ pub trait Backend: Send + Sync + 'static {
 pub trait NodeBackend: Send + Sync + 'static {
     /// Topology segments of this node.
     fn topology(&self) -> Map;
+    /// The node ID to report when the backend knows it better than the
+    /// configured one (a cloud's server ID); None = the configured one.
+    fn node_id(&self) -> Option<String> {
+        None
+    }
     /// Default maximum number of volumes on this node (0 = unlimited).
     fn max_volumes(&self) -> u64;
     /// Ok when the node can stage volumes.

@@ -27,12 +27,18 @@ pub struct CivoSettings {
     pub api_key: Option<Secret>,
     /// `CIVO_API_URL` (default https://api.civo.com)
     pub api_url: Option<String>,
-    /// `CIVO_REGION`
+    /// `CIVO_REGION` (or civo-csi's `REGION`; `CIVO_REGION` wins)
     pub region: Option<String>,
     /// `CIVO_CLUSTER_ID`
     pub cluster_id: Option<String>,
     /// `CIVO_METADATA_URL`
     pub metadata_url: Option<String>,
+    /// The node's Civo instance id; `NODE_ID` (civo-csi's name). Read
+    /// after the civostatsd file, before the API lookup by node name.
+    pub instance_id: Option<String>,
+    /// Where the node's civostatsd settings live; `CIVO_STATSD_FILE`
+    /// (default /etc/civostatsd).
+    pub statsd_file: Option<std::path::PathBuf>,
 }
 
 /// `[packet]` in the config file.
@@ -78,7 +84,12 @@ impl CloudSettings {
         let civo = &mut self.civo;
         set_secret(&mut civo.api_key, get("CIVO_API_KEY"));
         set(&mut civo.api_url, get("CIVO_API_URL"));
+        set(&mut civo.region, get("REGION"));
         set(&mut civo.region, get("CIVO_REGION"));
+        set(&mut civo.instance_id, get("NODE_ID"));
+        if let Some(path) = get("CIVO_STATSD_FILE") {
+            civo.statsd_file = Some(path.into());
+        }
         set(&mut civo.cluster_id, get("CIVO_CLUSTER_ID"));
         set(&mut civo.metadata_url, get("CIVO_METADATA_URL"));
         let packet = &mut self.packet;

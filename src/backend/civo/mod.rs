@@ -1,0 +1,626 @@
+//! The Civo backend: block volumes of one Civo region, attached by the
+//! controller to the node's instance. The cloud is the only record: a
+//! volume is found by its CSI name (Civo's volume names are unique per
+//! region), so a restarted or killed driver picks up where it was.
+//!
+//! Civo has no snapshots (not advertised) and resizes detached volumes
+//! only (offline expansion).
+
+pub mod api;
+pub mod identity;
+pub mod node;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::OnceCell;
+
+use self::api::{ApiVolume, CivoApi};
+use super::size::{self, GIB, SizeRules};
+use super::{
+    Backend, Capacity, CreateVolume, Features, Map, NodeBackend, Snapshot, Volume, VolumeStatus,
+};
+use crate::cloud::http::{ApiClient, Auth, ClientOptions};
+use crate::config::Settings;
+use crate::error::{CsiError, CsiResult};
+
+/// Topology key of a volume's region (civo-csi's key, so its volumes keep
+/// their node affinity).
+pub const TOPOLOGY_KEY: &str = "region";
+/// StorageClass parameter: the Civo volume type (default: the cluster's).
+pub const PARAM_VOLUME_TYPE: &str = "multicsi.io/civo-volume-type";
+const DEFAULT_API_URL: &str = "https://api.civo.com";
+/// Largest volume (Civo documents LVM over several volumes beyond 1 TB).
+const MAX_VOLUME_GB: u64 = 1000;
+/// How long a call waits for a volume to reach a resting state.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(90);
+
+const RULES: SizeRules = SizeRules {
+    step: GIB,
+    minimum: GIB,
+    maximum: MAX_VOLUME_GB * GIB,
+    default: 10 * GIB,
+};
+
+/// Civo volume IDs are UUIDs; anything else names no volume (and never
+/// reaches a URL path or a device lookup).
+pub fn check_id(id: &str) -> CsiResult<()> {
+    let well_formed = id.len() == 36
+        && id.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    if well_formed {
+        Ok(())
+    } else {
+        Err(CsiError::NotFound(format!(
+            "no Civo volume has the id {id:?} (Civo volume ids are UUIDs)"
+        )))
+    }
+}
+
+/// The controller side.
+pub struct Civo {
+    api: Arc<CivoApi>,
+    region: String,
+    cluster_id: Option<String>,
+    cluster_volume_type: OnceCell<Option<String>>,
+}
+
+/// Builds the Civo controller (when the mode serves it) and node.
+pub async fn open(settings: &Settings) -> Result<(Arc<dyn Backend>, Arc<dyn NodeBackend>), String> {
+    let civo = &settings.clouds.civo;
+    let url = civo.api_url.as_deref().unwrap_or(DEFAULT_API_URL);
+    let client = |region: &str| -> Result<Option<CivoApi>, String> {
+        let Some(key) = civo.api_key.clone().filter(|k| !k.is_empty()) else {
+            return Ok(None);
+        };
+        check_region(region)?;
+        let client = ApiClient::new("civo", url, Auth::Bearer(key), ClientOptions::default())?;
+        Ok(Some(CivoApi::new(client, region)))
+    };
+    let cluster_id = civo.cluster_id.clone().filter(|c| !c.is_empty());
+    let region = civo.region.clone().filter(|r| !r.is_empty());
+
+    let controller_api = if settings.mode.serves_controller() {
+        let region = region
+            .as_deref()
+            .ok_or("the Civo controller needs its region: set CIVO_REGION (or [civo] region)")?;
+        let api = client(region)?
+            .ok_or("the Civo controller needs an API key: set CIVO_API_KEY (or [civo] api-key)")?;
+        Some(Arc::new(api))
+    } else {
+        None
+    };
+
+    let statsd = civo
+        .statsd_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(identity::STATSD_FILE));
+    let sources = identity::Sources {
+        statsd_file: &statsd,
+        instance_id: civo.instance_id.as_deref(),
+        region: region.as_deref(),
+        node_name: &settings.node_id,
+        cluster_id: cluster_id.as_deref(),
+    };
+    let me = identity::resolve(&sources, async |region: &str| client(region)).await?;
+    tracing::info!(
+        instance_id = %me.instance_id,
+        region = %me.region,
+        source = me.source,
+        "Civo node identity"
+    );
+    let node_api = match &controller_api {
+        Some(api) if region.as_deref() == Some(me.region.as_str()) => Some(api.clone()),
+        _ => client(&me.region)?.map(Arc::new),
+    };
+    let node = Arc::new(node::CivoNode {
+        instance_id: me.instance_id,
+        region: me.region.clone(),
+        device_dir: settings.device_dir.clone(),
+        api: node_api.clone(),
+    });
+    // A node-only process answers no controller calls; it still needs a
+    // Backend, which reports what it lacks.
+    let api = match controller_api.or(node_api) {
+        Some(api) => api,
+        None => Arc::new(CivoApi::new(
+            ApiClient::new("civo", url, Auth::None, ClientOptions::default())?,
+            &me.region,
+        )),
+    };
+    let controller = Arc::new(Civo {
+        api,
+        region: region.unwrap_or(me.region),
+        cluster_id,
+        cluster_volume_type: OnceCell::new(),
+    });
+    Ok((controller, node))
+}
+
+fn check_region(region: &str) -> Result<(), String> {
+    if !region.is_empty()
+        && region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "Civo region {region:?} is not a region code like LON1"
+        ))
+    }
+}
+
+fn what(id: &str) -> String {
+    format!("Civo volume {id}")
+}
+
+impl Civo {
+    fn topology(&self) -> Vec<Map> {
+        vec![Map::from([(TOPOLOGY_KEY.to_string(), self.region.clone())])]
+    }
+
+    fn to_volume(&self, v: &ApiVolume, context: Map) -> Volume {
+        Volume {
+            id: v.id.clone(),
+            capacity_bytes: v.size_gb * GIB,
+            context,
+            source: None,
+            topology: self.topology(),
+        }
+    }
+
+    fn status(&self, v: &ApiVolume) -> VolumeStatus {
+        VolumeStatus {
+            volume: self.to_volume(v, Map::new()),
+            published_nodes: v.attached_to().map(str::to_string).into_iter().collect(),
+            abnormal: None,
+        }
+    }
+
+    /// The volume, None if it does not exist.
+    async fn find(&self, id: &str) -> CsiResult<Option<ApiVolume>> {
+        match self.api.get_volume(id).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if api::is_volume_not_found(&e) => Ok(None),
+            Err(e) => Err(api::to_csi(&e, &what(id))),
+        }
+    }
+
+    /// Polls the volume until `done` holds (None = the volume is gone),
+    /// failing when `failed` says it will not, or at the deadline.
+    async fn wait_until(
+        &self,
+        id: &str,
+        goal: &str,
+        done: impl Fn(Option<&ApiVolume>) -> bool,
+    ) -> CsiResult<Option<ApiVolume>> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let volume = self.find(id).await?;
+            if done(volume.as_ref()) {
+                return Ok(volume);
+            }
+            if started.elapsed() > SETTLE_DEADLINE {
+                let now = volume.as_ref().map_or("gone", ApiVolume::status);
+                return Err(CsiError::DeadlineExceeded(format!(
+                    "{} did not become {goal} within {}s (it is {now}); the call can be repeated",
+                    what(id),
+                    SETTLE_DEADLINE.as_secs()
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 3 / 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// The volume once it rests (not creating, attaching, detaching or
+    /// resizing); NotFound when it does not exist.
+    async fn settled(&self, id: &str) -> CsiResult<ApiVolume> {
+        self.wait_until(id, "ready", |v| v.is_none_or(|v| !v.in_transition()))
+            .await?
+            .ok_or_else(|| CsiError::NotFound(format!("{} does not exist", what(id))))
+    }
+
+    /// The volume named `name`: the oldest when several carry the name.
+    async fn by_name(&self, name: &str) -> CsiResult<Option<ApiVolume>> {
+        let mut all: Vec<ApiVolume> = self
+            .api
+            .list_volumes()
+            .await
+            .map_err(|e| api::to_csi(&e, "listing Civo volumes"))?
+            .into_iter()
+            .filter(|v| v.name == name)
+            .collect();
+        all.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        Ok(all.into_iter().next())
+    }
+
+    async fn volume_type(&self, parameters: &Map) -> CsiResult<Option<String>> {
+        if let Some(t) = parameters.get(PARAM_VOLUME_TYPE) {
+            if t.is_empty() {
+                return Err(CsiError::InvalidArgument(format!(
+                    "parameter {PARAM_VOLUME_TYPE} must not be empty"
+                )));
+            }
+            return Ok(Some(t.clone()));
+        }
+        let Some(cluster) = &self.cluster_id else {
+            return Ok(None);
+        };
+        self.cluster_volume_type
+            .get_or_try_init(|| async {
+                self.api
+                    .cluster_volume_type(cluster)
+                    .await
+                    .map_err(|e| api::to_csi(&e, &format!("Civo cluster {cluster}")))
+            })
+            .await
+            .cloned()
+    }
+
+    /// Checks an existing volume against a create request.
+    fn compatible(v: &ApiVolume, r: &CreateVolume, volume_type: Option<&str>) -> CsiResult<()> {
+        let size = v.size_gb * GIB;
+        let fits = size >= r.required_bytes && (r.limit_bytes == 0 || size <= r.limit_bytes);
+        if !fits {
+            return Err(CsiError::AlreadyExists(format!(
+                "volume {:?} exists ({}) with {}, outside the requested range",
+                r.name,
+                v.id,
+                size::human(size)
+            )));
+        }
+        if let (Some(wanted), Some(has)) = (volume_type, v.volume_type.as_deref())
+            && wanted != has
+        {
+            return Err(CsiError::AlreadyExists(format!(
+                "volume {:?} exists ({}) with volume type {has}, not {wanted}",
+                r.name, v.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fails early when the account has no room for `size_gb` more.
+    async fn check_quota(&self, size_gb: u64, new_volume: bool) -> CsiResult<()> {
+        let quota = self
+            .api
+            .quota()
+            .await
+            .map_err(|e| api::to_csi(&e, "reading the Civo quota"))?;
+        if size_gb > quota.disk_gb_limit {
+            return Err(CsiError::OutOfRange(format!(
+                "{size_gb} GB is more than the account's whole volume quota ({} GB)",
+                quota.disk_gb_limit
+            )));
+        }
+        let free = quota.disk_gb_limit.saturating_sub(quota.disk_gb_usage);
+        if size_gb > free
+            || (new_volume && quota.disk_volume_count_usage >= quota.disk_volume_count_limit)
+        {
+            return Err(CsiError::ResourceExhausted(format!(
+                "the Civo quota has no room for {size_gb} GB more: {} of {} GB and {} of {} volumes used",
+                quota.disk_gb_usage,
+                quota.disk_gb_limit,
+                quota.disk_volume_count_usage,
+                quota.disk_volume_count_limit
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether a requisite topology lets the volume live in this region.
+    fn reachable(&self, requisite: &[Map]) -> bool {
+        requisite.is_empty()
+            || requisite.iter().any(|term| {
+                term.get(TOPOLOGY_KEY)
+                    .is_some_and(|r| r.eq_ignore_ascii_case(&self.region))
+            })
+    }
+}
+
+#[async_trait]
+impl Backend for Civo {
+    fn name(&self) -> &'static str {
+        "civo"
+    }
+
+    fn features(&self) -> Features {
+        Features {
+            snapshots: false,
+            clone: false,
+            expand: true,
+            capacity: true,
+            attach: true,
+            volume_condition: false,
+        }
+    }
+
+    fn parameter_keys(&self) -> &'static [&'static str] {
+        &[PARAM_VOLUME_TYPE]
+    }
+
+    async fn ready(&self) -> CsiResult<()> {
+        self.api
+            .quota()
+            .await
+            .map(|_| ())
+            .map_err(|e| api::to_csi(&e, "the Civo API"))
+    }
+
+    async fn create_volume(&self, r: &CreateVolume) -> CsiResult<Volume> {
+        if !self.reachable(&r.requisite) {
+            return Err(CsiError::ResourceExhausted(format!(
+                "this driver makes volumes in Civo region {} only; the requisite topology allows none there",
+                self.region
+            )));
+        }
+        let bytes = size::choose(RULES, r.required_bytes, r.limit_bytes, 0)?;
+        let size_gb = bytes / GIB;
+        let volume_type = self.volume_type(&r.parameters).await?;
+        let explicit_type = r.parameters.get(PARAM_VOLUME_TYPE).map(String::as_str);
+        let existing = match self.by_name(&r.name).await? {
+            Some(v) => Some(v),
+            None => {
+                self.check_quota(size_gb, true).await?;
+                let created = self
+                    .api
+                    .create_volume(
+                        &r.name,
+                        size_gb,
+                        volume_type.as_deref(),
+                        self.cluster_id.as_deref(),
+                    )
+                    .await;
+                match created {
+                    Ok(id) => {
+                        tracing::info!(volume_id = %id, size_gb, "created Civo volume");
+                        self.find(&id).await?
+                    }
+                    Err(e) if api::is_duplicate_name(&e) => self.by_name(&r.name).await?,
+                    Err(e) => return Err(api::to_csi(&e, &format!("volume {:?}", r.name))),
+                }
+            }
+        };
+        let existing = existing.ok_or_else(|| {
+            CsiError::Aborted(format!(
+                "volume {:?} vanished while being created; retry",
+                r.name
+            ))
+        })?;
+        Self::compatible(&existing, r, explicit_type)?;
+        let ready = self
+            .wait_until(&existing.id, "available", |v| {
+                v.is_none_or(|v| v.status() != "creating")
+            })
+            .await?
+            .ok_or_else(|| {
+                CsiError::Aborted(format!(
+                    "volume {:?} was deleted while being created; retry",
+                    r.name
+                ))
+            })?;
+        Ok(self.to_volume(&ready, r.node_context.clone()))
+    }
+
+    async fn delete_volume(&self, id: &str) -> CsiResult<()> {
+        if check_id(id).is_err() {
+            return Ok(());
+        }
+        let Some(v) = self
+            .wait_until(id, "ready", |v| v.is_none_or(|v| !v.in_transition()))
+            .await?
+        else {
+            return Ok(());
+        };
+        if let Some(instance) = v.attached_to() {
+            return Err(CsiError::FailedPrecondition(format!(
+                "{} is attached to instance {instance}; ControllerUnpublishVolume first",
+                what(id)
+            )));
+        }
+        match self.api.delete_volume(id).await {
+            Ok(()) => {
+                tracing::info!(volume_id = %id, "deleted Civo volume");
+                Ok(())
+            }
+            Err(e) if api::is_volume_not_found(&e) => Ok(()),
+            Err(e) => Err(api::to_csi(&e, &what(id))),
+        }
+    }
+
+    async fn get_volume(&self, id: &str) -> CsiResult<VolumeStatus> {
+        check_id(id)?;
+        let v = self
+            .find(id)
+            .await?
+            .ok_or_else(|| CsiError::NotFound(format!("{} does not exist", what(id))))?;
+        Ok(self.status(&v))
+    }
+
+    async fn list_volumes(&self) -> CsiResult<Vec<VolumeStatus>> {
+        let mut all = self
+            .api
+            .list_volumes()
+            .await
+            .map_err(|e| api::to_csi(&e, "listing Civo volumes"))?;
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(all.iter().map(|v| self.status(v)).collect())
+    }
+
+    async fn publish(&self, id: &str, node_id: &str, _read_only: bool) -> CsiResult<Map> {
+        check_id(id)?;
+        let v = self.settled(id).await?;
+        match v.attached_to() {
+            Some(instance) if instance == node_id => return Ok(Map::new()),
+            Some(instance) => {
+                return Err(CsiError::FailedPrecondition(format!(
+                    "{} is attached to instance {instance}; a Civo volume attaches to one instance at a time",
+                    what(id)
+                )));
+            }
+            None => {}
+        }
+        self.api
+            .attach(id, node_id)
+            .await
+            .map_err(|e| api::to_csi(&e, &format!("attaching {} to {node_id}", what(id))))?;
+        let v = self
+            .wait_until(id, "attached", |v| {
+                v.is_none_or(|v| v.status() != "attaching")
+            })
+            .await?
+            .ok_or_else(|| CsiError::NotFound(format!("{} was deleted", what(id))))?;
+        if v.status() == "attached" && v.instance_id.as_deref() == Some(node_id) {
+            tracing::info!(volume_id = %id, instance_id = %node_id, "attached Civo volume");
+            Ok(Map::new())
+        } else {
+            Err(CsiError::Unavailable(format!(
+                "{} did not attach to {node_id} (it is {}); retry",
+                what(id),
+                v.status()
+            )))
+        }
+    }
+
+    async fn unpublish(&self, id: &str, node_id: Option<&str>) -> CsiResult<()> {
+        if check_id(id).is_err() {
+            return Ok(());
+        }
+        let v = match self.settled(id).await {
+            Ok(v) => v,
+            Err(CsiError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match (v.attached_to(), node_id) {
+            (None, _) => return Ok(()),
+            (Some(instance), Some(node)) if instance != node => return Ok(()),
+            _ => {}
+        }
+        match self.api.detach(id).await {
+            Ok(()) => {}
+            Err(e) if api::is_not_attached(&e) || api::is_volume_not_found(&e) => return Ok(()),
+            Err(e) => return Err(api::to_csi(&e, &format!("detaching {}", what(id)))),
+        }
+        self.wait_until(id, "detached", |v| {
+            v.is_none_or(|v| v.attached_to().is_none())
+        })
+        .await?;
+        tracing::info!(volume_id = %id, "detached Civo volume");
+        Ok(())
+    }
+
+    async fn expand(&self, id: &str, required_bytes: u64, limit_bytes: u64) -> CsiResult<u64> {
+        check_id(id)?;
+        let bytes = size::choose(RULES, required_bytes, limit_bytes, 0)?;
+        let v = self.settled(id).await?;
+        let current = v.size_gb * GIB;
+        if bytes <= current {
+            return Ok(current);
+        }
+        if let Some(instance) = v.attached_to() {
+            return Err(CsiError::FailedPrecondition(format!(
+                "{} is attached to instance {instance}; Civo resizes detached volumes only (offline expansion)",
+                what(id)
+            )));
+        }
+        self.check_quota(bytes / GIB - v.size_gb, false).await?;
+        match self.api.resize(id, bytes / GIB).await {
+            Ok(()) => {}
+            Err(e) if api::is_size_must_increase(&e) => {}
+            Err(e) => return Err(api::to_csi(&e, &format!("resizing {}", what(id)))),
+        }
+        let v = self.settled(id).await?;
+        tracing::info!(volume_id = %id, size_gb = v.size_gb, "resized Civo volume");
+        Ok(v.size_gb * GIB)
+    }
+
+    async fn capacity(&self) -> CsiResult<Capacity> {
+        let quota = self
+            .api
+            .quota()
+            .await
+            .map_err(|e| api::to_csi(&e, "reading the Civo quota"))?;
+        Ok(Capacity {
+            available_bytes: quota.free_gb() * GIB,
+            maximum_volume_bytes: RULES.maximum,
+            minimum_volume_bytes: RULES.minimum,
+        })
+    }
+
+    async fn create_snapshot(&self, _source: &str, _name: &str) -> CsiResult<Snapshot> {
+        Err(no_snapshots())
+    }
+
+    async fn delete_snapshot(&self, _id: &str) -> CsiResult<()> {
+        Err(no_snapshots())
+    }
+
+    async fn list_snapshots(&self) -> CsiResult<Vec<Snapshot>> {
+        Err(no_snapshots())
+    }
+}
+
+fn no_snapshots() -> CsiError {
+    CsiError::Unimplemented("the Civo API offers no volume snapshots".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_must_be_uuids() {
+        assert!(check_id("06a1da94-10bc-4c29-bb19-06a422fde100").is_ok());
+        for bad in [
+            "",
+            "../quota",
+            "06a1da94-10bc-4c29-bb19-06a422fde10",
+            "06a1da94x10bc-4c29-bb19-06a422fde100",
+        ] {
+            assert!(matches!(check_id(bad), Err(CsiError::NotFound(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn regions_are_codes() {
+        assert!(check_region("LON1").is_ok());
+        assert!(check_region("lon1&x=1").is_err());
+        assert!(check_region("").is_err());
+    }
+
+    #[test]
+    fn existing_volumes_are_checked_against_the_request() {
+        let v = ApiVolume {
+            id: "06a1da94-10bc-4c29-bb19-06a422fde100".into(),
+            name: "pvc-1".into(),
+            instance_id: None,
+            status: Some("available".into()),
+            size_gb: 10,
+            volume_type: Some("standard".into()),
+            created_at: None,
+        };
+        let request = |required, limit| CreateVolume {
+            name: "pvc-1".into(),
+            required_bytes: required,
+            limit_bytes: limit,
+            source: None,
+            parameters: Map::new(),
+            node_context: Map::new(),
+            fs_type: None,
+            requisite: vec![],
+            preferred: vec![],
+        };
+        assert!(Civo::compatible(&v, &request(GIB, 0), None).is_ok());
+        assert!(Civo::compatible(&v, &request(11 * GIB, 0), None).is_err());
+        assert!(Civo::compatible(&v, &request(GIB, 5 * GIB), None).is_err());
+        assert!(Civo::compatible(&v, &request(GIB, 0), Some("ms-xfs-2-replicas")).is_err());
+        assert!(Civo::compatible(&v, &request(GIB, 0), Some("standard")).is_ok());
+    }
+}
