@@ -9,6 +9,8 @@
 
 #[path = "conformance/api.rs"]
 mod api;
+#[path = "conformance/civo.rs"]
+mod civo_backend;
 #[path = "conformance/controller.rs"]
 mod controller;
 #[path = "conformance/crash.rs"]
@@ -117,4 +119,29 @@ macro_rules! node_sections {
 mod hostpath {
     api_sections!(crate::harness::BackendUnderTest::hostpath);
     node_sections!(crate::harness::BackendUnderTest::hostpath);
+}
+
+/// Civo against its emulator. Civo has no snapshots (so no restore or
+/// clone) and resizes detached volumes only, so the online expansion tests
+/// are not instantiated; the offline expansion test is Civo's own.
+mod civo {
+    api_sections!(crate::harness::BackendUnderTest::civo);
+    section!(crate::harness::BackendUnderTest::civo, node: [
+        node_capabilities_and_info,
+        node_missing_fields_are_invalid,
+        node_hostile_input_is_invalid,
+        node_unknown_volume_is_not_found,
+        node_publish_requires_staging,
+        node_cycle_ext4,
+        node_cycle_xfs,
+        node_cycle_btrfs,
+        stage_with_another_filesystem_is_already_exists,
+        read_only_publish_refuses_writes,
+        raw_block_round_trip,
+        stats_report_abnormal_when_unmounted,
+        concurrent_node_calls_on_one_volume,
+    ]);
+    section!(crate::harness::BackendUnderTest::civo, node_crash in crash: [
+        crash_during_node_stage,
+    ]);
 }

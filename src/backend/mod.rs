@@ -103,6 +103,16 @@ pub trait Backend: Send + Sync + 'static {
     fn features(&self) -> Features;
     /// StorageClass parameter keys this backend understands itself.
     fn parameter_keys(&self) -> &'static [&'static str];
+    /// Whether a volume can grow while it is in use (false: only while it
+    /// is not attached anywhere).
+    fn online_expansion(&self) -> bool {
+        true
+    }
+    /// Whether the controller can attach a volume read-only
+    /// (PUBLISH_READONLY).
+    fn publish_readonly(&self) -> bool {
+        true
+    }
     /// Ok when the backend can serve requests.
     async fn ready(&self) -> CsiResult<()>;
 

@@ -309,11 +309,10 @@ impl Driver {
             Rpc::SingleNodeMultiWriter,
         ];
         if features.attach {
-            rpcs.extend([
-                Rpc::PublishUnpublishVolume,
-                Rpc::PublishReadonly,
-                Rpc::ListVolumesPublishedNodes,
-            ]);
+            rpcs.extend([Rpc::PublishUnpublishVolume, Rpc::ListVolumesPublishedNodes]);
+            if self.backend.publish_readonly() {
+                rpcs.push(Rpc::PublishReadonly);
+            }
         }
         if features.capacity {
             rpcs.push(Rpc::GetCapacity);

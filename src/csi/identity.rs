@@ -42,7 +42,11 @@ impl identity_server::Identity for Driver {
             capabilities.push(PluginCapability {
                 r#type: Some(plugin_capability::Type::VolumeExpansion(
                     plugin_capability::VolumeExpansion {
-                        r#type: Expansion::Online as i32,
+                        r#type: if self.backend.online_expansion() {
+                            Expansion::Online as i32
+                        } else {
+                            Expansion::Offline as i32
+                        },
                     },
                 )),
             });

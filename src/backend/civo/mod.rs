@@ -346,6 +346,15 @@ impl Backend for Civo {
         &[PARAM_VOLUME_TYPE]
     }
 
+    fn online_expansion(&self) -> bool {
+        false
+    }
+
+    /// Civo attaches read-write only; read-only is the node's mount.
+    fn publish_readonly(&self) -> bool {
+        false
+    }
+
     async fn ready(&self) -> CsiResult<()> {
         self.api
             .quota()
@@ -454,8 +463,13 @@ impl Backend for Civo {
         Ok(all.iter().map(|v| self.status(v)).collect())
     }
 
-    async fn publish(&self, id: &str, node_id: &str, _read_only: bool) -> CsiResult<Map> {
+    async fn publish(&self, id: &str, node_id: &str, read_only: bool) -> CsiResult<Map> {
         check_id(id)?;
+        if read_only {
+            return Err(CsiError::InvalidArgument(
+                "readonly=true: Civo attaches volumes read-write only (PUBLISH_READONLY is not offered); mount read-only on the node instead".into(),
+            ));
+        }
         let v = self.settled(id).await?;
         match v.attached_to() {
             Some(instance) if instance == node_id => return Ok(Map::new()),
