@@ -19,6 +19,8 @@ mod harness;
 mod identity;
 #[path = "conformance/node.rs"]
 mod node;
+#[path = "conformance/soak.rs"]
+mod soak;
 #[path = "conformance/socket.rs"]
 mod socket;
 
@@ -114,7 +116,16 @@ macro_rules! node_sections {
     };
 }
 
+/// The soak (tests/conformance/soak.rs); for a cloud, pass a backend whose
+/// emulator injects faults.
+macro_rules! soak_sections {
+    ($backend:path) => {
+        section!($backend, soak: [soak_cycles]);
+    };
+}
+
 mod hostpath {
     api_sections!(crate::harness::BackendUnderTest::hostpath);
+    soak_sections!(crate::harness::BackendUnderTest::hostpath);
     node_sections!(crate::harness::BackendUnderTest::hostpath);
 }
