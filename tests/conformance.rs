@@ -157,4 +157,5 @@ mod civo {
     section!(crate::harness::BackendUnderTest::civo, node_crash in crash: [
         crash_during_node_stage,
     ]);
+    soak_sections!(crate::harness::BackendUnderTest::civo_soak);
 }

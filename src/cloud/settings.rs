@@ -39,6 +39,9 @@ pub struct CivoSettings {
     /// Where the node's civostatsd settings live; `CIVO_STATSD_FILE`
     /// (default /etc/civostatsd).
     pub statsd_file: Option<std::path::PathBuf>,
+    /// Requests per second the driver sends the Civo API at most;
+    /// `CIVO_API_RATE_LIMIT` (default 20).
+    pub api_rate_limit: Option<f64>,
 }
 
 /// `[packet]` in the config file.
@@ -89,6 +92,9 @@ impl CloudSettings {
         set(&mut civo.instance_id, get("NODE_ID"));
         if let Some(path) = get("CIVO_STATSD_FILE") {
             civo.statsd_file = Some(path.into());
+        }
+        if let Some(rate) = get("CIVO_API_RATE_LIMIT").and_then(|v| v.parse().ok()) {
+            civo.api_rate_limit = Some(rate);
         }
         set(&mut civo.cluster_id, get("CIVO_CLUSTER_ID"));
         set(&mut civo.metadata_url, get("CIVO_METADATA_URL"));

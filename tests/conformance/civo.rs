@@ -76,6 +76,30 @@ impl BackendUnderTest {
         Self::civo_with(vec![])
     }
 
+    /// Civo against an emulator that answers 10% of requests with 5xx
+    /// and 5% with 429 (Retry-After 1 s), API only: the soak drives the
+    /// controller, the node sections cover the disks. The driver may send
+    /// 500 requests/s.
+    pub fn civo_soak() -> Self {
+        let mut b = Self::civo_with(vec!["--error-share", "0.10", "--throttle-share", "0.05"]);
+        let emulator = b.emulator.as_mut().expect("emulator");
+        emulator
+            .args
+            .retain(|a| !a.starts_with("--image-dir") && !a.starts_with("--link-dir"));
+        emulator.args.retain(|a| !a.starts_with("{dir}/"));
+        b.args = vec![
+            "--backend",
+            "civo",
+            "--state-dir",
+            "{dir}/state",
+            "--device-dir",
+            "{dir}",
+        ];
+        b.env.push(("CIVO_API_RATE_LIMIT", "500"));
+        b.node_tests = false;
+        b
+    }
+
     /// Civo against its emulator, with extra emulator arguments (faults).
     pub fn civo_with(extra_emulator_args: Vec<&'static str>) -> Self {
         let mut emulator_args = vec![

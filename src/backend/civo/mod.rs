@@ -73,12 +73,22 @@ pub struct Civo {
 pub async fn open(settings: &Settings) -> Result<(Arc<dyn Backend>, Arc<dyn NodeBackend>), String> {
     let civo = &settings.clouds.civo;
     let url = civo.api_url.as_deref().unwrap_or(DEFAULT_API_URL);
+    let mut options = ClientOptions::default();
+    if let Some(rate) = civo.api_rate_limit {
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(format!(
+                "the Civo API rate limit must be a positive number of requests per second, not {rate}"
+            ));
+        }
+        options.rate_per_second = rate;
+        options.burst = (rate * 2.0).ceil().min(f64::from(u32::MAX)) as u32;
+    }
     let client = |region: &str| -> Result<Option<CivoApi>, String> {
         let Some(key) = civo.api_key.clone().filter(|k| !k.is_empty()) else {
             return Ok(None);
         };
         check_region(region)?;
-        let client = ApiClient::new("civo", url, Auth::Bearer(key), ClientOptions::default())?;
+        let client = ApiClient::new("civo", url, Auth::Bearer(key), options.clone())?;
         Ok(Some(CivoApi::new(client, region)))
     };
     let cluster_id = civo.cluster_id.clone().filter(|c| !c.is_empty());
@@ -375,7 +385,10 @@ impl Backend for Civo {
         let volume_type = self.volume_type(&r.parameters).await?;
         let explicit_type = r.parameters.get(PARAM_VOLUME_TYPE).map(String::as_str);
         let existing = match self.by_name(&r.name).await? {
-            Some(v) => Some(v),
+            Some(v) => {
+                Self::compatible(&v, r, explicit_type)?;
+                Some(v.id)
+            }
             None => {
                 self.check_quota(size_gb, true).await?;
                 let created = self
@@ -390,22 +403,27 @@ impl Backend for Civo {
                 match created {
                     Ok(id) => {
                         tracing::info!(volume_id = %id, size_gb, "created Civo volume");
-                        self.find(&id).await?
+                        Some(id)
                     }
-                    Err(e) if api::is_duplicate_name(&e) => self.by_name(&r.name).await?,
+                    Err(e) if api::is_duplicate_name(&e) => {
+                        let v = self.by_name(&r.name).await?;
+                        if let Some(v) = &v {
+                            Self::compatible(v, r, explicit_type)?;
+                        }
+                        v.map(|v| v.id)
+                    }
                     Err(e) => return Err(api::to_csi(&e, &format!("volume {:?}", r.name))),
                 }
             }
         };
-        let existing = existing.ok_or_else(|| {
+        let id = existing.ok_or_else(|| {
             CsiError::Aborted(format!(
                 "volume {:?} vanished while being created; retry",
                 r.name
             ))
         })?;
-        Self::compatible(&existing, r, explicit_type)?;
         let ready = self
-            .wait_until(&existing.id, "available", |v| {
+            .wait_until(&id, "available", |v| {
                 v.is_none_or(|v| v.status() != "creating")
             })
             .await?
