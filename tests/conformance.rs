@@ -157,5 +157,10 @@ mod civo {
     section!(crate::harness::BackendUnderTest::civo, node_crash in crash: [
         crash_during_node_stage,
     ]);
+    section!(crate::harness::BackendUnderTest::civo, civo_own in civo_backend: [
+        node_identity_sources,
+        offline_expansion_keeps_data,
+        quota_limits_creates,
+    ]);
     soak_sections!(crate::harness::BackendUnderTest::civo_soak);
 }

@@ -10,9 +10,13 @@ use std::time::Duration;
 use multicsi::csi::controller_service_capability::rpc::Type as CtrlRpc;
 use multicsi::csi::node_service_capability::rpc::Type as NodeRpc;
 use multicsi::csi::plugin_capability::service::Type as PluginService;
+use multicsi::csi::{self as csi, volume_usage::Unit};
 use multicsi::emulator::civo::state::{CLUSTER_ID, INSTANCES, REGION};
 
-use crate::harness::{BackendUnderTest, Emulator, Sizes};
+use tonic::Code;
+
+use crate::api::*;
+use crate::harness::{BackendUnderTest, Emulator, Server, Sizes, require_node};
 
 const GIB: u64 = 1 << 30;
 /// The API key the tests use (any non-empty key is accepted).
@@ -171,4 +175,198 @@ impl BackendUnderTest {
             }),
         }
     }
+}
+
+// Civo's own tests: node identity, offline expansion, quota.
+
+async fn reported_node(b: &BackendUnderTest) -> csi::NodeGetInfoResponse {
+    let s = Server::start(b).await;
+    ok(
+        "NodeGetInfo",
+        s.node().node_get_info(csi::NodeGetInfoRequest {}).await,
+    )
+}
+
+fn leak(text: String) -> &'static str {
+    Box::leak(text.into_boxed_str())
+}
+
+/// NodeGetInfo reports the node's Civo instance: from the civostatsd file
+/// first, then NODE_ID, then the cluster's instance whose hostname is the
+/// Kubernetes node name; the topology carries the region.
+pub async fn node_identity_sources(b: BackendUnderTest) {
+    let (id_two, host_two) = INSTANCES[1];
+    let mut by_hostname = b.clone();
+    by_hostname.node_id = host_two;
+    let info = reported_node(&by_hostname).await;
+    assert_eq!(info.node_id, id_two, "looked up by hostname");
+    let topology = info.accessible_topology.expect("topology");
+    assert_eq!(
+        topology.segments.get("region").map(String::as_str),
+        Some(REGION)
+    );
+
+    let mut by_env = b.clone();
+    by_env.node_id = "any-node-name";
+    by_env
+        .env
+        .push(("NODE_ID", "11111111-2222-4333-8444-555555555555"));
+    assert_eq!(
+        reported_node(&by_env).await.node_id,
+        "11111111-2222-4333-8444-555555555555"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("civostatsd");
+    std::fs::write(
+        &file,
+        "server = \"https://stats.example\"\ntoken = \"statsd-secret\"\ninstance_id = \"66666666-7777-4888-9999-000000000000\"\nregion = \"NYC1\"\n",
+    )
+    .unwrap();
+    let mut by_file = by_env.clone();
+    let path = leak(file.display().to_string());
+    by_file
+        .env
+        .retain(|(k, _)| *k != "CIVO_STATSD_FILE" && *k != "NODE_ID");
+    by_file.env.push(("CIVO_STATSD_FILE", path));
+    by_file.env.push(("NODE_ID", "not-this-one"));
+    let info = reported_node(&by_file).await;
+    assert_eq!(info.node_id, "66666666-7777-4888-9999-000000000000");
+    let topology = info.accessible_topology.expect("topology");
+    assert_eq!(
+        topology.segments.get("region").map(String::as_str),
+        Some("NYC1")
+    );
+}
+
+fn expand_request(v: &NodeVolume, bytes: u64) -> csi::ControllerExpandVolumeRequest {
+    csi::ControllerExpandVolumeRequest {
+        volume_id: v.volume.volume_id.clone(),
+        capacity_range: range(bytes, 0),
+        volume_capability: Some(v.cap.clone()),
+        ..Default::default()
+    }
+}
+
+/// Offline expansion: an attached volume does not grow
+/// (FAILED_PRECONDITION); detached it grows, and staged again its
+/// filesystem fills the larger disk with the data kept.
+pub async fn offline_expansion_keeps_data(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let fs = "xfs";
+    let v = s
+        .node_volume("conf-civo-offline", 2 * GIB, mount_cap(fs))
+        .await;
+    s.stage(&v).await;
+    let target = s.path_str("target");
+    s.publish(&v, &target, false).await;
+    write_durably(&Path::new(&target).join("before"), b"kept").unwrap();
+    let before = usage(&s.stats(&v.volume.volume_id, &target).await, Unit::Bytes).total;
+    let status = fails(
+        "ControllerExpandVolume of an attached volume",
+        s.controller()
+            .controller_expand_volume(expand_request(&v, 4 * GIB))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        status.message().contains("detached"),
+        "{}",
+        status.message()
+    );
+    s.unpublish(&v, &target).await;
+    s.unstage(&v).await;
+    s.controller_unpublish(&v.volume.volume_id).await;
+
+    let reply = ok(
+        "ControllerExpandVolume of a detached volume",
+        s.controller()
+            .controller_expand_volume(expand_request(&v, 4 * GIB))
+            .await,
+    );
+    assert_eq!(reply.capacity_bytes as u64, 4 * GIB);
+
+    let v = s
+        .attach(v.volume.clone(), v.cap.clone(), "conf-civo-offline")
+        .await;
+    s.stage(&v).await;
+    s.publish(&v, &target, false).await;
+    let expanded = ok(
+        "NodeExpandVolume after the offline growth",
+        s.node()
+            .node_expand_volume(csi::NodeExpandVolumeRequest {
+                volume_id: v.volume.volume_id.clone(),
+                volume_path: target.clone(),
+                staging_target_path: v.staging.clone(),
+                capacity_range: range(4 * GIB, 0),
+                volume_capability: Some(v.cap.clone()),
+                ..Default::default()
+            })
+            .await,
+    );
+    assert!(expanded.capacity_bytes == 0 || expanded.capacity_bytes as u64 >= 4 * GIB);
+    let after = usage(&s.stats(&v.volume.volume_id, &target).await, Unit::Bytes).total;
+    assert!(
+        after as u64 > before as u64 + GIB,
+        "the filesystem did not grow: {before} -> {after} bytes"
+    );
+    assert_eq!(
+        std::fs::read(Path::new(&target).join("before")).unwrap(),
+        b"kept"
+    );
+    s.unpublish(&v, &target).await;
+    s.teardown(&v).await;
+    assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+    assert!(s.stored_volumes().is_empty());
+}
+
+/// The account quota: GetCapacity reports what is free; a create that
+/// does not fit is RESOURCE_EXHAUSTED; the largest volume is 1000 GB.
+pub async fn quota_limits_creates(b: BackendUnderTest) {
+    use multicsi::emulator::civo::state::{DISK_GB_LIMIT, MAX_VOLUME_GB};
+    let s = Server::start(&b).await;
+    let mut c = s.controller();
+    let capacity = |reply: csi::GetCapacityResponse| reply.available_capacity as u64;
+    let free = capacity(ok(
+        "GetCapacity",
+        c.get_capacity(csi::GetCapacityRequest::default()).await,
+    ));
+    assert_eq!(free, DISK_GB_LIMIT * GIB);
+    let big = MAX_VOLUME_GB * GIB;
+    fails(
+        "CreateVolume above the largest volume",
+        c.create_volume(create_request(
+            "conf-civo-huge",
+            big + GIB,
+            mount_cap("ext4"),
+        ))
+        .await,
+        Code::OutOfRange,
+    );
+    let mut made = Vec::new();
+    for i in 0..(DISK_GB_LIMIT / MAX_VOLUME_GB) {
+        let name = format!("conf-civo-quota-{i}");
+        made.push(s.create(&name, big, mount_cap("ext4")).await.volume_id);
+    }
+    let free = capacity(ok(
+        "GetCapacity with the quota used up",
+        c.get_capacity(csi::GetCapacityRequest::default()).await,
+    ));
+    assert_eq!(free, 0);
+    let status = fails(
+        "CreateVolume beyond the quota",
+        c.create_volume(create_request("conf-civo-over", GIB, mount_cap("ext4")))
+            .await,
+        Code::ResourceExhausted,
+    );
+    assert!(status.message().contains("quota"), "{}", status.message());
+    for id in &made {
+        s.delete(id).await;
+    }
+    let free = capacity(ok(
+        "GetCapacity after the deletes",
+        c.get_capacity(csi::GetCapacityRequest::default()).await,
+    ));
+    assert_eq!(free, DISK_GB_LIMIT * GIB);
 }
