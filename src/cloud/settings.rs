@@ -146,6 +146,28 @@ mod tests {
     }
 
     #[test]
+    fn civo_reads_civo_csi_names_and_its_own() {
+        let mut settings = CloudSettings::default();
+        settings.overlay_env(|name| match name {
+            "REGION" => Some("NYC1".into()),
+            "NODE_ID" => Some("instance-1".into()),
+            "CIVO_STATSD_FILE" => Some("/tmp/statsd".into()),
+            "CIVO_API_RATE_LIMIT" => Some("50".into()),
+            _ => None,
+        });
+        let civo = &settings.civo;
+        assert_eq!(civo.region.as_deref(), Some("NYC1"));
+        assert_eq!(civo.instance_id.as_deref(), Some("instance-1"));
+        assert_eq!(
+            civo.statsd_file.as_deref(),
+            Some(std::path::Path::new("/tmp/statsd"))
+        );
+        assert_eq!(civo.api_rate_limit, Some(50.0));
+        settings.overlay_env(|name| (name == "CIVO_REGION").then(|| "FRA1".to_string()));
+        assert_eq!(settings.civo.region.as_deref(), Some("FRA1"));
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = toml::from_str::<CloudSettings>("[civo]\napikey = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("apikey"), "{err}");
