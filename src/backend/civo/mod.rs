@@ -116,7 +116,17 @@ pub async fn open(settings: &Settings) -> Result<(Arc<dyn Backend>, Arc<dyn Node
         node_name: &settings.node_id,
         cluster_id: cluster_id.as_deref(),
     };
-    let me = identity::resolve(&sources, async |region: &str| client(region)).await?;
+    let me = match (settings.mode.serves_node(), region.as_deref()) {
+        (true, _) => identity::resolve(&sources, async |region: &str| client(region)).await?,
+        // A controller-only process is no node: it only needs the region
+        // (for GetCapacity's topology), which the controller has.
+        (false, Some(region)) => identity::Identity {
+            instance_id: settings.node_id.clone(),
+            region: region.to_string(),
+            source: "controller only",
+        },
+        (false, None) => return Err("the Civo controller needs its region: set CIVO_REGION".into()),
+    };
     tracing::info!(
         instance_id = %me.instance_id,
         region = %me.region,
