@@ -165,7 +165,7 @@ impl BackendUnderTest {
             topology_key: "region",
             unknown_volume_id: "00000000-0000-4000-8000-000000000000",
             unknown_snapshot_id: "00000000-0000-4000-8000-000000000001",
-            alt_parameters: vec![("multicsi.io/civo-volume-type", "ms-xfs-2-replicas")],
+            alt_parameters: vec![("multicsi.io/volume-type", "ms-xfs-2-replicas")],
             stored_volumes: |_dir: &Path, url| {
                 emulated_volumes(url.expect("the civo backend runs with its emulator"))
             },
@@ -215,6 +215,27 @@ pub async fn node_identity_sources(b: BackendUnderTest) {
         reported_node(&by_env).await.node_id,
         "11111111-2222-4333-8444-555555555555"
     );
+
+    // A node with NODE_ID needs no API key; a controller needs no identity.
+    let mut node_only = by_env.clone();
+    node_only.args.extend(["--mode", "node"]);
+    node_only.env.retain(|(k, _)| *k != "CIVO_API_KEY");
+    assert_eq!(
+        reported_node(&node_only).await.node_id,
+        "11111111-2222-4333-8444-555555555555"
+    );
+    let mut controller_only = b.clone();
+    controller_only.node_id = "a-controller-pod-node";
+    controller_only.args.extend(["--mode", "controller"]);
+    let s = Server::start(&controller_only).await;
+    let capacity = ok(
+        "GetCapacity of a controller-only process",
+        s.controller()
+            .get_capacity(csi::GetCapacityRequest::default())
+            .await,
+    );
+    assert!(capacity.available_capacity > 0);
+    drop(s);
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("civostatsd");

@@ -30,7 +30,7 @@ use crate::error::{CsiError, CsiResult};
 /// their node affinity).
 pub const TOPOLOGY_KEY: &str = "region";
 /// StorageClass parameter: the Civo volume type (default: the cluster's).
-pub const PARAM_VOLUME_TYPE: &str = "multicsi.io/civo-volume-type";
+pub const PARAM_VOLUME_TYPE: &str = "multicsi.io/volume-type";
 const DEFAULT_API_URL: &str = "https://api.civo.com";
 /// Largest volume (Civo documents LVM over several volumes beyond 1 TB).
 const MAX_VOLUME_GB: u64 = 1000;
