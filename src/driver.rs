@@ -76,8 +76,8 @@ impl Driver {
         work: impl Future<Output = CsiResult<T>>,
     ) -> Result<Response<T>, Status> {
         let started = Instant::now();
-        // The adapters name each span after its CSI method; a span disabled
-        // by the log filter still carries its name.
+        // The adapters name each span after its CSI method; telemetry keeps
+        // these spans enabled at any log level, so the name is always there.
         let method = span.metadata().map_or("unknown", |m| m.name());
         let timer = metrics::rpc_started(method);
         let result = work.instrument(span.clone()).await;
