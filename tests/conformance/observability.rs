@@ -30,13 +30,20 @@ fn leak(text: String) -> &'static str {
     Box::leak(text.into_boxed_str())
 }
 
-/// The address the metrics listener reports in the JSON log.
+/// The address the metrics listener reports in the log (JSON or text).
 fn metrics_address(server: &Server) -> SocketAddr {
     let log = server.log_tail(usize::MAX);
+    let from_json = |line: &str| {
+        let event: serde_json::Value = serde_json::from_str(line).ok()?;
+        (event["message"] == "metrics listening")
+            .then(|| event["address"].as_str()?.parse().ok())?
+    };
+    let from_text = |line: &str| {
+        let (_, rest) = line.split_once("metrics listening address=")?;
+        rest.split_whitespace().next()?.parse().ok()
+    };
     log.lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|event| event["message"] == "metrics listening")
-        .and_then(|event| event["address"].as_str()?.parse().ok())
+        .find_map(|line| from_json(line).or_else(|| from_text(line)))
         .unwrap_or_else(|| panic!("no \"metrics listening\" line in the log:\n{log}"))
 }
 
@@ -56,10 +63,16 @@ fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
 }
 
 /// A whole lifecycle with secrets in every request that takes them and
-/// tokens in the driver's environment, logged at trace level as JSON: no
-/// secret value appears in the log or in a scrape of /metrics.
+/// tokens in the driver's environment, logged at trace level, as JSON and
+/// as text: no secret value appears in the log or in a scrape of /metrics.
 pub async fn secrets_stay_out_of_logs_and_metrics(b: BackendUnderTest) {
     require_node(&b);
+    for format in ["json", "text"] {
+        lifecycle_with_secrets(b.clone(), format).await;
+    }
+}
+
+async fn lifecycle_with_secrets(b: BackendUnderTest, format: &'static str) {
     let mut b = b;
     b.args.extend([
         "--metrics-address",
@@ -67,7 +80,7 @@ pub async fn secrets_stay_out_of_logs_and_metrics(b: BackendUnderTest) {
         "--log-level",
         "trace",
         "--log-format",
-        "json",
+        format,
     ]);
     let mut secrets: Vec<String> = Vec::new();
     for name in TOKEN_VARIABLES {
@@ -269,9 +282,13 @@ pub async fn secrets_stay_out_of_logs_and_metrics(b: BackendUnderTest) {
     let log = s.log_tail(usize::MAX);
     // The capture is real: trace events with the RPC spans were logged, and
     // the scrape counted the RPCs made.
+    let (trace, request_id) = match format {
+        "json" => ("\"level\":\"TRACE\"", "\"request_id\":"),
+        _ => (" TRACE ", "request{request_id="),
+    };
     assert!(
-        log.contains("\"level\":\"TRACE\"") && log.contains("\"request_id\""),
-        "the log has no trace events with request ids"
+        log.contains(trace) && log.contains(request_id),
+        "the {format} log has no trace events with request ids"
     );
     assert!(log.contains(&id), "the log does not mention the volume");
     for method in ["NodeStageVolume", "CreateSnapshot", "NodeExpandVolume"] {
@@ -285,11 +302,11 @@ pub async fn secrets_stay_out_of_logs_and_metrics(b: BackendUnderTest) {
     for secret in &secrets {
         assert!(
             !log.contains(secret.as_str()),
-            "a secret value is in the log"
+            "a secret value is in the {format} log"
         );
         assert!(
             !scrape.contains(secret.as_str()),
-            "a secret value is in the metrics"
+            "a secret value is in the metrics ({format} run)"
         );
     }
     let (ready, body) = http_get(metrics, "/readyz");
