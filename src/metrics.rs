@@ -414,6 +414,44 @@ mod tests {
         }
     }
 
+    /// The metric names in README's table (first column of the rows that
+    /// follow the `| metric | type | labels | meaning |` header).
+    fn documented_metrics() -> std::collections::BTreeSet<String> {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("| metric | type | labels | meaning |")
+            .nth(1)
+            .expect("README has a metrics table");
+        table
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .flat_map(|line| {
+                let first = line.split('|').nth(1).unwrap_or_default();
+                first
+                    .split(',')
+                    .map(|name| name.trim().trim_matches('`').to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_exported_family_is_documented_in_the_readme() {
+        rpc_started("TestMethodDoc").finish(tonic::Code::Aborted);
+        cloud_call("testdoc", "op", "429", 0.1);
+        cloud_retry("testdoc", "op", "429");
+        let _: Result<(), ()> = node_op("test_doc", || Ok(()));
+        let scrape = render();
+        let exported: std::collections::BTreeSet<String> = scrape
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split(' ').next())
+            .map(str::to_string)
+            .collect();
+        assert_eq!(exported, documented_metrics());
+    }
+
     #[test]
     fn build_info_and_process_metrics_are_present() {
         let scrape = render();
