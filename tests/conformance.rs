@@ -162,6 +162,9 @@ mod civo {
     section!(crate::harness::BackendUnderTest::civo, node_crash in crash: [
         crash_during_node_stage,
     ]);
+    section!(crate::harness::BackendUnderTest::civo, observability: [
+        secrets_stay_out_of_logs_and_metrics,
+    ]);
     section!(crate::harness::BackendUnderTest::civo, civo_own in civo_backend: [
         node_identity_sources,
         offline_expansion_keeps_data,
