@@ -211,8 +211,8 @@ impl Civo {
         }
     }
 
-    /// Polls the volume until `done` holds (None = the volume is gone),
-    /// failing when `failed` says it will not, or at the deadline.
+    /// Polls the volume until `done` holds (None = the volume is gone);
+    /// DEADLINE_EXCEEDED after `SETTLE_DEADLINE`.
     async fn wait_until(
         &self,
         id: &str,
@@ -335,6 +335,45 @@ impl Civo {
         Ok(())
     }
 
+    /// Creates the volume `r` names after a quota check; returns its ID.
+    /// When a concurrent or earlier call made it first (duplicate name),
+    /// that volume is the answer.
+    async fn create_new(
+        &self,
+        r: &CreateVolume,
+        size_gb: u64,
+        explicit_type: Option<&str>,
+    ) -> CsiResult<String> {
+        let volume_type = self.volume_type(&r.parameters).await?;
+        self.check_quota(size_gb, true).await?;
+        let created = self
+            .api
+            .create_volume(
+                &r.name,
+                size_gb,
+                volume_type.as_deref(),
+                self.cluster_id.as_deref(),
+            )
+            .await;
+        match created {
+            Ok(id) => {
+                tracing::info!(volume_id = %id, size_gb, "created Civo volume");
+                Ok(id)
+            }
+            Err(e) if api::is_duplicate_name(&e) => {
+                let v = self.by_name(&r.name).await?.ok_or_else(|| {
+                    CsiError::Aborted(format!(
+                        "volume {:?} vanished while being created; retry",
+                        r.name
+                    ))
+                })?;
+                Self::compatible(&v, r, explicit_type)?;
+                Ok(v.id)
+            }
+            Err(e) => Err(api::to_csi(&e, &format!("volume {:?}", r.name))),
+        }
+    }
+
     /// Whether a requisite topology lets the volume live in this region.
     fn reachable(&self, requisite: &[Map]) -> bool {
         requisite.is_empty()
@@ -392,46 +431,14 @@ impl Backend for Civo {
         }
         let bytes = size::choose(RULES, r.required_bytes, r.limit_bytes, 0)?;
         let size_gb = bytes / GIB;
-        let volume_type = self.volume_type(&r.parameters).await?;
         let explicit_type = r.parameters.get(PARAM_VOLUME_TYPE).map(String::as_str);
-        let existing = match self.by_name(&r.name).await? {
+        let id = match self.by_name(&r.name).await? {
             Some(v) => {
                 Self::compatible(&v, r, explicit_type)?;
-                Some(v.id)
+                v.id
             }
-            None => {
-                self.check_quota(size_gb, true).await?;
-                let created = self
-                    .api
-                    .create_volume(
-                        &r.name,
-                        size_gb,
-                        volume_type.as_deref(),
-                        self.cluster_id.as_deref(),
-                    )
-                    .await;
-                match created {
-                    Ok(id) => {
-                        tracing::info!(volume_id = %id, size_gb, "created Civo volume");
-                        Some(id)
-                    }
-                    Err(e) if api::is_duplicate_name(&e) => {
-                        let v = self.by_name(&r.name).await?;
-                        if let Some(v) = &v {
-                            Self::compatible(v, r, explicit_type)?;
-                        }
-                        v.map(|v| v.id)
-                    }
-                    Err(e) => return Err(api::to_csi(&e, &format!("volume {:?}", r.name))),
-                }
-            }
+            None => self.create_new(r, size_gb, explicit_type).await?,
         };
-        let id = existing.ok_or_else(|| {
-            CsiError::Aborted(format!(
-                "volume {:?} vanished while being created; retry",
-                r.name
-            ))
-        })?;
         let ready = self
             .wait_until(&id, "available", |v| {
                 v.is_none_or(|v| v.status() != "creating")
