@@ -8,6 +8,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub mod fs;
+pub mod iscsi;
+pub mod iscsi_cmd;
 pub mod loopdev;
 pub mod mount;
 pub mod volume;
