@@ -17,6 +17,8 @@ enum Command {
     Serve(config::ServeArgs),
     /// Speak CSI to a driver's socket (any CSI driver).
     Client(client::ClientArgs),
+    /// Check this node's prerequisites for the configured backend.
+    Doctor(multicsi::doctor::DoctorArgs),
     /// Attach or detach an iSCSI volume by hand (node diagnostics, tests).
     #[command(hide = true)]
     Iscsi(multicsi::node::iscsi_cmd::IscsiArgs),
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => server::main(args),
+        Command::Doctor(args) => multicsi::doctor::main(args),
         Command::Iscsi(args) => multicsi::node::iscsi_cmd::run(args),
         Command::Client(args) => {
             let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -162,6 +162,22 @@ detach_leaves_nothing() {
 
 detach_again_is_ok() { detach && [[ $(sessions) == 0 ]]; }
 
+doctor_says_ready() {
+    # A Packet node as doctor sees it: iscsid and multipathd up, dm-crypt
+    # there, a shared kubelet directory, a metadata service that answers.
+    local rc=0 http
+    mkdir -p "$W/kubelet" "$W/plugin" &&
+        mount --bind "$W/kubelet" "$W/kubelet" && mount --make-shared "$W/kubelet" || return
+    python3 -m http.server --bind 127.0.0.1 8775 --directory "$W/plugin" >/dev/null 2>&1 &
+    http=$!
+    _svc_wait 20 bash -c 'exec 3<>/dev/tcp/127.0.0.1/8775'
+    PACKET_METADATA_URL=http://127.0.0.1:8775 "$BIN" doctor --backend packet \
+        --endpoint "unix://$W/plugin/csi.sock" --kubelet-dir "$W/kubelet" || rc=$?
+    kill "$http"
+    umount "$W/kubelet"
+    ((rc == 0))
+}
+
 reattach_after_detach() {
     local device
     device=$(attach) && [[ $device == "/dev/mapper/$ALIAS" ]] &&
@@ -173,6 +189,7 @@ check "tgt target with one LUN on 127.0.0.1 and 127.0.0.2, multipathd" target_se
 check "attach without iscsid fails naming iscsid, initiator name written" without_iscsid_fails_clearly
 check "attach: login on both portals, map $ALIAS with two active paths, WWID checked" first_attach
 check "the target sees the initiator name from the volume" initiator_name_used
+check "multicsi doctor --backend packet: ready" doctor_says_ready
 check "data written through the map reads back" data_through_the_map
 check "attach again: same map, two sessions, one map" attach_again_is_idempotent
 check "iscsid and multipathd restarted: attach finds the existing map" restart_finds_the_map
