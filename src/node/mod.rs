@@ -7,6 +7,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub mod discovery;
 pub mod fs;
 pub mod iscsi;
 pub mod iscsi_cmd;
