@@ -936,6 +936,14 @@ impl<'a> Iscsi<'a> {
     /// (udev probing after a change) is retried up to the deadline.
     fn flush_map(&self, alias: &str) -> Result<()> {
         let device = self.host.mapper_dir.join(alias);
+        if let Some(uuid) = self.map_uuid(alias)?
+            && !uuid.starts_with("mpath-")
+        {
+            return Err(IscsiError::Mismatch(format!(
+                "{} is not a multipath map (its device-mapper UUID is {uuid:?}); it is left alone",
+                device.display()
+            )));
+        }
         let deadline = Instant::now() + self.host.device_timeout;
         while self.map_uuid(alias)?.is_some() {
             match self.runner().run("multipath", &["-f", alias], &[]) {
@@ -956,6 +964,31 @@ impl<'a> Iscsi<'a> {
         }
         Ok(())
     }
+}
+
+/// Attaches `volume` with the host's own tools (blocking: call it on the
+/// blocking pool); returns `/dev/mapper/<alias>`.
+pub fn attach(host: &IscsiHost, volume: &IscsiVolume) -> Result<PathBuf> {
+    let tools = SystemTools {
+        timeout: host.command_timeout,
+    };
+    Iscsi {
+        host,
+        tools: &tools,
+    }
+    .attach(volume)
+}
+
+/// Detaches `volume` with the host's own tools (blocking).
+pub fn detach(host: &IscsiHost, volume: &IscsiVolume) -> Result<()> {
+    let tools = SystemTools {
+        timeout: host.command_timeout,
+    };
+    Iscsi {
+        host,
+        tools: &tools,
+    }
+    .detach(volume)
 }
 
 #[cfg(test)]
@@ -1382,6 +1415,13 @@ size=1.0G features='0' hwhandler='0' wp=rw
         assert!(matches!(err, IscsiError::Mismatch(_)), "{err}");
         assert!(err.to_string().contains("CRYPT-LUKS2"), "{err}");
         assert!(tools.calls.lock().unwrap().is_empty(), "nothing may run");
+
+        let err = iscsi.flush_map("volume-b7f8e13c").unwrap_err();
+        assert!(matches!(err, IscsiError::Mismatch(_)), "{err}");
+        assert!(
+            tools.calls.lock().unwrap().is_empty(),
+            "no flush of a foreign device"
+        );
 
         // The right map is found without running anything.
         std::fs::write(sys.join("dm-3/dm/uuid"), "mpath-3600a\n").unwrap();

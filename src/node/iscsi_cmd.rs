@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::iscsi::{Iscsi, IscsiHost, IscsiVolume, SystemTools};
+use super::iscsi::{self, IscsiHost, IscsiVolume};
 
 #[derive(Args, Debug)]
 pub struct IscsiArgs {
@@ -54,13 +54,6 @@ pub fn run(args: IscsiArgs) -> ExitCode {
         device_timeout: Duration::from_secs(v.timeout),
         ..Default::default()
     };
-    let tools = SystemTools {
-        timeout: host.command_timeout,
-    };
-    let iscsi = Iscsi {
-        host: &host,
-        tools: &tools,
-    };
     let volume = IscsiVolume {
         target_iqn: v.target_iqn.clone(),
         portals: v.portals.clone(),
@@ -69,10 +62,10 @@ pub fn run(args: IscsiArgs) -> ExitCode {
         initiator_iqn: v.initiator_iqn.clone(),
     };
     let result = match &args.action {
-        Action::Attach(_) => iscsi.attach(&volume).map(|device| {
+        Action::Attach(_) => iscsi::attach(&host, &volume).map(|device| {
             println!("{}", device.display());
         }),
-        Action::Detach(_) => iscsi.detach(&volume),
+        Action::Detach(_) => iscsi::detach(&host, &volume),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
