@@ -25,6 +25,9 @@ target_dir=${CARGO_TARGET_DIR:-target}
 MULTICSI_BIN=$target_dir/debug/multicsi VM_PASS_ENV=MULTICSI_BIN \
   bash scripts/vm-test.sh -- bash scripts/vm/iscsi-suite.sh
 
+section "metrics scraped by Prometheus"
+bash scripts/prometheus-test.sh
+
 if [ -f scripts/chart-test.sh ]; then
   section "chart tests"
   bash scripts/chart-test.sh
