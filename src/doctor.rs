@@ -473,6 +473,14 @@ pub fn run_checks(settings: &Settings, args: &DoctorArgs) -> Vec<Check> {
             "open-iscsi",
         ));
         checks.push(program_check("multipath", "multipath", "multipath-tools"));
+        checks.push(match module_state("dm_multipath", "dm-multipath") {
+            Some(state) => Check::ok("dm-multipath", format!("dm_multipath is {state}")),
+            None => Check::missing(
+                "dm-multipath",
+                "the kernel has no dm_multipath: iSCSI volumes cannot get a multipath map",
+                "install the kernel's modules and `modprobe dm_multipath` (add it to /etc/modules-load.d/)",
+            ),
+        });
         checks.push(daemon_check(
             "multipathd",
             "@/org/kernel/linux/storage/multipathd",
