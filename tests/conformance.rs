@@ -161,6 +161,9 @@ mod civo {
         raw_block_round_trip,
         stats_report_abnormal_when_unmounted,
         concurrent_node_calls_on_one_volume,
+        symlinked_paths_are_invalid,
+        publish_onto_a_foreign_mount_is_already_exists,
+        stage_onto_a_foreign_mount_is_already_exists,
     ]);
     section!(crate::harness::BackendUnderTest::civo, node_crash in crash: [
         crash_during_node_stage,
