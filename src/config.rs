@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use crate::cloud::settings::{CivoSettings, CloudSettings, CloudscaleSettings, PacketSettings};
+use crate::node::luks::Pbkdf;
 
 /// Default CSI driver name.
 pub const DEFAULT_DRIVER_NAME: &str = "multicsi.io";
@@ -86,6 +87,14 @@ pub struct ServeArgs {
     /// Directory where cloud volumes appear as device links (default /dev/disk/by-id).
     #[arg(long, env = "MULTICSI_DEVICE_DIR")]
     pub device_dir: Option<PathBuf>,
+    /// Memory cost in KiB of the argon2id key derivation of new LUKS volumes
+    /// (default 65536; also what opening one costs: keep it under the
+    /// node plugin's memory limit).
+    #[arg(long, env = "MULTICSI_LUKS_PBKDF_MEMORY_KIB")]
+    pub luks_pbkdf_memory_kib: Option<u32>,
+    /// Time cost (iterations, at least 4) of the argon2id key derivation of new LUKS volumes (default 4).
+    #[arg(long, env = "MULTICSI_LUKS_PBKDF_ITERATIONS")]
+    pub luks_pbkdf_iterations: Option<u32>,
 }
 
 /// The config file: the same settings as the flags, by the same names.
@@ -102,6 +111,8 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     pub device_dir: Option<PathBuf>,
+    pub luks_pbkdf_memory_kib: Option<u32>,
+    pub luks_pbkdf_iterations: Option<u32>,
     pub cloudscale: Option<CloudscaleSettings>,
     pub civo: Option<CivoSettings>,
     pub packet: Option<PacketSettings>,
@@ -120,6 +131,8 @@ pub struct Settings {
     pub log_format: Option<LogFormat>,
     pub log_level: String,
     pub device_dir: PathBuf,
+    /// Key derivation cost of new LUKS volumes.
+    pub luks_pbkdf: Pbkdf,
     /// Provider credentials and settings (file, then the providers' own
     /// environment variables).
     pub clouds: CloudSettings,
@@ -238,6 +251,17 @@ impl Settings {
             packet: file.packet.unwrap_or_default(),
         };
         clouds.overlay_env(|name| std::env::var(name).ok());
+        let luks_pbkdf = Pbkdf {
+            memory_kib: args
+                .luks_pbkdf_memory_kib
+                .or(file.luks_pbkdf_memory_kib)
+                .unwrap_or(Pbkdf::DEFAULT.memory_kib),
+            iterations: args
+                .luks_pbkdf_iterations
+                .or(file.luks_pbkdf_iterations)
+                .unwrap_or(Pbkdf::DEFAULT.iterations),
+        };
+        luks_pbkdf.validate().map_err(ConfigError::Invalid)?;
         Ok(Settings {
             endpoint: Endpoint::parse(&endpoint)?,
             node_id,
@@ -261,6 +285,7 @@ impl Settings {
                 .device_dir
                 .or(file.device_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DEVICE_DIR)),
+            luks_pbkdf,
             clouds,
         })
     }
@@ -333,6 +358,28 @@ mod tests {
         a.config = Some(path);
         let err = Settings::resolve(a).unwrap_err().to_string();
         assert!(err.contains("modez"), "{err}");
+    }
+
+    #[test]
+    fn luks_key_derivation_cost_is_bounded() {
+        let s = Settings::resolve(args()).unwrap();
+        assert_eq!(s.luks_pbkdf, Pbkdf::DEFAULT);
+        let mut a = args();
+        a.luks_pbkdf_memory_kib = Some(8192);
+        a.luks_pbkdf_iterations = Some(5);
+        let s = Settings::resolve(a).unwrap();
+        assert_eq!(
+            (s.luks_pbkdf.memory_kib, s.luks_pbkdf.iterations),
+            (8192, 5)
+        );
+        let mut a = args();
+        a.luks_pbkdf_iterations = Some(1);
+        let err = Settings::resolve(a).unwrap_err().to_string();
+        assert!(err.contains("luks-pbkdf-iterations"), "{err}");
+        let mut a = args();
+        a.luks_pbkdf_memory_kib = Some(8 * 1024 * 1024);
+        let err = Settings::resolve(a).unwrap_err().to_string();
+        assert!(err.contains("luks-pbkdf-memory-kib"), "{err}");
     }
 
     #[test]

@@ -107,6 +107,8 @@ macro_rules! node_sections {
             clone_keeps_data,
             stats_report_abnormal_when_unmounted,
             concurrent_node_calls_on_one_volume,
+            mkfs_options_and_mount_flags_reach_the_filesystem,
+            luks_without_key_or_dm_crypt_touches_nothing,
         ]);
         section!($backend, node_crash in crash: [
             crash_during_node_stage,

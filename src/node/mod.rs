@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 pub mod fs;
 pub mod loopdev;
+pub mod luks;
 pub mod mount;
 pub mod volume;
 
