@@ -5,7 +5,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 cd "$(repo_root)"
 require_root "scripts/test.sh"
-ensure_packages "${NODE_PACKAGES[@]}" pkg-config
+ensure_packages "${NODE_PACKAGES[@]}" "${BUILD_PACKAGES[@]}" cryptsetup-bin jq
 
 section() { printf '\n==> %s\n' "$*"; }
 
@@ -17,6 +17,12 @@ cargo clippy --all-targets --locked -- -D warnings
 
 section "cargo test"
 cargo test --locked
+
+section "VM node suite (LUKS, filesystems, restage; scripts/vm/node-suite.sh)"
+cargo build --locked --bin multicsi
+target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
+VM_PASS_ENV=MULTICSI_BIN MULTICSI_BIN="$target_dir/debug/multicsi" \
+  bash scripts/vm-test.sh --timeout 580 -- bash scripts/vm/node-suite.sh
 
 if [ -f scripts/chart-test.sh ]; then
   section "chart tests"

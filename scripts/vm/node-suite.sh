@@ -120,6 +120,7 @@ new_volume() {
     json=$(cli --json controller create "$name" --size "$size" $access "$@") || return
     echo "$json"
     id=$(jq -r .volume_id <<<"$json")
+    jq -r '.volume_context | to_entries[] | "--context", "\(.key)=\(.value)"' <<<"$json" >"$W/$name.context"
     printf -v "ID_$name" %s "$id"
     printf -v "ACCESS_$name" %s "$access"
     cli controller publish "$id" --node "$NODE" $access
@@ -132,11 +133,8 @@ target() { echo "$W/$1.target"; }
 image() { echo "$STATE/volumes/$(vol_id "$1").img"; }
 mapping() { echo "/dev/mapper/luks-$(vol_id "$1")"; }
 
-# The volume context as the controller returned it, as client arguments.
-context_args() {
-    cli --json controller get "$(vol_id "$1")" |
-        jq -r '.volume_context | to_entries[] | "--context", "\(.key)=\(.value)"'
-}
+# The volume context CreateVolume returned, as client arguments.
+context_args() { cat "$W/$1.context"; }
 
 # stage NAME [KEYFILE]: NodeStageVolume with the volume's context and, when
 # given, the key file as the node-stage secret's luksKey.
@@ -293,6 +291,15 @@ raw_block_luks() {
     ! grep -aq "raw block through luks" "$(image raw)" || { fail "plaintext on the image"; return 1; }
     unpublish raw && unstage raw && [[ ! -e $(mapping raw) ]] || return
     stage raw "$KEYFILE" && publish raw || return
+    cmp -n 28 "$(target raw)" "$W/raw.expected" || return
+    # Expansion of a raw block volume grows the mapping the pod sees.
+    local before after
+    before=$(blockdev --getsize64 "$(mapping raw)") &&
+        cli controller expand "$(vol_id raw)" --size 128Mi --block &&
+        cli node expand "$(vol_id raw)" --path "$(target raw)" --size 128Mi --block &&
+        after=$(blockdev --getsize64 "$(mapping raw)") || return
+    echo "mapping $before -> $after"
+    ((after == before + 64 * 1024 * 1024)) || { fail "the mapping did not grow by 64 MiB"; return 1; }
     cmp -n 28 "$(target raw)" "$W/raw.expected" && unpublish raw && unstage raw && remove_volume raw
 }
 
@@ -420,7 +427,7 @@ check "LUKS2: online expansion grows the mapping, then ext4" luks_online_expansi
 check "LUKS2: NodeGetVolumeStats reads the filesystem on the mapping" stats_on_the_mapping
 check "LUKS2: restage after kill -9 of the driver finds the mapping and mount" restage_after_kill
 check "LUKS1 volume made by cryptsetup luksFormat --type luks1 opens (cloudscale keys)" luks1_volume_opens
-check "raw block + LUKS: the mapping is published, data round-trips, ciphertext on disk" raw_block_luks
+check "raw block + LUKS: the mapping is published, data round-trips, ciphertext on disk, grows" raw_block_luks
 check "xfs on LUKS2 with a 256-bit key, online expansion" xfs_luks_cycle
 check "ext4 and xfs without LUKS: stage, publish, grow, restage" plain_ext4_and_xfs
 check "an encrypted volume is never formatted over an existing filesystem" no_luks_over_a_filesystem

@@ -1208,7 +1208,9 @@ pub async fn concurrent_node_calls_on_one_volume(b: BackendUnderTest) {
 pub async fn mkfs_options_and_mount_flags_reach_the_filesystem(b: BackendUnderTest) {
     require_node(&b);
     let s = Server::start(&b).await;
-    let cases: [(&str, &[(&str, &str)], &[&str]); 2] = [
+    // (filesystem, StorageClass parameters, lines the filesystem's report must show)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case; 2] = [
         (
             "ext4",
             &[
