@@ -536,3 +536,43 @@ pub async fn grow_filesystem(device: PathBuf, path: PathBuf) -> CsiResult<()> {
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn luks_key_comes_from_the_secret_and_is_required() {
+        let secrets =
+            std::collections::HashMap::from([(LUKS_KEY_SECRET.to_string(), "s3cret".to_string())]);
+        assert_eq!(luks_key(&secrets).unwrap().as_slice(), b"s3cret");
+        for secrets in [
+            Default::default(),
+            std::collections::HashMap::from([(LUKS_KEY_SECRET.to_string(), String::new())]),
+        ] {
+            let err = luks_key(&secrets).unwrap_err();
+            assert!(matches!(err, CsiError::InvalidArgument(ref m) if m.contains("luksKey")));
+        }
+    }
+
+    #[test]
+    fn luks_errors_get_their_codes_and_never_the_key() {
+        let wrong: CsiError = LuksError::WrongKey {
+            device: "/dev/loop3".into(),
+        }
+        .into();
+        assert!(matches!(wrong, CsiError::InvalidArgument(ref m) if m.contains("/dev/loop3")));
+        let unavailable: CsiError = LuksError::Unavailable {
+            reason: "No such device".into(),
+        }
+        .into();
+        assert!(
+            matches!(unavailable, CsiError::FailedPrecondition(ref m) if m.contains("dm-crypt is unavailable"))
+        );
+        let busy: CsiError = LuksError::Busy {
+            name: "luks-v".into(),
+        }
+        .into();
+        assert!(matches!(busy, CsiError::FailedPrecondition(_)));
+    }
+}
