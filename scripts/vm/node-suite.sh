@@ -347,6 +347,21 @@ no_luks_over_a_filesystem() {
     unstage used && remove_volume used
 }
 
+no_filesystem_over_a_partition_table_or_luks() {
+    # A plain volume whose device holds a partition table or a LUKS header
+    # is neither formatted nor mounted.
+    new_volume sig 64Mi "--fs ext4" || return
+    echo 'label: gpt' | sfdisk -q "$(image sig)" || return
+    expect_error FailedPrecondition stage sig || return
+    [[ $(blkid -p -o value -s PTTYPE "$(image sig)") == gpt ]] || { fail "the partition table was overwritten"; return 1; }
+    unstage sig && wipefs -q -a "$(image sig)" || return
+    cryptsetup luksFormat --batch-mode --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+        --key-file "$KEYFILE" "$(image sig)" || return
+    expect_error FailedPrecondition stage sig || return
+    cryptsetup isLuks "$(image sig)" || { fail "the LUKS header was overwritten"; return 1; }
+    unstage sig && remove_volume sig
+}
+
 stale_mapping_is_replaced_or_refused() {
     new_volume stale 64Mi "--fs ext4" --param multicsi.io/luks-encrypted=true || return
     # Another device opened under the volume's mapping name.
@@ -431,6 +446,7 @@ check "raw block + LUKS: the mapping is published, data round-trips, ciphertext 
 check "xfs on LUKS2 with a 256-bit key, online expansion" xfs_luks_cycle
 check "ext4 and xfs without LUKS: stage, publish, grow, restage" plain_ext4_and_xfs
 check "an encrypted volume is never formatted over an existing filesystem" no_luks_over_a_filesystem
+check "a plain volume over a partition table or a LUKS header is refused, kept" no_filesystem_over_a_partition_table_or_luks
 check "a stale mapping of the same name is refused in use, replaced when unused" stale_mapping_is_replaced_or_refused
 check "the key is in no log, argv, environment or state file" key_never_leaks
 check "default key derivation (argon2id 64 MiB, 4 iterations) and driver memory" default_pbkdf_fits_a_small_memory_limit
