@@ -337,6 +337,21 @@ plain_ext4_and_xfs() {
     done
 }
 
+cut_off_format_is_redone() {
+    # A LUKS header with the driver's format marker still present was cut
+    # off while being written: formatted again, then opened with the key.
+    new_volume cut 64Mi "--fs ext4" --param multicsi.io/luks-encrypted=true || return
+    cryptsetup luksFormat --batch-mode --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+        --key-file "$WRONG_KEYFILE" "$(image cut)" || return
+    local uuid
+    uuid=$(cryptsetup luksUUID "$(image cut)") || return
+    mkdir -p "$STATE/node" && touch "$STATE/node/$(vol_id cut).luks-format" || return
+    stage cut "$KEYFILE" || return
+    [[ $(cryptsetup luksUUID "$(image cut)") != "$uuid" ]] || { fail "the cut-off header was kept"; return 1; }
+    [[ ! -e $STATE/node/$(vol_id cut).luks-format ]] || { fail "the marker is still there"; return 1; }
+    unstage cut && remove_volume cut
+}
+
 no_luks_over_a_filesystem() {
     # A volume that already holds a filesystem is not encrypted over it.
     new_volume used 64Mi "--fs ext4" --param multicsi.io/luks-encrypted=true || return
@@ -445,6 +460,7 @@ check "LUKS1 volume made by cryptsetup luksFormat --type luks1 opens (cloudscale
 check "raw block + LUKS: the mapping is published, data round-trips, ciphertext on disk, grows" raw_block_luks
 check "xfs on LUKS2 with a 256-bit key, online expansion" xfs_luks_cycle
 check "ext4 and xfs without LUKS: stage, publish, grow, restage" plain_ext4_and_xfs
+check "a LUKS format cut off half way (marker left) is done again" cut_off_format_is_redone
 check "an encrypted volume is never formatted over an existing filesystem" no_luks_over_a_filesystem
 check "a plain volume over a partition table or a LUKS header is refused, kept" no_filesystem_over_a_partition_table_or_luks
 check "a stale mapping of the same name is refused in use, replaced when unused" stale_mapping_is_replaced_or_refused
