@@ -24,6 +24,9 @@ target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directo
 VM_PASS_ENV=MULTICSI_BIN MULTICSI_BIN="$target_dir/debug/multicsi" \
   bash scripts/vm-test.sh --timeout 580 -- bash scripts/vm/node-suite.sh
 
+section "metrics scraped by Prometheus"
+bash scripts/prometheus-test.sh
+
 if [ -f scripts/chart-test.sh ]; then
   section "chart tests"
   bash scripts/chart-test.sh

@@ -95,6 +95,10 @@ pub struct ServeArgs {
     /// Time cost (iterations, at least 4) of the argon2id key derivation of new LUKS volumes (default 4).
     #[arg(long, env = "MULTICSI_LUKS_PBKDF_ITERATIONS")]
     pub luks_pbkdf_iterations: Option<u32>,
+    /// Address of the /metrics, /healthz and /readyz listener, e.g. 0.0.0.0:9820
+    /// (port 0: any free port); off (the default) serves none.
+    #[arg(long, env = "MULTICSI_METRICS_ADDRESS")]
+    pub metrics_address: Option<String>,
 }
 
 /// The config file: the same settings as the flags, by the same names.
@@ -113,6 +117,7 @@ pub struct FileConfig {
     pub device_dir: Option<PathBuf>,
     pub luks_pbkdf_memory_kib: Option<u32>,
     pub luks_pbkdf_iterations: Option<u32>,
+    pub metrics_address: Option<String>,
     pub cloudscale: Option<CloudscaleSettings>,
     pub civo: Option<CivoSettings>,
     pub packet: Option<PacketSettings>,
@@ -133,6 +138,8 @@ pub struct Settings {
     pub device_dir: PathBuf,
     /// Key derivation cost of new LUKS volumes.
     pub luks_pbkdf: Pbkdf,
+    /// Where /metrics, /healthz and /readyz are served; None: nowhere.
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Provider credentials and settings (file, then the providers' own
     /// environment variables).
     pub clouds: CloudSettings,
@@ -286,8 +293,23 @@ impl Settings {
                 .or(file.device_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DEVICE_DIR)),
             luks_pbkdf,
+            metrics_address: parse_metrics_address(
+                args.metrics_address.or(file.metrics_address).as_deref(),
+            )?,
             clouds,
         })
+    }
+}
+
+/// `IP:PORT`, or `off` (or nothing) for no metrics listener.
+fn parse_metrics_address(text: Option<&str>) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    match text.map(str::trim) {
+        None | Some("") | Some("off") => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "metrics address {text:?}: expected IP:PORT (e.g. 0.0.0.0:9820, or 127.0.0.1:0 for any free port) or off"
+            ))
+        }),
     }
 }
 
@@ -394,6 +416,22 @@ mod tests {
         );
         assert!(Endpoint::parse("unix://relative.sock").is_err());
         assert!(Endpoint::parse("http://x").is_err());
+    }
+
+    #[test]
+    fn metrics_address_is_off_unless_given() {
+        assert_eq!(Settings::resolve(args()).unwrap().metrics_address, None);
+        let mut a = args();
+        a.metrics_address = Some("127.0.0.1:0".into());
+        let s = Settings::resolve(a).unwrap();
+        assert_eq!(s.metrics_address, Some("127.0.0.1:0".parse().unwrap()));
+        let mut a = args();
+        a.metrics_address = Some("off".into());
+        assert_eq!(Settings::resolve(a).unwrap().metrics_address, None);
+        let mut a = args();
+        a.metrics_address = Some(":9820".into());
+        let err = Settings::resolve(a).unwrap_err().to_string();
+        assert!(err.contains("IP:PORT"), "{err}");
     }
 
     #[test]
