@@ -118,3 +118,8 @@ mod hostpath {
     api_sections!(crate::harness::BackendUnderTest::hostpath);
     node_sections!(crate::harness::BackendUnderTest::hostpath);
 }
+
+mod cloudscale {
+    api_sections!(crate::harness::BackendUnderTest::cloudscale);
+    node_sections!(crate::harness::BackendUnderTest::cloudscale);
+}

@@ -38,6 +38,9 @@ pub const UPSTREAM_VOLUME_TYPE: &str = "csi.cloudscale.ch/volume-type";
 pub const PUBLISHED_SERVER: &str = "multicsi.io/cloudscale-server";
 /// Tag recording the snapshot a volume was restored from.
 const SOURCE_TAG: &str = "multicsi.io/source-snapshot";
+/// Tag recording a read-only publication (the cloud attaches read-write;
+/// the node mounts read-only).
+const READ_ONLY_TAG: &str = "multicsi.io/published-read-only";
 pub const DEFAULT_API_URL: &str = "https://api.cloudscale.ch";
 pub const DEFAULT_METADATA_URL: &str = "http://169.254.169.254";
 /// Volumes a node accepts unless configured otherwise: virtio-scsi takes
@@ -655,7 +658,7 @@ impl Backend for Cloudscale {
         Ok(all.iter().map(to_status).collect())
     }
 
-    async fn publish(&self, id: &str, node_id: &str, _read_only: bool) -> CsiResult<Map> {
+    async fn publish(&self, id: &str, node_id: &str, read_only: bool) -> CsiResult<Map> {
         let volume = self.get(id).await?;
         if !is_uuid(node_id) {
             return Err(CsiError::NotFound(format!(
@@ -663,9 +666,15 @@ impl Backend for Cloudscale {
             )));
         }
         let context = Map::from([(PUBLISHED_SERVER.to_string(), node_id.to_string())]);
+        let was_read_only = volume.tags.get(READ_ONLY_TAG).is_some_and(|v| v == "true");
         match volume.server_uuids.as_slice() {
             [] => {}
-            [only] if only == node_id => return Ok(context),
+            [only] if only == node_id && was_read_only == read_only => return Ok(context),
+            [only] if only == node_id => {
+                return Err(CsiError::AlreadyExists(format!(
+                    "volume {id} is already published to {node_id} with readonly={was_read_only}"
+                )));
+            }
             others => {
                 return Err(CsiError::FailedPrecondition(format!(
                     "volume {id} is attached to server {}; a cloudscale volume attaches to one server at a time, unpublish it there first",
@@ -673,12 +682,24 @@ impl Backend for Cloudscale {
                 )));
             }
         }
-        self.api()?
-            .patch_volume("attach_volume", id, "server_uuids", json!([node_id]))
+        let api = self.api()?;
+        if was_read_only != read_only {
+            // Recorded before the attachment, so a repeat after a crash
+            // sees how the volume was published.
+            let mut tags = volume.tags.clone();
+            if read_only {
+                tags.insert(READ_ONLY_TAG.to_string(), "true".to_string());
+            } else {
+                tags.remove(READ_ONLY_TAG);
+            }
+            api.patch_volume("tag_volume", id, "tags", json!(tags))
+                .await
+                .map_err(|e| api::to_csi(&e))?;
+        }
+        api.patch_volume("attach_volume", id, "server_uuids", json!([node_id]))
             .await
             .map_err(|e| {
-                if api::is_field_error(&e, "server_uuids")
-                    && e.to_string().contains("does not exist")
+                if api::is_field_error(&e, "server_uuids") && e.to_string().contains("does not exist")
                 {
                     CsiError::NotFound(format!("server {node_id} does not exist: {e}"))
                 } else if e.is_not_found() {
@@ -687,7 +708,7 @@ impl Backend for Cloudscale {
                     api::to_csi(&e)
                 }
             })?;
-        tracing::info!(volume_id = %id, node_id, "volume attached");
+        tracing::info!(volume_id = %id, node_id, read_only, "volume attached");
         Ok(context)
     }
 
