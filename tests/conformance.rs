@@ -135,4 +135,7 @@ mod hostpath {
 mod cloudscale {
     api_sections!(crate::harness::BackendUnderTest::cloudscale);
     node_sections!(crate::harness::BackendUnderTest::cloudscale);
+    mod faults {
+        soak_sections!(crate::harness::BackendUnderTest::cloudscale_under_faults);
+    }
 }

@@ -270,6 +270,27 @@ impl BackendUnderTest {
         }
     }
 
+    /// cloudscale with 10% of its API requests answered 5xx and 5% 429,
+    /// API only (no devices): for the soak and the crash test.
+    pub fn cloudscale_under_faults() -> Self {
+        let mut b = Self::cloudscale();
+        b.args = vec!["--backend", "cloudscale", "--state-dir", "{dir}/state"];
+        b.env.push(("CLOUDSCALE_API_REQUESTS_PER_SECOND", "2000"));
+        b.node_tests = false;
+        b.emulator = Some(Emulator {
+            provider: "cloudscale",
+            args: vec![
+                "--transition-ms",
+                "20",
+                "--error-share",
+                "0.10",
+                "--throttle-share",
+                "0.05",
+            ],
+        });
+        b
+    }
+
     pub fn fs_bytes(&self, fs: &str) -> u64 {
         (self.sizes.filesystem)(fs)
     }

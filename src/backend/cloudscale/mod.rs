@@ -223,12 +223,17 @@ fn api_client(settings: &Settings) -> Result<Option<Api>, String> {
         return Ok(None);
     };
     let url = cs.api_url.as_deref().unwrap_or(DEFAULT_API_URL);
-    let client = ApiClient::new(
-        "cloudscale",
-        url,
-        Auth::Bearer(token),
-        ClientOptions::default(),
-    )?;
+    let mut options = ClientOptions::default();
+    if let Some(rate) = cs.api_requests_per_second {
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(format!(
+                "cloudscale api-requests-per-second must be a positive number, not {rate}"
+            ));
+        }
+        options.rate_per_second = rate;
+        options.burst = (rate * 2.0).clamp(1.0, 10_000.0) as u32;
+    }
+    let client = ApiClient::new("cloudscale", url, Auth::Bearer(token), options)?;
     Ok(Some(Api { client }))
 }
 
@@ -699,7 +704,8 @@ impl Backend for Cloudscale {
         api.patch_volume("attach_volume", id, "server_uuids", json!([node_id]))
             .await
             .map_err(|e| {
-                if api::is_field_error(&e, "server_uuids") && e.to_string().contains("does not exist")
+                if api::is_field_error(&e, "server_uuids")
+                    && e.to_string().contains("does not exist")
                 {
                     CsiError::NotFound(format!("server {node_id} does not exist: {e}"))
                 } else if e.is_not_found() {
