@@ -19,6 +19,8 @@ mod harness;
 mod identity;
 #[path = "conformance/node.rs"]
 mod node;
+#[path = "conformance/routing.rs"]
+mod routing;
 #[path = "conformance/soak.rs"]
 mod soak;
 #[path = "conformance/socket.rs"]
@@ -137,5 +139,10 @@ mod cloudscale {
     node_sections!(crate::harness::BackendUnderTest::cloudscale);
     mod faults {
         soak_sections!(crate::harness::BackendUnderTest::cloudscale_under_faults);
+    }
+    mod with_hostpath {
+        section!(crate::harness::BackendUnderTest::cloudscale_with_hostpath, routing: [
+            two_backends_route_by_id,
+        ]);
     }
 }

@@ -291,6 +291,31 @@ impl BackendUnderTest {
         b
     }
 
+    /// cloudscale (the default) and hostpath served by one driver.
+    pub fn cloudscale_with_hostpath() -> Self {
+        let mut b = Self::cloudscale();
+        b.name = "cloudscale+hostpath";
+        b.args = vec![
+            "--backends",
+            "cloudscale,hostpath",
+            "--state-dir",
+            "{dir}/state",
+            "--device-dir",
+            "{dir}/links",
+        ];
+        b.stored_volumes = |dir, api| {
+            let mut ids = (Self::cloudscale().stored_volumes)(dir, api);
+            ids.extend(
+                (Self::hostpath().stored_volumes)(dir, None)
+                    .into_iter()
+                    .map(|id| format!("hostpath:{id}")),
+            );
+            ids.sort();
+            ids
+        };
+        b
+    }
+
     pub fn fs_bytes(&self, fs: &str) -> u64 {
         (self.sizes.filesystem)(fs)
     }
