@@ -129,17 +129,29 @@ pub fn error_body(status: u16) -> String {
     json!({ "detail": detail }).to_string()
 }
 
-fn error(status: StatusCode, field: &str, message: impl Into<String>) -> Response {
-    let mut body = JsonMap::new();
-    body.insert(field.to_string(), Value::String(message.into()));
-    (status, axum::Json(Value::Object(body))).into_response()
+/// An error answer: a status and a body whose values are strings.
+struct Refusal {
+    status: StatusCode,
+    body: JsonMap<String, Value>,
 }
 
-fn detail(status: StatusCode, message: impl Into<String>) -> Response {
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(Value::Object(self.body))).into_response()
+    }
+}
+
+fn error(status: StatusCode, field: &str, message: impl Into<String>) -> Refusal {
+    let mut body = JsonMap::new();
+    body.insert(field.to_string(), Value::String(message.into()));
+    Refusal { status, body }
+}
+
+fn detail(status: StatusCode, message: impl Into<String>) -> Refusal {
     error(status, "detail", message)
 }
 
-fn not_found() -> Response {
+fn not_found() -> Refusal {
     detail(StatusCode::NOT_FOUND, "Not found.")
 }
 
@@ -148,7 +160,7 @@ fn no_content() -> Response {
 }
 
 /// Every API call needs `Authorization: Bearer <token>`.
-fn check_auth(headers: &HeaderMap) -> Result<(), Response> {
+fn check_auth(headers: &HeaderMap) -> Result<(), Refusal> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -172,7 +184,7 @@ async fn with_cloud(
     f: impl FnOnce(&mut Cloud) -> Response + Send + 'static,
 ) -> Response {
     if let Err(denied) = check_auth(&headers) {
-        return denied;
+        return denied.into_response();
     }
     tokio::task::spawn_blocking(move || {
         let mut cloud = cloud.lock().unwrap_or_else(|p| p.into_inner());
@@ -185,6 +197,7 @@ async fn with_cloud(
             StatusCode::INTERNAL_SERVER_ERROR,
             "A server error occurred.",
         )
+        .into_response()
     })
 }
 
@@ -271,7 +284,7 @@ impl Cloud {
     }
 
     /// Makes `uuid`'s device appear on (or leave) this host.
-    fn sync_device(&self, uuid: &str, attached_here: bool) -> Result<(), Response> {
+    fn sync_device(&self, uuid: &str, attached_here: bool) -> Result<(), Refusal> {
         let Some(devices) = &self.devices else {
             return Ok(());
         };
@@ -301,7 +314,7 @@ fn matches_filters(
     })
 }
 
-fn parse_tags(body: &Value) -> Result<JsonMap<String, Value>, Response> {
+fn parse_tags(body: &Value) -> Result<JsonMap<String, Value>, Refusal> {
     match body.get("tags") {
         None | Some(Value::Null) => Ok(JsonMap::new()),
         Some(Value::Object(tags)) if tags.values().all(Value::is_string) => Ok(tags.clone()),
@@ -313,7 +326,7 @@ fn parse_tags(body: &Value) -> Result<JsonMap<String, Value>, Response> {
     }
 }
 
-fn check_size(kind: &str, size_gb: u64) -> Result<(), Response> {
+fn check_size(kind: &str, size_gb: u64) -> Result<(), Refusal> {
     if size_gb == 0 {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -362,7 +375,7 @@ async fn get_volume(
 ) -> Response {
     with_cloud(cloud, headers, move |c| match c.volumes.get(&uuid) {
         Some(v) => axum::Json(c.volume_json(v)).into_response(),
-        None => not_found(),
+        None => not_found().into_response(),
     })
     .await
 }
@@ -373,17 +386,17 @@ async fn create_volume(
     body: Option<axum::Json<Value>>,
 ) -> Response {
     let Some(axum::Json(body)) = body else {
-        return detail(StatusCode::BAD_REQUEST, "JSON parse error.");
+        return detail(StatusCode::BAD_REQUEST, "JSON parse error.").into_response();
     };
     with_cloud(cloud, headers, move |c| match c.create_volume(&body) {
         Ok(v) => v,
-        Err(e) => e,
+        Err(e) => e.into_response(),
     })
     .await
 }
 
 impl Cloud {
-    fn create_volume(&mut self, body: &Value) -> Result<Response, Response> {
+    fn create_volume(&mut self, body: &Value) -> Result<Response, Refusal> {
         let name = match body.get("name").and_then(Value::as_str) {
             Some(name) if !name.trim().is_empty() => name.to_string(),
             _ => {
@@ -502,7 +515,7 @@ impl Cloud {
 
     /// `server_uuids` of a request: known servers in the volume's zone, at
     /// most one, within the attach limit. None when absent.
-    fn parse_servers(&self, body: &Value, zone: &str) -> Result<Option<Vec<String>>, Response> {
+    fn parse_servers(&self, body: &Value, zone: &str) -> Result<Option<Vec<String>>, Refusal> {
         let Some(value) = body.get("server_uuids") else {
             return Ok(None);
         };
@@ -558,19 +571,19 @@ async fn patch_volume(
     body: Option<axum::Json<Value>>,
 ) -> Response {
     let Some(axum::Json(body)) = body else {
-        return detail(StatusCode::BAD_REQUEST, "JSON parse error.");
+        return detail(StatusCode::BAD_REQUEST, "JSON parse error.").into_response();
     };
     with_cloud(cloud, headers, move |c| {
         match c.patch_volume(&uuid, &body) {
             Ok(v) => v,
-            Err(e) => e,
+            Err(e) => e.into_response(),
         }
     })
     .await
 }
 
 impl Cloud {
-    fn patch_volume(&mut self, uuid: &str, body: &Value) -> Result<Response, Response> {
+    fn patch_volume(&mut self, uuid: &str, body: &Value) -> Result<Response, Refusal> {
         let Some(volume) = self.volumes.get(uuid) else {
             return Err(not_found());
         };
@@ -673,20 +686,21 @@ async fn delete_volume(
 ) -> Response {
     with_cloud(cloud, headers, move |c| {
         if !c.volumes.contains_key(&uuid) {
-            return not_found();
+            return not_found().into_response();
         }
         if c.snapshots.values().any(|s| s.source_uuid == uuid) {
             return detail(
                 StatusCode::BAD_REQUEST,
                 "Snapshots exist for this volume. Delete them first.",
-            );
+            )
+            .into_response();
         }
         if let Some(devices) = &c.devices
             && let Err(e) = devices
                 .detach(&uuid, &link_name(&uuid))
                 .and_then(|()| devices.remove(&uuid))
         {
-            return detail(StatusCode::INTERNAL_SERVER_ERROR, e);
+            return detail(StatusCode::INTERNAL_SERVER_ERROR, e).into_response();
         }
         c.volumes.remove(&uuid);
         no_content()
@@ -718,7 +732,7 @@ async fn get_snapshot(
 ) -> Response {
     with_cloud(cloud, headers, move |c| match c.snapshots.get(&uuid) {
         Some(s) => axum::Json(c.snapshot_json(s)).into_response(),
-        None => not_found(),
+        None => not_found().into_response(),
     })
     .await
 }
@@ -729,17 +743,17 @@ async fn create_snapshot(
     body: Option<axum::Json<Value>>,
 ) -> Response {
     let Some(axum::Json(body)) = body else {
-        return detail(StatusCode::BAD_REQUEST, "JSON parse error.");
+        return detail(StatusCode::BAD_REQUEST, "JSON parse error.").into_response();
     };
     with_cloud(cloud, headers, move |c| match c.create_snapshot(&body) {
         Ok(v) => v,
-        Err(e) => e,
+        Err(e) => e.into_response(),
     })
     .await
 }
 
 impl Cloud {
-    fn create_snapshot(&mut self, body: &Value) -> Result<Response, Response> {
+    fn create_snapshot(&mut self, body: &Value) -> Result<Response, Refusal> {
         let name = match body.get("name").and_then(Value::as_str) {
             Some(name) if !name.trim().is_empty() => name.to_string(),
             _ => {
@@ -822,7 +836,7 @@ async fn delete_snapshot(
     with_cloud(cloud, headers, move |c| {
         let transition = c.transition;
         match c.snapshots.get_mut(&uuid) {
-            None => not_found(),
+            None => not_found().into_response(),
             Some(s) => {
                 if s.gone_at.is_none() {
                     s.gone_at = Some(Instant::now() + transition);
