@@ -9,6 +9,8 @@
 
 #[path = "conformance/api.rs"]
 mod api;
+#[path = "conformance/cloudscale.rs"]
+mod cloudscale_only;
 #[path = "conformance/controller.rs"]
 mod controller;
 #[path = "conformance/crash.rs"]
@@ -137,6 +139,13 @@ mod hostpath {
 mod cloudscale {
     api_sections!(crate::harness::BackendUnderTest::cloudscale);
     node_sections!(crate::harness::BackendUnderTest::cloudscale);
+    section!(crate::harness::BackendUnderTest::cloudscale, specific in cloudscale_only: [
+        volume_types_and_size_steps,
+        restore_inherits_type_and_zone_then_grows,
+        a_volume_attaches_to_one_server,
+        node_identity_and_volume_limit,
+        a_duplicate_left_by_a_crash_is_resolved,
+    ]);
     mod faults {
         soak_sections!(crate::harness::BackendUnderTest::cloudscale_under_faults);
     }
