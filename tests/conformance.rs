@@ -145,6 +145,7 @@ mod cloudscale {
         a_volume_attaches_to_one_server,
         node_identity_and_volume_limit,
         a_duplicate_left_by_a_crash_is_resolved,
+        a_clone_leaves_no_snapshot_behind,
     ]);
     mod faults {
         soak_sections!(crate::harness::BackendUnderTest::cloudscale_under_faults);

@@ -267,3 +267,40 @@ pub async fn a_duplicate_left_by_a_crash_is_resolved(b: BackendUnderTest) {
     s.delete(&adopted.volume_id).await;
     assert!(s.stored_volumes().is_empty());
 }
+
+/// A clone goes through a snapshot of its source, which is gone once the
+/// clone exists; the clone inherits the source's type and zone.
+pub async fn a_clone_leaves_no_snapshot_behind(b: BackendUnderTest) {
+    let s = Server::start(&b).await;
+    let cap = mount_cap("ext4");
+    let mut source = create_request("cs-clone-source", 0, cap.clone());
+    source.capacity_range = None;
+    source.parameters = params(&[("multicsi.io/volume-type", "bulk")]);
+    let source = s.create_with(source).await;
+    let mut clone = create_request("cs-clone", (100 * GIB) as u64, cap.clone());
+    clone.volume_content_source = volume_source(&source.volume_id);
+    let made = s.create_with(clone.clone()).await;
+    assert_eq!(made.content_source, volume_source(&source.volume_id));
+    let stored = cloud(
+        &s,
+        reqwest::Method::GET,
+        &format!("/v1/volumes/{}", made.volume_id),
+        None,
+    )
+    .await;
+    assert_eq!(stored["type"], "bulk");
+    let snapshots = cloud(&s, reqwest::Method::GET, "/v1/volume-snapshots", None).await;
+    assert!(
+        snapshots
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|snap| snap["status"] == "deleting"),
+        "the clone's snapshot is left: {snapshots}"
+    );
+    assert!(s.list_snapshot_ids(0).await.is_empty());
+    assert_eq!(s.create_with(clone).await.volume_id, made.volume_id);
+    s.delete(&made.volume_id).await;
+    s.delete(&source.volume_id).await;
+    assert!(s.stored_volumes().is_empty());
+}

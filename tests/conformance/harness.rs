@@ -220,6 +220,7 @@ impl BackendUnderTest {
                 CtrlRpc::ListVolumes,
                 CtrlRpc::CreateDeleteSnapshot,
                 CtrlRpc::ListSnapshots,
+                CtrlRpc::CloneVolume,
                 CtrlRpc::PublishReadonly,
                 CtrlRpc::ExpandVolume,
                 CtrlRpc::ListVolumesPublishedNodes,

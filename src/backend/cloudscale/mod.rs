@@ -38,6 +38,8 @@ pub const UPSTREAM_VOLUME_TYPE: &str = "csi.cloudscale.ch/volume-type";
 pub const PUBLISHED_SERVER: &str = "multicsi.io/cloudscale-server";
 /// Tag recording the snapshot a volume was restored from.
 const SOURCE_TAG: &str = "multicsi.io/source-snapshot";
+/// Tag recording the volume a volume was cloned from.
+const CLONE_TAG: &str = "multicsi.io/source-volume";
 /// Tag recording a read-only publication (the cloud attaches read-write;
 /// the node mounts read-only).
 const READ_ONLY_TAG: &str = "multicsi.io/published-read-only";
@@ -157,10 +159,18 @@ fn created(text: &str) -> SystemTime {
 }
 
 fn source_of(volume: &api::Volume) -> Option<ContentSource> {
+    if let Some(id) = volume.tags.get(SOURCE_TAG) {
+        return Some(ContentSource::Snapshot(id.clone()));
+    }
     volume
         .tags
-        .get(SOURCE_TAG)
-        .map(|id| ContentSource::Snapshot(id.clone()))
+        .get(CLONE_TAG)
+        .map(|id| ContentSource::Volume(id.clone()))
+}
+
+/// The snapshot a clone named `volume_name` is made through.
+fn clone_snapshot_name(volume_name: &str) -> String {
+    format!("{volume_name}-clone-source")
 }
 
 fn to_volume(volume: &api::Volume, context: Map) -> Volume {
@@ -409,20 +419,26 @@ impl Cloudscale {
                 request.limit_bytes
             )));
         }
-        if capacity < request.required_bytes {
+        let volume = if capacity < request.required_bytes {
             if request.source.is_none() {
                 return Err(conflict(format!(
                     "at least {} bytes (it has {capacity})",
                     request.required_bytes
                 )));
             }
+            // A restore or clone cut off before it was grown.
             let rules = VolumeType::parse(&existing.kind)
                 .unwrap_or(VolumeType::Ssd)
                 .rules();
             let size = size::choose(rules, request.required_bytes, request.limit_bytes, capacity)?;
-            return self.grow(existing, size, request).await;
+            self.grow(existing, size, request).await?
+        } else {
+            to_volume(&existing, request.node_context.clone())
+        };
+        if matches!(request.source, Some(ContentSource::Volume(_))) {
+            self.remove_clone_snapshot(name).await?;
         }
-        Ok(to_volume(&existing, request.node_context.clone()))
+        Ok(volume)
     }
 
     async fn grow(
@@ -522,10 +538,23 @@ impl Cloudscale {
             )));
         }
         let snapshot = self.settle_snapshot(snapshot).await?;
+        self.restore_snapshot(request, snapshot, (SOURCE_TAG, snapshot_id))
+            .await
+    }
+
+    /// Makes the requested volume from an available snapshot, tagged with
+    /// where it came from, and grows it to the size asked for.
+    async fn restore_snapshot(
+        &self,
+        request: &CreateVolume,
+        snapshot: api::Snapshot,
+        (tag, source): (&str, &str),
+    ) -> CsiResult<Volume> {
+        let api = self.api()?;
         if snapshot.status != "available" {
             return Err(CsiError::Unavailable(format!(
-                "snapshot {snapshot_id} is {}, not yet available; retry later",
-                snapshot.status
+                "snapshot {} is {}, not yet available; retry later",
+                snapshot.uuid, snapshot.status
             )));
         }
         // The restore takes the type of the snapshot's volume; its size
@@ -543,8 +572,8 @@ impl Cloudscale {
         )?;
         let body = json!({
             "name": request.name,
-            "volume_snapshot_uuid": snapshot_id,
-            "tags": { SOURCE_TAG: snapshot_id },
+            "volume_snapshot_uuid": snapshot.uuid,
+            "tags": { tag: source },
         });
         let volume = self.post_volume(&request.name, body).await?;
         let kind = VolumeType::parse(&volume.kind).unwrap_or(VolumeType::Ssd);
@@ -564,6 +593,59 @@ impl Cloudscale {
             return self.grow(volume, size, request).await;
         }
         Ok(to_volume(&volume, request.node_context.clone()))
+    }
+
+    /// A clone: a snapshot of the source (named after the new volume, so a
+    /// repeat finds it), restored, then removed.
+    async fn clone_volume(
+        &self,
+        request: &CreateVolume,
+        source_id: &str,
+        placement: &Placement,
+    ) -> CsiResult<Volume> {
+        let source = self.get(source_id).await.map_err(|e| match e {
+            CsiError::NotFound(_) => {
+                CsiError::NotFound(format!("source volume {source_id} does not exist"))
+            }
+            other => other,
+        })?;
+        if let Some(allowed) = &placement.allowed
+            && !allowed.contains(&source.zone.slug)
+        {
+            return Err(CsiError::ResourceExhausted(format!(
+                "volume {source_id} is in zone {}, outside the requisite zones {allowed:?}; a clone stays in its source's zone",
+                source.zone.slug
+            )));
+        }
+        let kind = VolumeType::parse(&source.kind).unwrap_or(VolumeType::Ssd);
+        size::choose(
+            kind.rules(),
+            request.required_bytes,
+            request.limit_bytes,
+            bytes(source.size_gb),
+        )?;
+        let temporary = clone_snapshot_name(&request.name);
+        let snapshot = match self.find_snapshot(&temporary).await? {
+            Some(found) => found,
+            None => self.post_snapshot(&temporary, source_id).await?,
+        };
+        let snapshot = self.settle_snapshot(snapshot).await?;
+        let volume = self
+            .restore_snapshot(request, snapshot, (CLONE_TAG, source_id))
+            .await?;
+        self.remove_clone_snapshot(&request.name).await?;
+        Ok(volume)
+    }
+
+    /// Deletes the snapshot a clone was made through, if it is still there.
+    async fn remove_clone_snapshot(&self, volume_name: &str) -> CsiResult<()> {
+        if let Some(snapshot) = self
+            .find_snapshot(&clone_snapshot_name(volume_name))
+            .await?
+        {
+            self.delete_snapshot(&snapshot.uuid).await?;
+        }
+        Ok(())
     }
 
     async fn post_snapshot(&self, name: &str, source: &str) -> CsiResult<api::Snapshot> {
@@ -595,7 +677,7 @@ impl Backend for Cloudscale {
     fn features(&self) -> Features {
         Features {
             snapshots: true,
-            clone: false,
+            clone: true,
             expand: true,
             capacity: false,
             attach: true,
@@ -620,12 +702,7 @@ impl Backend for Cloudscale {
         let volume = match &request.source {
             None => self.create_blank(request, kind, &placement).await?,
             Some(ContentSource::Snapshot(id)) => self.restore(request, id, &placement).await?,
-            Some(ContentSource::Volume(_)) => {
-                return Err(CsiError::Unimplemented(
-                    "the cloudscale backend cannot clone volumes; take a snapshot and restore it"
-                        .into(),
-                ));
-            }
+            Some(ContentSource::Volume(id)) => self.clone_volume(request, id, &placement).await?,
         };
         tracing::info!(volume_id = %volume.id, name = %request.name, bytes = volume.capacity_bytes, "volume created");
         Ok(volume)
