@@ -146,6 +146,7 @@ mod cloudscale {
         node_identity_and_volume_limit,
         a_duplicate_left_by_a_crash_is_resolved,
         a_clone_leaves_no_snapshot_behind,
+        a_node_needs_no_token,
     ]);
     mod faults {
         soak_sections!(crate::harness::BackendUnderTest::cloudscale_under_faults);

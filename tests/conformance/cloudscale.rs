@@ -304,3 +304,21 @@ pub async fn a_clone_leaves_no_snapshot_behind(b: BackendUnderTest) {
     s.delete(&source.volume_id).await;
     assert!(s.stored_volumes().is_empty());
 }
+
+/// A node serves without an API token: its identity comes from the
+/// metadata service, attaching is the controller's job.
+pub async fn a_node_needs_no_token(mut b: BackendUnderTest) {
+    b.env.retain(|(key, _)| *key != "CLOUDSCALE_ACCESS_TOKEN");
+    b.args.extend(["--mode", "node"]);
+    b.plugin_services =
+        vec![multicsi::csi::plugin_capability::service::Type::VolumeAccessibilityConstraints];
+    b.controller_rpcs = vec![];
+    let s = Server::start(&b).await;
+    let info = ok(
+        "NodeGetInfo",
+        s.node().node_get_info(csi::NodeGetInfoRequest {}).await,
+    );
+    assert_eq!(info.node_id, SERVER_UUID);
+    let probe = ok("Probe", s.identity().probe(csi::ProbeRequest {}).await);
+    assert_eq!(probe.ready, Some(true));
+}
