@@ -36,6 +36,8 @@ pub const VOLUME_TYPE: &str = "multicsi.io/volume-type";
 pub const UPSTREAM_VOLUME_TYPE: &str = "csi.cloudscale.ch/volume-type";
 /// Publish context key: the server the controller attached the volume to.
 pub const PUBLISHED_SERVER: &str = "multicsi.io/cloudscale-server";
+/// Publish context key: the volume that was attached.
+pub const PUBLISHED_VOLUME: &str = "multicsi.io/cloudscale-volume";
 /// Tag recording the snapshot a volume was restored from.
 const SOURCE_TAG: &str = "multicsi.io/source-snapshot";
 /// Tag recording the volume a volume was cloned from.
@@ -747,7 +749,10 @@ impl Backend for Cloudscale {
                 "node {node_id} is not a cloudscale server (node IDs are server UUIDs from the metadata service)"
             )));
         }
-        let context = Map::from([(PUBLISHED_SERVER.to_string(), node_id.to_string())]);
+        let context = Map::from([
+            (PUBLISHED_SERVER.to_string(), node_id.to_string()),
+            (PUBLISHED_VOLUME.to_string(), id.to_string()),
+        ]);
         let was_read_only = volume.tags.get(READ_ONLY_TAG).is_some_and(|v| v == "true");
         match volume.server_uuids.as_slice() {
             [] => {}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{DEFAULT_MAX_VOLUMES, PUBLISHED_SERVER, TOPOLOGY_KEY, is_uuid};
+use super::{DEFAULT_MAX_VOLUMES, PUBLISHED_SERVER, PUBLISHED_VOLUME, TOPOLOGY_KEY, is_uuid};
 use crate::backend::{Map, NodeBackend};
 use crate::config::Settings;
 use crate::error::{CsiError, CsiResult};
@@ -107,7 +107,12 @@ impl NodeBackend for CloudscaleNode {
     }
 
     async fn attach_device(&self, volume_id: &str, publish_context: &Map) -> CsiResult<PathBuf> {
+        // A context made for another volume says nothing about this one.
+        let for_this_volume = publish_context
+            .get(PUBLISHED_VOLUME)
+            .is_some_and(|v| v.eq_ignore_ascii_case(volume_id));
         let published_here = match publish_context.get(PUBLISHED_SERVER) {
+            _ if !for_this_volume => false,
             Some(server) if *server == self.server_uuid => true,
             Some(server) => {
                 return Err(CsiError::FailedPrecondition(format!(
