@@ -240,7 +240,7 @@ mod tests {
 
     #[test]
     fn luks_settings_are_checked_and_carried_to_the_node_with_defaults() {
-        let p = parse(&map(&[(LUKS_ENCRYPTED, "true")]), "hostpath", &[]).unwrap();
+        let p = parse(&map(&[(LUKS_ENCRYPTED, "true")]), &["hostpath"], &[]).unwrap();
         assert_eq!(p.node_context.get(LUKS_ENCRYPTED).unwrap(), "true");
         assert_eq!(p.node_context.get(LUKS_CIPHER).unwrap(), "aes-xts-plain64");
         assert_eq!(p.node_context.get(LUKS_KEY_SIZE).unwrap(), "512");
@@ -253,7 +253,7 @@ mod tests {
                 ("csi.cloudscale.ch/luks-cipher", "aes-cbc-essiv:sha256"),
                 ("csi.cloudscale.ch/luks-key-size", "256"),
             ]),
-            "hostpath",
+            &["hostpath"],
             &[],
         )
         .unwrap();
@@ -264,14 +264,14 @@ mod tests {
         assert_eq!(p.node_context.get(LUKS_KEY_SIZE).unwrap(), "256");
         assert!(!p.node_context.contains_key("csi.cloudscale.ch/luks-cipher"));
 
-        let p = parse(&map(&[(LUKS_ENCRYPTED, "false")]), "hostpath", &[]).unwrap();
+        let p = parse(&map(&[(LUKS_ENCRYPTED, "false")]), &["hostpath"], &[]).unwrap();
         assert!(p.node_context.is_empty());
     }
 
     #[test]
     fn bad_luks_settings_name_their_key() {
         let refused = |pairs: &[(&str, &str)], named: &str| {
-            let err = parse(&map(pairs), "hostpath", &[]).unwrap_err();
+            let err = parse(&map(pairs), &["hostpath"], &[]).unwrap_err();
             assert!(
                 matches!(err, CsiError::InvalidArgument(ref m) if m.contains(named)),
                 "{pairs:?}: {err}"
