@@ -4,7 +4,9 @@
 //! requests into them and errors into status codes (see `crate::error`).
 
 pub mod civo;
+pub mod cloudscale;
 pub mod hostpath;
+pub mod router;
 pub mod size;
 
 use std::collections::BTreeMap;
@@ -112,6 +114,10 @@ pub trait Backend: Send + Sync + 'static {
     /// (PUBLISH_READONLY).
     fn publish_readonly(&self) -> bool {
         true
+    }
+    /// The backends served, the default first (several behind a router).
+    fn backend_names(&self) -> Vec<&'static str> {
+        vec![self.name()]
     }
     /// Ok when the backend can serve requests.
     async fn ready(&self) -> CsiResult<()>;

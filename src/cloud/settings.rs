@@ -17,6 +17,9 @@ pub struct CloudscaleSettings {
     pub metadata_url: Option<String>,
     /// `CLOUDSCALE_MAX_CSI_VOLUMES_PER_NODE` (default 125)
     pub max_csi_volumes_per_node: Option<u64>,
+    /// `CLOUDSCALE_API_REQUESTS_PER_SECOND`: the client's rate limit
+    /// (default 20, bursts of twice as many).
+    pub api_requests_per_second: Option<f64>,
 }
 
 /// `[civo]` in the config file.
@@ -40,8 +43,8 @@ pub struct CivoSettings {
     /// (default /etc/civostatsd).
     pub statsd_file: Option<std::path::PathBuf>,
     /// Requests per second the driver sends the Civo API at most;
-    /// `CIVO_API_RATE_LIMIT` (default 20).
-    pub api_rate_limit: Option<f64>,
+    /// `CIVO_API_REQUESTS_PER_SECOND` (default 20).
+    pub api_requests_per_second: Option<f64>,
 }
 
 /// `[packet]` in the config file.
@@ -84,6 +87,9 @@ impl CloudSettings {
         if let Some(n) = get("CLOUDSCALE_MAX_CSI_VOLUMES_PER_NODE").and_then(|v| v.parse().ok()) {
             cs.max_csi_volumes_per_node = Some(n);
         }
+        if let Some(n) = get("CLOUDSCALE_API_REQUESTS_PER_SECOND").and_then(|v| v.parse().ok()) {
+            cs.api_requests_per_second = Some(n);
+        }
         let civo = &mut self.civo;
         set_secret(&mut civo.api_key, get("CIVO_API_KEY"));
         set(&mut civo.api_url, get("CIVO_API_URL"));
@@ -93,8 +99,8 @@ impl CloudSettings {
         if let Some(path) = get("CIVO_STATSD_FILE") {
             civo.statsd_file = Some(path.into());
         }
-        if let Some(rate) = get("CIVO_API_RATE_LIMIT").and_then(|v| v.parse().ok()) {
-            civo.api_rate_limit = Some(rate);
+        if let Some(rate) = get("CIVO_API_REQUESTS_PER_SECOND").and_then(|v| v.parse().ok()) {
+            civo.api_requests_per_second = Some(rate);
         }
         set(&mut civo.cluster_id, get("CIVO_CLUSTER_ID"));
         set(&mut civo.metadata_url, get("CIVO_METADATA_URL"));
@@ -152,7 +158,7 @@ mod tests {
             "REGION" => Some("NYC1".into()),
             "NODE_ID" => Some("instance-1".into()),
             "CIVO_STATSD_FILE" => Some("/tmp/statsd".into()),
-            "CIVO_API_RATE_LIMIT" => Some("50".into()),
+            "CIVO_API_REQUESTS_PER_SECOND" => Some("50".into()),
             _ => None,
         });
         let civo = &settings.civo;
@@ -162,7 +168,7 @@ mod tests {
             civo.statsd_file.as_deref(),
             Some(std::path::Path::new("/tmp/statsd"))
         );
-        assert_eq!(civo.api_rate_limit, Some(50.0));
+        assert_eq!(civo.api_requests_per_second, Some(50.0));
         settings.overlay_env(|name| (name == "CIVO_REGION").then(|| "FRA1".to_string()));
         assert_eq!(settings.civo.region.as_deref(), Some("FRA1"));
     }

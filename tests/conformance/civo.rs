@@ -99,7 +99,7 @@ impl BackendUnderTest {
             "--device-dir",
             "{dir}",
         ];
-        b.env.push(("CIVO_API_RATE_LIMIT", "500"));
+        b.env.push(("CIVO_API_REQUESTS_PER_SECOND", "500"));
         b.node_tests = false;
         b
     }

@@ -74,7 +74,7 @@ pub async fn open(settings: &Settings) -> Result<(Arc<dyn Backend>, Arc<dyn Node
     let civo = &settings.clouds.civo;
     let url = civo.api_url.as_deref().unwrap_or(DEFAULT_API_URL);
     let mut options = ClientOptions::default();
-    if let Some(rate) = civo.api_rate_limit {
+    if let Some(rate) = civo.api_requests_per_second {
         if !(rate.is_finite() && rate > 0.0) {
             return Err(format!(
                 "the Civo API rate limit must be a positive number of requests per second, not {rate}"
