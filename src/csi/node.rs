@@ -4,10 +4,12 @@
 use tonic::{Request, Response, Status};
 
 use crate::backend::Map;
+use crate::blocking;
 use crate::csi::validate::{self, Access};
 use crate::csi::{self as pb, node_server, node_service_capability};
 use crate::driver::Driver;
 use crate::error::{CsiError, CsiResult};
+use crate::node::readonly;
 use crate::node::volume::{self, Usage};
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -48,6 +50,9 @@ impl Driver {
         let staging = validate::target_path("staging_target_path", &r.staging_target_path)?;
         let _guard = self.locks.acquire(&[id])?;
         volume::unstage_filesystem(staging).await?;
+        if let Some(device) = self.node_backend.find_device(id).await? {
+            blocking::run(move || Ok(readonly::release_all(&device)?)).await?;
+        }
         self.node_backend.detach_device(id).await?;
         Ok(pb::NodeUnstageVolumeResponse {})
     }
@@ -88,6 +93,13 @@ impl Driver {
                     .find_device(id)
                     .await?
                     .ok_or_else(missing)?;
+                // A bind mount does not stop writes to a device: a
+                // read-only publish gets a device the kernel keeps read-only.
+                let device = if read_only {
+                    blocking::run(move || Ok(readonly::view(&device)?)).await?
+                } else {
+                    device
+                };
                 volume::publish(device, target, true, read_only, Vec::new()).await?;
             }
             Access::Mount { flags, .. } => {
@@ -112,7 +124,12 @@ impl Driver {
         let id = validate::identifier("volume_id", &r.volume_id)?;
         let target = validate::target_path("target_path", &r.target_path)?;
         let _guard = self.locks.acquire(&[id, &r.target_path])?;
+        let at = target.clone();
+        let view = blocking::run(move || Ok(readonly::view_at(&at)?)).await?;
         volume::unpublish(target).await?;
+        if let Some(view) = view {
+            blocking::run(move || Ok(readonly::release_if_unused(&view)?)).await?;
+        }
         Ok(pb::NodeUnpublishVolumeResponse {})
     }
 

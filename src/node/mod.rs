@@ -7,9 +7,11 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub mod freeze;
 pub mod fs;
 pub mod loopdev;
 pub mod mount;
+pub mod readonly;
 pub mod volume;
 
 /// What can go wrong while touching the host. Every message names the operation and the path,

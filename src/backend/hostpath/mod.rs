@@ -347,6 +347,19 @@ fn repair_image(path: &Path, capacity: u64) -> Result<(), String> {
     result.map_err(|e| format!("cannot repair image {}: {e}", path.display()))
 }
 
+/// Copies a volume's image; when the volume is mounted on this host its
+/// filesystem is frozen (or at least flushed) for the copy, so the copy
+/// holds everything written before the call, consistently.
+fn copy_live(source: &Path, target: &Path, size: u64) -> std::io::Result<()> {
+    let quiesced = crate::node::freeze::quiesce_image(source).map_err(std::io::Error::other)?;
+    if let Some(q) = &quiesced {
+        tracing::debug!(mount_point = %q.mount_point().display(), frozen = q.is_frozen(), "filesystem quiesced for the copy");
+    }
+    let copied = image::copy(source, target, size);
+    drop(quiesced);
+    copied
+}
+
 fn same_request(record: &VolumeRecord, request: &CreateVolume) -> Result<(), String> {
     if record.source != request.source {
         return Err("a different content source".into());
@@ -445,7 +458,7 @@ impl Backend for HostPath {
         let what = format!("cannot create image {}", target.display());
         blocking(what, move || match source_image {
             None => image::create(&target, size),
-            Some(source) => image::copy(&source, &target, size),
+            Some(source) => copy_live(&source, &target, size),
         })
         .await?;
         let record = VolumeRecord {
@@ -610,7 +623,7 @@ impl Backend for HostPath {
         let size = source.capacity_bytes;
         blocking(
             format!("cannot copy {} to {}", from.display(), to.display()),
-            move || image::copy(&from, &to, size),
+            move || copy_live(&from, &to, size),
         )
         .await?;
         let record = SnapshotRecord {
