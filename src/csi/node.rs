@@ -211,6 +211,8 @@ impl Driver {
                 CsiError::NotFound(format!("volume {id} is not staged on this node"))
             })?;
         let size = self.node_backend.refresh_device(id).await?;
+        let views_of = device.clone();
+        blocking::run(move || Ok(readonly::refresh_all(&views_of)?)).await?;
         let grow_at = if r.staging_target_path.is_empty() {
             path
         } else {

@@ -57,3 +57,11 @@ pub fn release_all(device: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Makes the read-only views of `device` take its new size after growth.
+pub fn refresh_all(device: &Path) -> Result<()> {
+    for view in loopdev::find_read_only(&view_source(device))? {
+        loopdev::refresh_capacity(&view)?;
+    }
+    Ok(())
+}

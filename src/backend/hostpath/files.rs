@@ -15,6 +15,10 @@ const RECORD_EXT: &str = "json";
 const IMAGE_EXT: &str = "img";
 const TEMP_MARK: &str = ".tmp-";
 
+/// Records read from files: each with its path, and the files that could
+/// not be read.
+pub type Legacy<T> = (Vec<(PathBuf, T)>, Vec<String>);
+
 /// One directory of images.
 #[derive(Debug)]
 pub struct ImageDir {
@@ -58,9 +62,7 @@ impl ImageDir {
     /// Reads the records of earlier versions; returns them with their
     /// paths, and the files that could not be read (corrupt records are
     /// reported, never silently dropped).
-    pub fn legacy_records<T: DeserializeOwned>(
-        &self,
-    ) -> io::Result<(Vec<(PathBuf, T)>, Vec<String>)> {
+    pub fn legacy_records<T: DeserializeOwned>(&self) -> io::Result<Legacy<T>> {
         let mut records = Vec::new();
         let mut broken = Vec::new();
         for entry in fs::read_dir(&self.dir)? {

@@ -49,7 +49,7 @@ const MAX_ENTRY: usize = 1 << 20;
 const MAX_PAYLOAD: usize = 4 << 20;
 /// The smallest file made; it grows to twice the live state when needed.
 const MIN_CAPACITY: u64 = 4 << 20;
-const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// State rebuilt from the journal's entries.
 pub trait Replay: Default + Send + 'static {
