@@ -573,3 +573,45 @@ fn a_bind_of_a_read_only_mount_stays_read_only_when_other_flags_are_added() {
     // The source directory itself is untouched.
     fs::write(a.join("x"), b"x").unwrap();
 }
+
+/// Discovery finds an emulated cloud disk (a loop device linked under its cloud name) by its
+/// serial, and refuses a link that leads to a disk with another serial.
+#[test]
+fn discovery_verifies_the_serial_of_a_linked_loop_device() {
+    use multicsi::emulator::DeviceHost;
+    use multicsi::node::discovery::{self, Found, Lookup};
+
+    let scratch = Scratch::new();
+    let host = DeviceHost::new(scratch.dir("images"), scratch.dir("links")).unwrap();
+    let wanted = "0b3f6a52-7a1c-4c47-9d1e-6c5f2b8c0001";
+    let other = "0b3f6a52-7a1c-4c47-9d1e-6c5f2b8c0002";
+    host.provision(wanted, 8 * MIB).unwrap();
+    host.provision(other, 8 * MIB).unwrap();
+    let device = host
+        .attach(wanted, &format!("scsi-0QEMU_QEMU_HARDDISK_{wanted}"))
+        .unwrap();
+    let other_device = host
+        .attach(other, "scsi-0QEMU_QEMU_HARDDISK_other")
+        .unwrap();
+    let links = scratch.path("links");
+    let matches = |name: &str| name.ends_with(wanted);
+    let lookup = Lookup {
+        dir: &links,
+        link_matches: &matches,
+        serial: wanted,
+        what: "test volume",
+    };
+    let found = discovery::find(&lookup);
+    // A stale link: the volume's name, someone else's disk.
+    let stale = links.join(format!("scsi-0QEMU_QEMU_HARDDISK_{wanted}"));
+    fs::remove_file(&stale).unwrap();
+    std::os::unix::fs::symlink(&other_device, &stale).unwrap();
+    let refused = discovery::find(&lookup);
+    host.detach(wanted, "unused").unwrap();
+    host.clear();
+    assert_eq!(found.unwrap(), Found::Device(device));
+    match refused.unwrap() {
+        Found::Mismatch(seen) => assert!(seen.contains(other), "{seen}"),
+        other => panic!("a disk with another serial was accepted: {other:?}"),
+    }
+}

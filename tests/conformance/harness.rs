@@ -73,8 +73,19 @@ pub struct BackendUnderTest {
     /// Valid StorageClass parameters that make a different volume than none.
     pub alt_parameters: Vec<(&'static str, &'static str)>,
     /// The volume IDs the backend's storage holds (for leak checks), given
-    /// the server's private directory.
-    pub stored_volumes: fn(&Path) -> Vec<String>,
+    /// the server's private directory and the emulator's URL, if any.
+    pub stored_volumes: fn(&Path, Option<&str>) -> Vec<String>,
+    /// The cloud emulator the server talks to, if the backend is a cloud's.
+    pub emulator: Option<Emulator>,
+}
+
+/// A `multicsi-emulator` started before the server, in the server's
+/// private directory. `{dir}` in its arguments stands for that directory;
+/// `{api}` in the server's arguments and environment for its URL.
+#[derive(Clone, Debug)]
+pub struct Emulator {
+    pub provider: &'static str,
+    pub args: Vec<&'static str>,
 }
 
 const MIB: u64 = 1 << 20;
@@ -130,7 +141,8 @@ impl BackendUnderTest {
             unknown_volume_id: "hp-00000000000000000000000000000000",
             unknown_snapshot_id: "hps-00000000000000000000000000000000",
             alt_parameters: vec![("multicsi.io/mkfs-reserved-percent", "1")],
-            stored_volumes: |dir| {
+            emulator: None,
+            stored_volumes: |dir, _| {
                 let mut ids = Vec::new();
                 if let Ok(entries) = std::fs::read_dir(dir.join("state/volumes")) {
                     for entry in entries.flatten() {
@@ -223,6 +235,8 @@ pub struct Server {
     log: PathBuf,
     child: Option<Child>,
     channel: Option<Channel>,
+    emulator: Option<Child>,
+    api_url: Option<String>,
 }
 
 impl Server {
@@ -243,9 +257,44 @@ impl Server {
             dir,
             child: None,
             channel: None,
+            emulator: None,
+            api_url: None,
         };
+        server.start_emulator();
         server.spawn().await;
         server
+    }
+
+    /// Starts the backend's emulator, if it has one, and notes its URL.
+    fn start_emulator(&mut self) {
+        let Some(emulator) = self.backend.emulator.clone() else {
+            return;
+        };
+        let dir = self.root.display().to_string();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_multicsi-emulator"))
+            .arg(emulator.provider)
+            .args(emulator.args.iter().map(|a| a.replace("{dir}", &dir)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(self.root.join("emulator.log")).expect("emulator log"))
+            .spawn()
+            .expect("start multicsi-emulator");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("emulator stdout"))
+            .read_line(&mut first)
+            .expect("read the emulator's address");
+        let url = first
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from the emulator: {first:?}"))
+            .to_string();
+        self.api_url = Some(url);
+        self.emulator = Some(child);
+    }
+
+    /// The emulator's base URL, when the backend has one.
+    pub fn api_url(&self) -> Option<&str> {
+        self.api_url.as_deref()
     }
 
     fn command(&self) -> Command {
@@ -255,7 +304,11 @@ impl Server {
     /// The server's command line, on this server's socket, with `{dir}`
     /// standing for `dir`.
     pub fn command_with_dir(&self, dir: &Path) -> Command {
-        let expand = |text: &str| text.replace("{dir}", &dir.display().to_string());
+        let api = self.api_url.clone().unwrap_or_default();
+        let expand = |text: &str| {
+            text.replace("{dir}", &dir.display().to_string())
+                .replace("{api}", &api)
+        };
         let binary = std::env::var_os("CONFORMANCE_BINARY")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_multicsi")));
@@ -408,7 +461,7 @@ impl Server {
 
     /// Volume IDs the backend's storage holds right now.
     pub fn stored_volumes(&self) -> Vec<String> {
-        (self.backend.stored_volumes)(&self.root)
+        (self.backend.stored_volumes)(&self.root, self.api_url.as_deref())
     }
 
     /// Mounts and loop devices that belong to this server's directory.
@@ -436,6 +489,12 @@ impl Drop for Server {
             );
         }
         self.kill9();
+        if let Some(mut emulator) = self.emulator.take() {
+            // SIGTERM: the emulator detaches the loop devices it made.
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(emulator.id() as i32, libc::SIGTERM) };
+            let _ = emulator.wait();
+        }
         let left = cleanup_host(&self.root);
         if !left.is_empty() {
             eprintln!(
