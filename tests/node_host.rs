@@ -694,8 +694,25 @@ fn quiesce_freezes_a_mounted_filesystem_until_dropped() {
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("the write goes on after the thaw");
     writer.join().unwrap();
-    // Not mounted: nothing to quiesce.
+    // Attached, not mounted (raw block): writes through the device reach
+    // the image.
     mount::unmount(&at).unwrap();
-    assert!(freeze::quiesce_image(&image).unwrap().is_none());
+    // Kept open: the last close of a block device would flush it anyway.
+    let writer = OpenOptions::new().write(true).open(&device).unwrap();
+    writer.write_all_at(b"raw block data", 8 * MIB).unwrap();
+    let flushed = freeze::quiesce_image(&image)
+        .unwrap()
+        .expect("attached devices are flushed");
+    assert!(!flushed.is_frozen());
+    let mut back = [0u8; 14];
+    File::open(&image)
+        .unwrap()
+        .read_exact_at(&mut back, 8 * MIB)
+        .unwrap();
+    assert_eq!(&back, b"raw block data");
+    drop(flushed);
+    drop(writer);
+    // Not attached: nothing to quiesce.
     loopdev::detach(&device).unwrap();
+    assert!(freeze::quiesce_image(&image).unwrap().is_none());
 }

@@ -26,6 +26,7 @@ impl Quiesced {
         self.frozen.is_some()
     }
 
+    /// The mount point frozen or flushed (the device, for a raw block volume).
     pub fn mount_point(&self) -> &Path {
         &self.mount_point
     }
@@ -44,8 +45,9 @@ impl Drop for Quiesced {
 }
 
 /// Freezes (or flushes) the filesystem that is mounted from the read-write
-/// loop device of `image`. `None` when the image is not attached or its
-/// device is not mounted in this mount namespace.
+/// loop device of `image`; a device that is attached but not mounted (a raw
+/// block volume) has its page cache flushed into the image. `None` when the
+/// image is not attached.
 pub fn quiesce_image(image: &Path) -> Result<Option<Quiesced>> {
     let Some(device) = loopdev::find(image)? else {
         return Ok(None);
@@ -62,7 +64,15 @@ pub fn quiesce_image(image: &Path) -> Result<Option<Quiesced>> {
         e.root == Path::new("/")
             && ((e.major, e.minor) == numbers || Path::new(&e.source) == canonical)
     }) else {
-        return Ok(None);
+        // Raw block: what was written through the device may still sit in
+        // its page cache; fsync of a block device writes it to the image.
+        File::open(&canonical)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| HostError::os("flush (fsync)", &canonical, e, "is the device present?"))?;
+        return Ok(Some(Quiesced {
+            mount_point: canonical,
+            frozen: None,
+        }));
     };
     quiesce(&entry.mount_point).map(Some)
 }
