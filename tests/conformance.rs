@@ -19,6 +19,8 @@ mod harness;
 mod identity;
 #[path = "conformance/node.rs"]
 mod node;
+#[path = "conformance/observability.rs"]
+mod observability;
 #[path = "conformance/soak.rs"]
 mod soak;
 #[path = "conformance/socket.rs"]
@@ -110,9 +112,15 @@ macro_rules! node_sections {
             clone_keeps_data,
             stats_report_abnormal_when_unmounted,
             concurrent_node_calls_on_one_volume,
+            symlinked_paths_are_invalid,
+            publish_onto_a_foreign_mount_is_already_exists,
+            stage_onto_a_foreign_mount_is_already_exists,
         ]);
         section!($backend, node_crash in crash: [
             crash_during_node_stage,
+        ]);
+        section!($backend, observability: [
+            secrets_stay_out_of_logs_and_metrics,
         ]);
     };
 }

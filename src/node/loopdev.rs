@@ -292,12 +292,14 @@ fn attached() -> Result<Vec<(u32, PathBuf)>> {
 /// device's backing inode must be the image's inode (so a re-created image at the same path does
 /// not match a device still holding the old one). Creates the device node when it is missing.
 pub fn find(image: &Path) -> Result<Option<PathBuf>> {
-    Ok(find_all(image, false)?.into_iter().next())
+    crate::metrics::node_op("discover", || {
+        Ok(find_all(image, false)?.into_iter().next())
+    })
 }
 
 /// The read-only loop devices over `image` (or over a block device), lowest numbered first.
 pub fn find_read_only(image: &Path) -> Result<Vec<PathBuf>> {
-    find_all(image, true)
+    crate::metrics::node_op("discover", || find_all(image, true))
 }
 
 fn find_all(image: &Path, read_only: bool) -> Result<Vec<PathBuf>> {
@@ -386,14 +388,14 @@ fn configure(device: &File, backing: &File, image: &Path, read_only: bool) -> io
 /// is already attached to. Safe against other processes taking the same free device: the
 /// configure fails with EBUSY and the next free device is tried.
 pub fn attach(image: &Path) -> Result<PathBuf> {
-    attach_as(image, false)
+    crate::metrics::node_op("attach", || attach_as(image, false))
 }
 
 /// Attaches `image` (a file or a block device) to a free loop device that the kernel keeps
 /// read-only (`LO_FLAGS_READ_ONLY`: writes fail with EPERM), or returns the read-only device
 /// already attached to it. Separate from the read-write device of the same image.
 pub fn attach_read_only(image: &Path) -> Result<PathBuf> {
-    attach_as(image, true)
+    crate::metrics::node_op("attach", || attach_as(image, true))
 }
 
 fn attach_as(image: &Path, read_only: bool) -> Result<PathBuf> {
@@ -491,6 +493,10 @@ fn attach_as(image: &Path, read_only: bool) -> Result<PathBuf> {
 /// with nothing attached, is fine. While someone still holds the device open (a mount), the kernel
 /// detaches it when the last user closes it; this waits briefly for that and returns Ok.
 pub fn detach(device: &Path) -> Result<()> {
+    crate::metrics::node_op("detach", || detach_unmetered(device))
+}
+
+fn detach_unmetered(device: &Path) -> Result<()> {
     let name = device.file_name().unwrap_or_default();
     let file = match File::open(device) {
         Ok(file) => file,
@@ -565,6 +571,10 @@ pub fn is_read_only_loop(device: &Path) -> bool {
 /// Tells the loop driver to re-read the size of its backing file (`LOOP_SET_CAPACITY`), after
 /// the image grew.
 pub fn refresh_capacity(device: &Path) -> Result<()> {
+    crate::metrics::node_op("refresh_capacity", || refresh_capacity_unmetered(device))
+}
+
+fn refresh_capacity_unmetered(device: &Path) -> Result<()> {
     let file = open_device("open loop device", device, false)?;
     ioctl_value(&file, LOOP_SET_CAPACITY, 0).map_err(|e| {
         let hint = match e.raw_os_error() {

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 pub mod discovery;
 pub mod freeze;
 pub mod fs;
+pub mod iscsi;
+pub mod iscsi_cmd;
 pub mod loopdev;
 pub mod mount;
 pub mod readonly;
