@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use crate::cloud::settings::{CivoSettings, CloudSettings, CloudscaleSettings, PacketSettings};
+use crate::node::luks::Pbkdf;
 
 /// Default CSI driver name.
 pub const DEFAULT_DRIVER_NAME: &str = "multicsi.io";
@@ -71,9 +72,14 @@ pub struct ServeArgs {
     /// TOML config file; its values are overridden by environment and flags.
     #[arg(long, env = "MULTICSI_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Storage backend.
+    /// Storage backend (the default one when several are served).
     #[arg(long, env = "MULTICSI_BACKEND")]
     pub backend: Option<String>,
+    /// Several backends in one driver, comma-separated; the first (or
+    /// --backend) is the default, StorageClasses pick another with
+    /// multicsi.io/backend.
+    #[arg(long, env = "MULTICSI_BACKENDS", value_delimiter = ',')]
+    pub backends: Option<Vec<String>>,
     /// Maximum number of volumes this node accepts (0 = the backend's default).
     #[arg(long, env = "MULTICSI_MAX_VOLUMES_PER_NODE")]
     pub max_volumes_per_node: Option<u64>,
@@ -86,6 +92,14 @@ pub struct ServeArgs {
     /// Directory where cloud volumes appear as device links (default /dev/disk/by-id).
     #[arg(long, env = "MULTICSI_DEVICE_DIR")]
     pub device_dir: Option<PathBuf>,
+    /// Memory cost in KiB of the argon2id key derivation of new LUKS volumes
+    /// (default 65536; also what opening one costs: keep it under the
+    /// node plugin's memory limit).
+    #[arg(long, env = "MULTICSI_LUKS_PBKDF_MEMORY_KIB")]
+    pub luks_pbkdf_memory_kib: Option<u32>,
+    /// Time cost (iterations, at least 4) of the argon2id key derivation of new LUKS volumes (default 4).
+    #[arg(long, env = "MULTICSI_LUKS_PBKDF_ITERATIONS")]
+    pub luks_pbkdf_iterations: Option<u32>,
     /// Address of the /metrics, /healthz and /readyz listener, e.g. 0.0.0.0:9820
     /// (port 0: any free port); off (the default) serves none.
     #[arg(long, env = "MULTICSI_METRICS_ADDRESS")]
@@ -102,10 +116,13 @@ pub struct FileConfig {
     pub driver_name: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub backend: Option<String>,
+    pub backends: Option<Vec<String>>,
     pub max_volumes_per_node: Option<u64>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     pub device_dir: Option<PathBuf>,
+    pub luks_pbkdf_memory_kib: Option<u32>,
+    pub luks_pbkdf_iterations: Option<u32>,
     pub metrics_address: Option<String>,
     pub cloudscale: Option<CloudscaleSettings>,
     pub civo: Option<CivoSettings>,
@@ -120,11 +137,16 @@ pub struct Settings {
     pub mode: Mode,
     pub driver_name: String,
     pub state_dir: PathBuf,
+    /// The default backend.
     pub backend: String,
+    /// Every backend served, the default first.
+    pub backends: Vec<String>,
     pub max_volumes_per_node: u64,
     pub log_format: Option<LogFormat>,
     pub log_level: String,
     pub device_dir: PathBuf,
+    /// Key derivation cost of new LUKS volumes.
+    pub luks_pbkdf: Pbkdf,
     /// Where /metrics, /healthz and /readyz are served; None: nowhere.
     pub metrics_address: Option<std::net::SocketAddr>,
     /// Provider credentials and settings (file, then the providers' own
@@ -245,16 +267,29 @@ impl Settings {
             packet: file.packet.unwrap_or_default(),
         };
         clouds.overlay_env(|name| std::env::var(name).ok());
+        let (backend, backends) = choose_backends(
+            args.backend.or(file.backend),
+            args.backends.or(file.backends),
+        )?;
+        let luks_pbkdf = Pbkdf {
+            memory_kib: args
+                .luks_pbkdf_memory_kib
+                .or(file.luks_pbkdf_memory_kib)
+                .unwrap_or(Pbkdf::DEFAULT.memory_kib),
+            iterations: args
+                .luks_pbkdf_iterations
+                .or(file.luks_pbkdf_iterations)
+                .unwrap_or(Pbkdf::DEFAULT.iterations),
+        };
+        luks_pbkdf.validate().map_err(ConfigError::Invalid)?;
         Ok(Settings {
             endpoint: Endpoint::parse(&endpoint)?,
             node_id,
             mode: args.mode.or(file.mode).unwrap_or(Mode::All),
             driver_name,
             state_dir,
-            backend: args
-                .backend
-                .or(file.backend)
-                .unwrap_or_else(|| "hostpath".to_string()),
+            backend,
+            backends,
             max_volumes_per_node: args
                 .max_volumes_per_node
                 .or(file.max_volumes_per_node)
@@ -268,12 +303,39 @@ impl Settings {
                 .device_dir
                 .or(file.device_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DEVICE_DIR)),
+            luks_pbkdf,
             metrics_address: parse_metrics_address(
                 args.metrics_address.or(file.metrics_address).as_deref(),
             )?,
             clouds,
         })
     }
+}
+
+/// The default backend and every backend served (default first): the
+/// default is `backend`, else the first of `backends`, else hostpath.
+fn choose_backends(
+    backend: Option<String>,
+    backends: Option<Vec<String>>,
+) -> Result<(String, Vec<String>), ConfigError> {
+    let mut list: Vec<String> = backends
+        .unwrap_or_default()
+        .into_iter()
+        .map(|b| b.trim().to_string())
+        .filter(|b| !b.is_empty())
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(twice) = list.iter().find(|b| !seen.insert(b.as_str())) {
+        return Err(ConfigError::Invalid(format!(
+            "backend {twice:?} is listed twice in backends"
+        )));
+    }
+    let default = backend
+        .or_else(|| list.first().cloned())
+        .unwrap_or_else(|| "hostpath".to_string());
+    list.retain(|b| *b != default);
+    list.insert(0, default.clone());
+    Ok((default, list))
 }
 
 /// `IP:PORT`, or `off` (or nothing) for no metrics listener.
@@ -358,6 +420,28 @@ mod tests {
     }
 
     #[test]
+    fn luks_key_derivation_cost_is_bounded() {
+        let s = Settings::resolve(args()).unwrap();
+        assert_eq!(s.luks_pbkdf, Pbkdf::DEFAULT);
+        let mut a = args();
+        a.luks_pbkdf_memory_kib = Some(8192);
+        a.luks_pbkdf_iterations = Some(5);
+        let s = Settings::resolve(a).unwrap();
+        assert_eq!(
+            (s.luks_pbkdf.memory_kib, s.luks_pbkdf.iterations),
+            (8192, 5)
+        );
+        let mut a = args();
+        a.luks_pbkdf_iterations = Some(1);
+        let err = Settings::resolve(a).unwrap_err().to_string();
+        assert!(err.contains("luks-pbkdf-iterations"), "{err}");
+        let mut a = args();
+        a.luks_pbkdf_memory_kib = Some(8 * 1024 * 1024);
+        let err = Settings::resolve(a).unwrap_err().to_string();
+        assert!(err.contains("luks-pbkdf-memory-kib"), "{err}");
+    }
+
+    #[test]
     fn endpoints_parse() {
         assert_eq!(
             Endpoint::parse("unix:///a/b.sock").unwrap(),
@@ -369,6 +453,24 @@ mod tests {
         );
         assert!(Endpoint::parse("unix://relative.sock").is_err());
         assert!(Endpoint::parse("http://x").is_err());
+    }
+
+    #[test]
+    fn several_backends_put_the_default_first() {
+        let list = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let (d, all) = choose_backends(None, None).unwrap();
+        assert_eq!(
+            (d.as_str(), all),
+            ("hostpath", vec!["hostpath".to_string()])
+        );
+        let (d, all) = choose_backends(None, list(&["cloudscale", "hostpath"])).unwrap();
+        assert_eq!(d, "cloudscale");
+        assert_eq!(all, ["cloudscale", "hostpath"]);
+        let (d, all) =
+            choose_backends(Some("hostpath".into()), list(&["cloudscale", "hostpath"])).unwrap();
+        assert_eq!(d, "hostpath");
+        assert_eq!(all, ["hostpath", "cloudscale"]);
+        assert!(choose_backends(None, list(&["civo", "civo"])).is_err());
     }
 
     #[test]

@@ -9,6 +9,8 @@
 
 #[path = "conformance/api.rs"]
 mod api;
+#[path = "conformance/cloudscale.rs"]
+mod cloudscale_only;
 #[path = "conformance/controller.rs"]
 mod controller;
 #[path = "conformance/crash.rs"]
@@ -21,6 +23,8 @@ mod identity;
 mod node;
 #[path = "conformance/observability.rs"]
 mod observability;
+#[path = "conformance/routing.rs"]
+mod routing;
 #[path = "conformance/soak.rs"]
 mod soak;
 #[path = "conformance/socket.rs"]
@@ -115,6 +119,8 @@ macro_rules! node_sections {
             symlinked_paths_are_invalid,
             publish_onto_a_foreign_mount_is_already_exists,
             stage_onto_a_foreign_mount_is_already_exists,
+            mkfs_options_and_mount_flags_reach_the_filesystem,
+            luks_without_key_or_dm_crypt_touches_nothing,
         ]);
         section!($backend, node_crash in crash: [
             crash_during_node_stage,
@@ -144,4 +150,26 @@ mod hostpath {
     section!(crate::harness::BackendUnderTest::hostpath, node_snapshot in node: [
         snapshot_of_a_mounted_volume_holds_unflushed_writes,
     ]);
+}
+
+mod cloudscale {
+    api_sections!(crate::harness::BackendUnderTest::cloudscale);
+    node_sections!(crate::harness::BackendUnderTest::cloudscale);
+    section!(crate::harness::BackendUnderTest::cloudscale, specific in cloudscale_only: [
+        volume_types_and_size_steps,
+        restore_inherits_type_and_zone_then_grows,
+        a_volume_attaches_to_one_server,
+        node_identity_and_volume_limit,
+        a_duplicate_left_by_a_crash_is_resolved,
+        a_clone_leaves_no_snapshot_behind,
+        a_node_needs_no_token,
+    ]);
+    mod faults {
+        soak_sections!(crate::harness::BackendUnderTest::cloudscale_under_faults);
+    }
+    mod with_hostpath {
+        section!(crate::harness::BackendUnderTest::cloudscale_with_hostpath, routing: [
+            two_backends_route_by_id,
+        ]);
+    }
 }

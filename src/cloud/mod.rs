@@ -4,3 +4,4 @@
 pub mod http;
 pub mod secret;
 pub mod settings;
+pub mod timestamp;

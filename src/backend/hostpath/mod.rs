@@ -5,7 +5,7 @@
 //! node-local volumes on many nodes.
 
 mod files;
-mod image;
+pub(crate) mod image;
 mod journal;
 
 use std::collections::BTreeMap;
