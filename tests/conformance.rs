@@ -171,6 +171,7 @@ mod civo {
         stage_with_another_filesystem_is_already_exists,
         read_only_publish_refuses_writes,
         raw_block_round_trip,
+        read_only_block_publish_refuses_writes,
         stats_report_abnormal_when_unmounted,
         concurrent_node_calls_on_one_volume,
         symlinked_paths_are_invalid,
