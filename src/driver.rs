@@ -15,7 +15,7 @@ use crate::error::CsiResult;
 use crate::locks::InFlight;
 
 /// Backends this binary can serve.
-pub const BACKENDS: &[&str] = &["hostpath"];
+pub const BACKENDS: &[&str] = &["hostpath", "packet"];
 
 pub struct Driver {
     pub settings: Settings,
@@ -41,6 +41,7 @@ impl Driver {
                     let hostpath = Arc::new(hostpath);
                     (hostpath.clone(), hostpath)
                 }
+                "packet" => crate::backend::packet::build(settings).await?,
                 other => {
                     return Err(format!(
                         "unknown backend {other:?}; this binary serves: {}",

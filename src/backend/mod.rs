@@ -4,6 +4,7 @@
 //! requests into them and errors into status codes (see `crate::error`).
 
 pub mod hostpath;
+pub mod packet;
 pub mod size;
 
 use std::collections::BTreeMap;
@@ -128,6 +129,11 @@ pub trait Backend: Send + Sync + 'static {
 /// The node side of a storage provider: how a volume becomes a block device.
 #[async_trait]
 pub trait NodeBackend: Send + Sync + 'static {
+    /// This node's id when the backend knows it better than the settings
+    /// (a cloud server's id from the metadata service).
+    fn node_id(&self) -> Option<String> {
+        None
+    }
     /// Topology segments of this node.
     fn topology(&self) -> Map;
     /// Default maximum number of volumes on this node (0 = unlimited).

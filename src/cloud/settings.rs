@@ -49,6 +49,10 @@ pub struct PacketSettings {
     pub api_url: Option<String>,
     /// `PACKET_METADATA_URL` (default https://metadata.packet.net)
     pub metadata_url: Option<String>,
+    /// `PACKET_ATTACH_MODE`: how the node reaches an attached volume:
+    /// `iscsi` (default, real servers) or `linked` (emulation and tests:
+    /// the device is already linked as `volume-<8 hex>` in the device dir).
+    pub attach_mode: Option<String>,
 }
 
 /// All providers' settings.
@@ -87,6 +91,7 @@ impl CloudSettings {
         set(&mut packet.facility_id, get("PACKET_FACILITY_ID"));
         set(&mut packet.api_url, get("PACKET_API_URL"));
         set(&mut packet.metadata_url, get("PACKET_METADATA_URL"));
+        set(&mut packet.attach_mode, get("PACKET_ATTACH_MODE"));
     }
 }
 

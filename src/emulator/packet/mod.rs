@@ -59,7 +59,10 @@ pub fn router(options: Options) -> Router {
             "/projects/{project}/storage",
             get(list_volumes).post(create_volume),
         )
-        .route("/storage/{id}", get(get_volume).delete(delete_volume))
+        .route(
+            "/storage/{id}",
+            get(get_volume).put(update_volume).delete(delete_volume),
+        )
         .route("/storage/{id}/attachments", post(attach))
         .route(
             "/storage/attachments/{id}",
@@ -254,6 +257,49 @@ async fn get_volume(
         Some(v) => ok(StatusCode::OK, state.volume_json(v, emu.transition)),
         None => error(StatusCode::NOT_FOUND, "Not found"),
     }
+}
+
+/// Updates a volume's description (the one field the driver changes;
+/// resizing is not emulated and refused).
+async fn update_volume(
+    State(emu): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(denied) = authorized(&headers) {
+        return denied;
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "The request body is not valid JSON",
+        );
+    };
+    let mut state = emu.project();
+    let Some(volume) = state.volumes.get_mut(&id) else {
+        return error(StatusCode::NOT_FOUND, "Not found");
+    };
+    if body.get("size").is_some_and(|s| s.as_u64() != Some(volume.size)) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Resizing volumes is not supported by this emulator",
+        );
+    }
+    match body.get("description") {
+        None => {}
+        Some(Value::String(s)) => volume.description = Some(s.clone()),
+        Some(Value::Null) => volume.description = None,
+        Some(_) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "description must be a string",
+            );
+        }
+    }
+    let state = &*state;
+    let volume = &state.volumes[&id];
+    ok(StatusCode::OK, state.volume_json(volume, emu.transition))
 }
 
 async fn delete_volume(
