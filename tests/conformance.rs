@@ -118,3 +118,11 @@ mod hostpath {
     api_sections!(crate::harness::BackendUnderTest::hostpath);
     node_sections!(crate::harness::BackendUnderTest::hostpath);
 }
+
+mod packet {
+    api_sections!(crate::harness::BackendUnderTest::packet);
+}
+
+mod packet_devices {
+    node_sections!(crate::harness::BackendUnderTest::packet_with_devices);
+}

@@ -353,9 +353,10 @@ impl Backend for Packet {
     async fn create_volume(&self, request: &CreateVolume) -> CsiResult<Volume> {
         let api = self.api()?;
         let plan_id = plan_of(&request.parameters)?;
-        let size = super::size::choose(SIZE_RULES, request.required_bytes, request.limit_bytes, 0)?;
+        // A volume of this name answers first; the size rules only matter
+        // for a new one.
+        let size = super::size::choose(SIZE_RULES, request.required_bytes, request.limit_bytes, 0);
         let facilities = self.facilities().await?;
-        let facility = self.choose_facility(facilities, request)?;
         let description = Description::new(&request.name, &request.node_context).write();
         let mut attempt = 0;
         loop {
@@ -372,6 +373,8 @@ impl Backend for Packet {
                 let volume = self.wait_active(existing).await?;
                 return self.to_volume(&volume).await;
             }
+            let size = size.clone()?;
+            let facility = self.choose_facility(facilities, request)?;
             let new = NewVolume {
                 size_gb: size / GIB,
                 plan_id,
