@@ -19,6 +19,8 @@ mod harness;
 mod identity;
 #[path = "conformance/node.rs"]
 mod node;
+#[path = "conformance/soak.rs"]
+mod soak;
 #[path = "conformance/socket.rs"]
 mod socket;
 
@@ -114,8 +116,19 @@ macro_rules! node_sections {
     };
 }
 
+/// The soak (tests/conformance/soak.rs) and a kill -9 during creates, for a
+/// cloud backend whose emulator injects faults (5xx, 429).
+#[allow(unused_macros)] // instantiated by the cloud backends
+macro_rules! soak_sections {
+    ($backend:path) => {
+        section!($backend, soak: [soak_cycles]);
+        section!($backend, soak_crash in crash: [crash_during_create_volume]);
+    };
+}
+
 mod hostpath {
     api_sections!(crate::harness::BackendUnderTest::hostpath);
+    section!(crate::harness::BackendUnderTest::hostpath, soak: [soak_cycles]);
     node_sections!(crate::harness::BackendUnderTest::hostpath);
 }
 

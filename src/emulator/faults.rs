@@ -2,7 +2,10 @@
 //! answers, 429 bursts with Retry-After, dropped connections.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use serde::Serialize;
 
 /// What happens to one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +37,17 @@ pub struct FaultSettings {
 pub struct Faults {
     settings: FaultSettings,
     state: Mutex<(fastrand::Rng, u32)>,
+    counts: Counts,
+}
+
+/// What the emulator did with the requests so far, served on
+/// `GET /_emulator/stats` (never faulted).
+#[derive(Debug, Default, Serialize)]
+pub struct Counts {
+    pub requests: AtomicU64,
+    pub server_errors: AtomicU64,
+    pub throttled: AtomicU64,
+    pub dropped: AtomicU64,
 }
 
 impl Faults {
@@ -41,6 +55,7 @@ impl Faults {
         Faults {
             state: Mutex::new((fastrand::Rng::with_seed(settings.seed), 0)),
             settings,
+            counts: Counts::default(),
         }
     }
 
@@ -56,8 +71,25 @@ impl Faults {
         self.settings.retry_after_secs
     }
 
-    /// The fault for the next request to `path`.
-    pub fn decide(&self, _path: &str) -> Fault {
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// The fault for the next request to `path`, counted.
+    pub fn decide(&self, path: &str) -> Fault {
+        let fault = self.roll(path);
+        let c = &self.counts;
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        match fault {
+            Fault::None => {}
+            Fault::Drop => _ = c.dropped.fetch_add(1, Ordering::Relaxed),
+            Fault::Status(429) => _ = c.throttled.fetch_add(1, Ordering::Relaxed),
+            Fault::Status(_) => _ = c.server_errors.fetch_add(1, Ordering::Relaxed),
+        }
+        fault
+    }
+
+    fn roll(&self, _path: &str) -> Fault {
         let s = &self.settings;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (rng, burst_left) = &mut *state;
@@ -126,5 +158,7 @@ mod tests {
     fn no_faults_by_default() {
         let faults = Faults::none();
         assert!((0..100).all(|_| faults.decide("/") == Fault::None));
+        assert_eq!(faults.counts().requests.load(Ordering::Relaxed), 100);
+        assert_eq!(faults.counts().throttled.load(Ordering::Relaxed), 0);
     }
 }

@@ -33,6 +33,9 @@ pub struct Options {
     pub transition_ms: u64,
 }
 
+/// Where an emulator reports its fault counters (see `faults::Counts`).
+pub const STATS_PATH: &str = "/_emulator/stats";
+
 /// The error body a provider answers an injected fault with.
 pub type ErrorBody = fn(status: u16) -> String;
 
@@ -68,6 +71,13 @@ async fn answer(
     error_body: ErrorBody,
     request: hyper::Request<Incoming>,
 ) -> Result<axum::response::Response, std::io::Error> {
+    if request.uri().path() == STATS_PATH {
+        let body = serde_json::to_string(faults.counts()).unwrap_or_default();
+        return Ok(axum::http::Response::builder()
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body))
+            .expect("static response parts are valid"));
+    }
     let fault = faults.decide(request.uri().path());
     if let Some(latency) = faults.latency() {
         tokio::time::sleep(latency).await;

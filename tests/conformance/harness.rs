@@ -397,6 +397,11 @@ impl Server {
         self.emulator = Some(child);
     }
 
+    /// The emulator's base URL, when the backend has one.
+    pub fn api_url(&self) -> Option<&str> {
+        self.api_url.as_deref()
+    }
+
     fn command(&self) -> Command {
         self.command_with_dir(&self.root)
     }
