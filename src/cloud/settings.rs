@@ -53,6 +53,9 @@ pub struct PacketSettings {
     /// `iscsi` (default, real servers) or `linked` (emulation and tests:
     /// the device is already linked as `volume-<8 hex>` in the device dir).
     pub attach_mode: Option<String>,
+    /// `PACKET_REQUESTS_PER_SECOND`: the most API requests the controller
+    /// sends per second (default 20).
+    pub requests_per_second: Option<f64>,
 }
 
 /// All providers' settings.
@@ -92,6 +95,9 @@ impl CloudSettings {
         set(&mut packet.api_url, get("PACKET_API_URL"));
         set(&mut packet.metadata_url, get("PACKET_METADATA_URL"));
         set(&mut packet.attach_mode, get("PACKET_ATTACH_MODE"));
+        if let Some(n) = get("PACKET_REQUESTS_PER_SECOND").and_then(|v| v.parse().ok()) {
+            packet.requests_per_second = Some(n);
+        }
     }
 }
 

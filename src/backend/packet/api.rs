@@ -183,7 +183,10 @@ impl Api {
                 "/projects/{}/storage?per_page={PER_PAGE}&page={page}",
                 self.project
             );
-            let reply: VolumePage = self.client.json(&Request::get("list_volumes", path)).await?;
+            let reply: VolumePage = self
+                .client
+                .json(&Request::get("list_volumes", path))
+                .await?;
             let count = reply.volumes.len();
             all.extend(reply.volumes);
             let more = reply
@@ -403,9 +406,10 @@ mod tests {
             href: Some("/facilities/abc".into()),
         };
         assert_eq!(link.id(), Some("abc"));
-        let attachment: Attachment =
-            serde_json::from_str(r#"{"href":"/storage/attachments/a1","device":{"href":"/devices/d1"}}"#)
-                .unwrap();
+        let attachment: Attachment = serde_json::from_str(
+            r#"{"href":"/storage/attachments/a1","device":{"href":"/devices/d1"}}"#,
+        )
+        .unwrap();
         assert_eq!(attachment.id(), Some("a1"));
         assert_eq!(attachment.device_id(), Some("d1"));
     }

@@ -86,12 +86,17 @@ pub async fn build(
             "the packet backend needs a project: set PACKET_PROJECT_ID (or project-id in [packet])",
         )?;
         let url = packet.api_url.as_deref().unwrap_or(DEFAULT_API_URL);
-        let client = ApiClient::new(
-            "packet",
-            url,
-            Auth::Header("X-Auth-Token", key),
-            ClientOptions::default(),
-        )?;
+        let mut options = ClientOptions::default();
+        if let Some(rate) = packet.requests_per_second {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(format!(
+                    "PACKET_REQUESTS_PER_SECOND (requests-per-second in [packet]) must be positive, not {rate}"
+                ));
+            }
+            options.rate_per_second = rate;
+            options.burst = (rate * 2.0).ceil().min(f64::from(u32::MAX)) as u32;
+        }
+        let client = ApiClient::new("packet", url, Auth::Header("X-Auth-Token", key), options)?;
         Some(Api::new(client, project))
     } else {
         None
@@ -284,7 +289,11 @@ impl Packet {
             match api.detach(attachment_id).await {
                 Ok(()) => return Ok(()),
                 Err(e) if api::is_in_use(&e) && started.elapsed() < DETACH_TIMEOUT => {
-                    tracing::debug!(volume_id, attachment_id, "volume still in use; detach retried");
+                    tracing::debug!(
+                        volume_id,
+                        attachment_id,
+                        "volume still in use; detach retried"
+                    );
                     tokio::time::sleep(DETACH_INTERVAL).await;
                 }
                 Err(e) => return Err(to_csi(&e)),
@@ -363,7 +372,10 @@ impl Backend for Packet {
             attempt += 1;
             if let Some(existing) = self.find_named(&request.name).await? {
                 if let Err(why) = is_compatible(&existing, request, plan_id, |id| {
-                    facilities.iter().find(|f| f.id == id).map(|f| f.code.as_str())
+                    facilities
+                        .iter()
+                        .find(|f| f.id == id)
+                        .map(|f| f.code.as_str())
                 }) {
                     return Err(CsiError::AlreadyExists(format!(
                         "volume {:?} exists already ({}) with {why}",
@@ -397,20 +409,17 @@ impl Backend for Packet {
     }
 
     async fn delete_volume(&self, id: &str) -> CsiResult<()> {
-        let Some(volume) = self.existing(id).await? else {
-            return Ok(());
-        };
-        let devices = volume.device_ids();
-        if !devices.is_empty() {
-            return Err(CsiError::FailedPrecondition(format!(
-                "volume {id} is still attached to {}; unpublish it first",
-                devices.join(", ")
-            )));
-        }
-        self.api()?
-            .delete_volume(id)
-            .await
-            .map_err(|e| to_csi(&e))?;
+        // The API refuses to delete an attached volume (422, mapped to
+        // FAILED_PRECONDITION); a volume gone already counts as deleted.
+        self.api()?.delete_volume(id).await.map_err(|e| {
+            let error = to_csi(&e);
+            match error {
+                CsiError::FailedPrecondition(m) => CsiError::FailedPrecondition(format!(
+                    "{m} (volume {id} is probably still attached: unpublish it first)"
+                )),
+                other => other,
+            }
+        })?;
         tracing::info!(volume_id = %id, "volume deleted");
         Ok(())
     }
@@ -484,7 +493,10 @@ impl Backend for Packet {
             match api.attach(id, node_id).await {
                 Ok(attachment) => {
                     tracing::info!(volume_id = %id, node_id, "volume attached");
-                    return Ok(publish_context(&volume, attachment.id().unwrap_or_default()));
+                    return Ok(publish_context(
+                        &volume,
+                        attachment.id().unwrap_or_default(),
+                    ));
                 }
                 Err(e) if e.is_not_found() => {
                     return Err(CsiError::NotFound(format!(
@@ -562,9 +574,11 @@ mod tests {
         );
         let err = plan_of(&params(&[(PLAN_KEY, "fast")])).unwrap_err();
         assert!(matches!(err, CsiError::InvalidArgument(ref m) if m.contains("standard")));
-        let err =
-            plan_of(&params(&[(PLAN_KEY, "standard"), (UPSTREAM_PLAN_KEY, "performance")]))
-                .unwrap_err();
+        let err = plan_of(&params(&[
+            (PLAN_KEY, "standard"),
+            (UPSTREAM_PLAN_KEY, "performance"),
+        ]))
+        .unwrap_err();
         assert!(matches!(err, CsiError::InvalidArgument(_)));
     }
 
@@ -614,14 +628,23 @@ mod tests {
         let p = packet(Some("ewr1"));
         let code = |r: &CreateVolume| p.choose_facility(&all, r).map(|f| f.code.clone());
         assert_eq!(code(&request(&[], &[])).unwrap(), "ewr1");
-        assert_eq!(code(&request(&["sjc1", "ewr1"], &["sjc1"])).unwrap(), "sjc1");
+        assert_eq!(
+            code(&request(&["sjc1", "ewr1"], &["sjc1"])).unwrap(),
+            "sjc1"
+        );
         assert_eq!(code(&request(&["sjc1"], &[])).unwrap(), "sjc1");
         // No storage in nrt1, unknown elsewhere: nothing fits.
         let err = code(&request(&["nrt1", "nowhere"], &[])).unwrap_err();
         assert!(matches!(err, CsiError::ResourceExhausted(_)));
-        let err = packet(None).choose_facility(&all, &request(&[], &[])).unwrap_err();
-        assert!(matches!(err, CsiError::FailedPrecondition(ref m) if m.contains("PACKET_FACILITY_ID")));
-        let err = packet(Some("xyz9")).choose_facility(&all, &request(&[], &[])).unwrap_err();
+        let err = packet(None)
+            .choose_facility(&all, &request(&[], &[]))
+            .unwrap_err();
+        assert!(
+            matches!(err, CsiError::FailedPrecondition(ref m) if m.contains("PACKET_FACILITY_ID"))
+        );
+        let err = packet(Some("xyz9"))
+            .choose_facility(&all, &request(&[], &[]))
+            .unwrap_err();
         assert!(matches!(err, CsiError::FailedPrecondition(_)));
     }
 }

@@ -125,10 +125,8 @@ pub struct MetadataCapacity {
 /// eight hex digits of its id.
 pub fn volume_alias(volume_id: &str) -> Option<String> {
     let head = volume_id.get(..8)?;
-    let uuid_like = volume_id.len() == 36
-        && volume_id
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() || c == '-');
+    let uuid_like =
+        volume_id.len() == 36 && volume_id.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
     (uuid_like && head.chars().all(|c| c.is_ascii_hexdigit()))
         .then(|| format!("volume-{}", head.to_ascii_lowercase()))
 }
@@ -163,7 +161,9 @@ impl PacketNode {
             .unwrap_or(DEFAULT_METADATA_URL);
         let client = ApiClient::new("packet-metadata", url, Auth::None, ClientOptions::default())?;
         let identity = fetch(&client).await.map_err(|e| {
-            format!("cannot read this server's identity from the Packet metadata service {url}: {e}")
+            format!(
+                "cannot read this server's identity from the Packet metadata service {url}: {e}"
+            )
         })?;
         if identity.id != settings.node_id {
             tracing::info!(
@@ -362,7 +362,10 @@ mod tests {
             volume_alias("870f9650-19ea-48bd-84c5-ddf97471c1c1").as_deref(),
             Some("volume-870f9650")
         );
-        assert_eq!(volume_alias("../../etc/passwd-0000-0000-0000-0000000"), None);
+        assert_eq!(
+            volume_alias("../../etc/passwd-0000-0000-0000-0000000"),
+            None
+        );
         assert_eq!(volume_alias("870f9650"), None);
         assert_eq!(volume_alias("zzzzzzzz-19ea-48bd-84c5-ddf97471c1c1"), None);
     }
@@ -370,8 +373,15 @@ mod tests {
     #[test]
     fn attach_mode_defaults_to_iscsi_and_refuses_typos() {
         assert_eq!(AttachMode::parse(None).unwrap(), AttachMode::Iscsi);
-        assert_eq!(AttachMode::parse(Some("linked")).unwrap(), AttachMode::Linked);
-        assert!(AttachMode::parse(Some("link")).unwrap_err().contains("linked"));
+        assert_eq!(
+            AttachMode::parse(Some("linked")).unwrap(),
+            AttachMode::Linked
+        );
+        assert!(
+            AttachMode::parse(Some("link"))
+                .unwrap_err()
+                .contains("linked")
+        );
     }
 
     #[test]

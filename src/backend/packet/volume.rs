@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::api;
 use super::TOPOLOGY_KEY;
+use super::api;
 use crate::backend::size::GIB;
 use crate::backend::{CreateVolume, Map};
 use crate::cloud::rfc3339;
@@ -84,9 +84,7 @@ pub fn is_compatible<'a>(
                 .is_none_or(|c| Some(c.as_str()) == code)
         });
     if !allowed {
-        return Err(format!(
-            "facility {code:?}, outside the requisite topology"
-        ));
+        return Err(format!("facility {code:?}, outside the requisite topology"));
     }
     Ok(())
 }

@@ -24,8 +24,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-pub use self::model::{DEVICES, FACILITIES, HOST, PEER, PLANS};
 use self::model::{Attachment, Project, Volume};
+pub use self::model::{DEVICES, FACILITIES, HOST, PEER, PLANS};
 use super::{DeviceHost, Options};
 
 const GIB: u64 = 1 << 30;
@@ -280,7 +280,10 @@ async fn update_volume(
     let Some(volume) = state.volumes.get_mut(&id) else {
         return error(StatusCode::NOT_FOUND, "Not found");
     };
-    if body.get("size").is_some_and(|s| s.as_u64() != Some(volume.size)) {
+    if body
+        .get("size")
+        .is_some_and(|s| s.as_u64() != Some(volume.size))
+    {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Resizing volumes is not supported by this emulator",
@@ -405,11 +408,7 @@ async fn get_attachment(
     }
 }
 
-async fn detach(
-    State(emu): State<Shared>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+async fn detach(State(emu): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     if let Err(denied) = authorized(&headers) {
         return denied;
     }

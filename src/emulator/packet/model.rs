@@ -86,7 +86,9 @@ pub const PEER: Device = Device {
 pub const DEVICES: &[&Device] = &[&HOST, &PEER];
 
 pub fn plan(id_or_slug: &str) -> Option<&'static Plan> {
-    PLANS.iter().find(|p| p.id == id_or_slug || p.slug == id_or_slug)
+    PLANS
+        .iter()
+        .find(|p| p.id == id_or_slug || p.slug == id_or_slug)
 }
 
 pub fn facility(id_or_code: &str) -> Option<&'static Facility> {
