@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use self::model::{Attachment, Project, Volume};
-pub use self::model::{DEVICES, FACILITIES, HOST, PEER, PLANS};
+pub use self::model::{DEVICES, Device, FACILITIES, Facility, HOST, PEER, PLANS, Plan};
 use super::{DeviceHost, Options};
 
 const GIB: u64 = 1 << 30;
