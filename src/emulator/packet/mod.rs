@@ -89,10 +89,11 @@ fn ok(status: StatusCode, body: Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-fn authorized(headers: &HeaderMap) -> Result<(), Response> {
+/// The refusal of a request without a token, if it has none.
+fn unauthorized(headers: &HeaderMap) -> Option<Response> {
     match headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
-        Some(token) if !token.trim().is_empty() => Ok(()),
-        _ => Err(error(
+        Some(token) if !token.trim().is_empty() => None,
+        _ => Some(error(
             StatusCode::UNAUTHORIZED,
             "Invalid authentication token",
         )),
@@ -114,7 +115,7 @@ async fn metadata(State(emu): State<Shared>) -> Response {
 }
 
 async fn facilities(State(_): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(denied) = authorized(&headers) {
+    if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
     let list: Vec<Value> = FACILITIES.iter().map(model::facility_json).collect();
@@ -127,7 +128,7 @@ async fn list_volumes(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(denied) = authorized(&headers) {
+    if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
     let number = |key: &str, default: usize| match query.get(key) {
@@ -175,7 +176,7 @@ async fn create_volume(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(denied) = authorized(&headers) {
+    if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
     let unprocessable = |m: &str| error(StatusCode::UNPROCESSABLE_ENTITY, m);
@@ -249,7 +250,7 @@ async fn get_volume(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(denied) = authorized(&headers) {
+    if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
     let state = emu.project();
@@ -267,7 +268,7 @@ async fn update_volume(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(denied) = authorized(&headers) {
+    if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
@@ -310,7 +311,7 @@ async fn delete_volume(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(denied) = authorized(&headers) {
+    if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
     let mut state = emu.project();
@@ -338,7 +339,7 @@ async fn attach(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(denied) = authorized(&headers) {
+    if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
     let device_id = serde_json::from_slice::<Value>(&body)
@@ -399,7 +400,7 @@ async fn get_attachment(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(denied) = authorized(&headers) {
+    if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
     match emu.project().attachments.get(&id) {
@@ -409,7 +410,7 @@ async fn get_attachment(
 }
 
 async fn detach(State(emu): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    if let Err(denied) = authorized(&headers) {
+    if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
     let mut state = emu.project();
