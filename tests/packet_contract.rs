@@ -379,6 +379,8 @@ async fn a_detach_is_refused_while_the_server_uses_the_volume() {
 
 /// The backend keeps retrying ControllerUnpublish's detach while the API
 /// answers "actively being used", and succeeds once the server lets go.
+/// (No facility is configured: the controller takes its server's, from the
+/// metadata service.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpublish_waits_until_the_server_lets_go() {
     let devices = Devices::new();
@@ -388,7 +390,7 @@ async fn unpublish_waits_until_the_server_lets_go() {
     std::fs::write(
         &config,
         format!(
-            "[packet]\napi-key = \"{TOKEN}\"\nproject-id = \"{PROJECT}\"\nfacility-id = \"ewr1\"\napi-url = \"{}\"\n",
+            "[packet]\napi-key = \"{TOKEN}\"\nproject-id = \"{PROJECT}\"\napi-url = \"{0}\"\nmetadata-url = \"{0}\"\n",
             emu.url
         ),
     )

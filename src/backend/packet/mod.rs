@@ -101,10 +101,26 @@ pub async fn build(
     } else {
         None
     };
+    let metadata_url = packet
+        .metadata_url
+        .as_deref()
+        .unwrap_or(DEFAULT_METADATA_URL);
+    let metadata = ApiClient::new(
+        "packet-metadata",
+        metadata_url,
+        Auth::None,
+        ClientOptions {
+            max_attempts: 3,
+            deadline: Duration::from_secs(10),
+            ..ClientOptions::default()
+        },
+    )?;
     let controller = Packet {
         api,
         facility: packet.facility_id.clone(),
         facilities: OnceCell::new(),
+        metadata,
+        own_facility: OnceCell::new(),
     };
     let node = node::PacketNode::build(settings).await?;
     Ok((Arc::new(controller), Arc::new(node)))
@@ -116,6 +132,10 @@ pub struct Packet {
     /// The configured facility (id or code), used when a request names none.
     facility: Option<String>,
     facilities: OnceCell<Vec<Facility>>,
+    /// The metadata service, for the facility of the server the controller
+    /// runs on when neither the settings nor the request name one.
+    metadata: ApiClient,
+    own_facility: OnceCell<String>,
 }
 
 impl Packet {
@@ -166,12 +186,32 @@ impl Packet {
         })
     }
 
+    /// The facility named by the settings, or else, for a request without
+    /// topology, the facility of the server the controller runs on.
+    async fn default_facility(&self, request: &CreateVolume) -> Option<String> {
+        if self.facility.is_some() || !request.requisite.is_empty() || !request.preferred.is_empty()
+        {
+            return self.facility.clone();
+        }
+        let own = self
+            .own_facility
+            .get_or_try_init(|| async { node::fetch(&self.metadata).await.map(|m| m.facility) })
+            .await;
+        match own {
+            Ok(code) => Some(code.clone()),
+            Err(e) => {
+                tracing::debug!(error = %e, "no facility from the metadata service");
+                None
+            }
+        }
+    }
+
     /// The facility a new volume goes to: the first preferred one that the
     /// requisite topology allows and that offers storage, else the
     /// configured one if allowed, else the first allowed requisite one.
     fn choose_facility<'a>(
-        &self,
         facilities: &'a [Facility],
+        configured: Option<&str>,
         request: &CreateVolume,
     ) -> CsiResult<&'a Facility> {
         let by_code = |code: &str| facilities.iter().find(|f| f.code == code);
@@ -190,11 +230,11 @@ impl Packet {
                     .any(|c| c.as_deref().is_none_or(|c| c == f.code))
         };
         let usable = |f: &&Facility| f.has_storage() && allowed(f);
-        let configured = match &self.facility {
+        let configured = match configured {
             Some(key) => Some(
                 facilities
                     .iter()
-                    .find(|f| f.id == *key || f.code == *key)
+                    .find(|f| f.id == key || f.code == key)
                     .ok_or_else(|| {
                         CsiError::FailedPrecondition(format!(
                             "the configured facility {key:?} (PACKET_FACILITY_ID) is not a Packet facility"
@@ -213,7 +253,7 @@ impl Packet {
             .ok_or_else(|| {
                 if requisite.is_empty() && configured.is_none() {
                     CsiError::FailedPrecondition(
-                        "no facility: set PACKET_FACILITY_ID or request a topology with topology.multicsi.io/facility".into(),
+                        "no facility: set PACKET_FACILITY_ID, request a topology with topology.multicsi.io/facility, or run the controller on a Packet server".into(),
                     )
                 } else {
                     CsiError::ResourceExhausted(format!(
@@ -386,7 +426,8 @@ impl Backend for Packet {
                 return self.to_volume(&volume).await;
             }
             let size = size.clone()?;
-            let facility = self.choose_facility(facilities, request)?;
+            let configured = self.default_facility(request).await;
+            let facility = Self::choose_facility(facilities, configured.as_deref(), request)?;
             let new = NewVolume {
                 size_gb: size / GIB,
                 plan_id,
@@ -614,19 +655,12 @@ mod tests {
         }
     }
 
-    fn packet(facility: Option<&str>) -> Packet {
-        Packet {
-            api: None,
-            facility: facility.map(String::from),
-            facilities: OnceCell::new(),
-        }
-    }
-
     #[test]
     fn facility_follows_preference_then_configuration_then_requisite() {
         let all = facilities();
-        let p = packet(Some("ewr1"));
-        let code = |r: &CreateVolume| p.choose_facility(&all, r).map(|f| f.code.clone());
+        let code = |r: &CreateVolume| {
+            Packet::choose_facility(&all, Some("ewr1"), r).map(|f| f.code.clone())
+        };
         assert_eq!(code(&request(&[], &[])).unwrap(), "ewr1");
         assert_eq!(
             code(&request(&["sjc1", "ewr1"], &["sjc1"])).unwrap(),
@@ -636,15 +670,11 @@ mod tests {
         // No storage in nrt1, unknown elsewhere: nothing fits.
         let err = code(&request(&["nrt1", "nowhere"], &[])).unwrap_err();
         assert!(matches!(err, CsiError::ResourceExhausted(_)));
-        let err = packet(None)
-            .choose_facility(&all, &request(&[], &[]))
-            .unwrap_err();
+        let err = Packet::choose_facility(&all, None, &request(&[], &[])).unwrap_err();
         assert!(
             matches!(err, CsiError::FailedPrecondition(ref m) if m.contains("PACKET_FACILITY_ID"))
         );
-        let err = packet(Some("xyz9"))
-            .choose_facility(&all, &request(&[], &[]))
-            .unwrap_err();
+        let err = Packet::choose_facility(&all, Some("xyz9"), &request(&[], &[])).unwrap_err();
         assert!(matches!(err, CsiError::FailedPrecondition(_)));
     }
 }

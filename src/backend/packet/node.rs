@@ -229,7 +229,7 @@ impl PacketNode {
     }
 }
 
-async fn fetch(client: &ApiClient) -> CsiResult<Metadata> {
+pub(super) async fn fetch(client: &ApiClient) -> CsiResult<Metadata> {
     client
         .json(&Request::get("metadata", "/metadata"))
         .await
