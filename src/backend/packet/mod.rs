@@ -316,7 +316,12 @@ impl Packet {
         Ok(volume)
     }
 
+    /// The volume, or None when there is none by this id (an id that is
+    /// not a UUID names no Packet volume and never reaches the API).
     async fn existing(&self, id: &str) -> CsiResult<Option<api::Volume>> {
+        if !is_uuid(id) {
+            return Ok(None);
+        }
         self.api()?.get_volume(id).await.map_err(|e| to_csi(&e))
     }
 
@@ -362,6 +367,16 @@ fn plan_of(parameters: &Map) -> CsiResult<&'static str> {
             CsiError::InvalidArgument(format!(
                 "parameter {PLAN_KEY}={value:?}: the plans are standard and performance"
             ))
+        })
+}
+
+/// Whether `id` has the form of the API's ids (a UUID), so that it can be
+/// put into a request path as it is.
+fn is_uuid(id: &str) -> bool {
+    id.len() == 36
+        && id.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
         })
 }
 
@@ -452,6 +467,9 @@ impl Backend for Packet {
     async fn delete_volume(&self, id: &str) -> CsiResult<()> {
         // The API refuses to delete an attached volume (422, mapped to
         // FAILED_PRECONDITION); a volume gone already counts as deleted.
+        if !is_uuid(id) {
+            return Ok(());
+        }
         self.api()?.delete_volume(id).await.map_err(|e| {
             let error = to_csi(&e);
             match error {
@@ -485,6 +503,11 @@ impl Backend for Packet {
 
     async fn publish(&self, id: &str, node_id: &str, read_only: bool) -> CsiResult<Map> {
         let api = self.api()?;
+        if !is_uuid(node_id) {
+            return Err(CsiError::NotFound(format!(
+                "node {node_id:?} is not a Packet server: node ids are device ids (UUIDs) from the metadata service"
+            )));
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -600,6 +623,15 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn only_uuids_are_ids() {
+        assert!(is_uuid("870f9650-19ea-48bd-84c5-ddf97471c1c1"));
+        assert!(!is_uuid("870f9650-19ea-48bd-84c5-ddf97471c1c"));
+        assert!(!is_uuid("870f9650/19ea-48bd-84c5-ddf97471c1c1"));
+        assert!(!is_uuid("870f9650-19ea-48bd-84c5-ddf97471c1c1/../x"));
+        assert!(!is_uuid("../storage?page=2&per_page=100000000000"));
     }
 
     #[test]
