@@ -377,16 +377,10 @@ async fn a_detach_is_refused_while_the_server_uses_the_volume() {
     assert_eq!(emu.call(reqwest::Method::DELETE, &path, None).await.0, 404);
 }
 
-/// The backend keeps retrying ControllerUnpublish's detach while the API
-/// answers "actively being used", and succeeds once the server lets go.
-/// (No facility is configured: the controller takes its server's, from the
-/// metadata service.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unpublish_waits_until_the_server_lets_go() {
-    let devices = Devices::new();
-    let emu = Emu::start(Some(devices.host.clone())).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("multicsi.toml");
+/// The controller side of the packet backend against `emu` (no facility
+/// configured: it comes from the metadata service).
+async fn controller(emu: &Emu, dir: &Path) -> Arc<dyn multicsi::backend::Backend> {
+    let config = dir.join("multicsi.toml");
     std::fs::write(
         &config,
         format!(
@@ -404,19 +398,83 @@ async fn unpublish_waits_until_the_server_lets_go() {
         ..Default::default()
     })
     .unwrap();
-    let (backend, _) = multicsi::backend::packet::build(&settings).await.unwrap();
+    multicsi::backend::packet::build(&settings).await.unwrap().0
+}
+
+fn create_request(name: &str) -> multicsi::backend::CreateVolume {
+    multicsi::backend::CreateVolume {
+        name: name.into(),
+        required_bytes: 10 << 30,
+        limit_bytes: 0,
+        source: None,
+        parameters: Default::default(),
+        node_context: Default::default(),
+        fs_type: Some("ext4".into()),
+        requisite: vec![],
+        preferred: vec![],
+    }
+}
+
+/// Two volumes with one CSI name (a create whose answer was lost, then
+/// repeated): a repeated CreateVolume keeps the oldest (ties by id) and
+/// deletes the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_duplicate_is_removed_and_the_oldest_kept() {
+    let emu = Emu::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = controller(&emu, dir.path()).await;
+    let description = json!({ "Name": "pvc-twice", "Created": "2026-11-21T18:00:00Z" }).to_string();
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let mut body = fixture("create_request.json");
+        body["description"] = json!(description);
+        let (status, volume) = emu
+            .call(
+                reqwest::Method::POST,
+                &format!("/projects/{PROJECT}/storage"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 201);
+        made.push((
+            volume["created_at"].as_str().unwrap().to_string(),
+            volume["id"].as_str().unwrap().to_string(),
+        ));
+    }
+    made.sort();
     let volume = backend
-        .create_volume(&multicsi::backend::CreateVolume {
-            name: "pvc-in-use".into(),
-            required_bytes: 10 << 30,
-            limit_bytes: 0,
-            source: None,
-            parameters: Default::default(),
-            node_context: Default::default(),
-            fs_type: Some("ext4".into()),
-            requisite: vec![],
-            preferred: vec![],
-        })
+        .create_volume(&create_request("pvc-twice"))
+        .await
+        .unwrap();
+    assert_eq!(volume.id, made[0].1, "the oldest is kept");
+    let listed: Vec<String> = backend
+        .list_volumes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.volume.id)
+        .collect();
+    assert_eq!(listed, vec![made[0].1.clone()], "the duplicate is deleted");
+    let again = backend
+        .create_volume(&create_request("pvc-twice"))
+        .await
+        .unwrap();
+    assert_eq!(again.id, made[0].1);
+    backend.delete_volume(&volume.id).await.unwrap();
+}
+
+/// The backend keeps retrying ControllerUnpublish's detach while the API
+/// answers "actively being used", and succeeds once the server lets go.
+/// (No facility is configured: the controller takes its server's, from the
+/// metadata service.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublish_waits_until_the_server_lets_go() {
+    let devices = Devices::new();
+    let emu = Emu::start(Some(devices.host.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = controller(&emu, dir.path()).await;
+    let volume = backend
+        .create_volume(&create_request("pvc-in-use"))
         .await
         .unwrap();
     let context = backend
