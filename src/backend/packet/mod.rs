@@ -67,8 +67,10 @@ const UNSURE_ATTEMPTS: u32 = 6;
 /// How long a new volume may take to become active.
 const ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a detach is retried while the server still uses the volume,
-/// and how often.
-const DETACH_TIMEOUT: Duration = Duration::from_secs(60);
+/// and how often: within one call, and below the external-attacher's
+/// default timeout (15 s); after that the call answers UNAVAILABLE and the
+/// attacher calls again.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(10);
 const DETACH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Builds the controller and node sides from the settings. The controller
