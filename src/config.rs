@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// Directory where cloud volumes appear as device links (default /dev/disk/by-id).
     #[arg(long, env = "MULTICSI_DEVICE_DIR")]
     pub device_dir: Option<PathBuf>,
+    /// Address of the /metrics, /healthz and /readyz listener, e.g. 0.0.0.0:9820
+    /// (port 0: any free port); off (the default) serves none.
+    #[arg(long, env = "MULTICSI_METRICS_ADDRESS")]
+    pub metrics_address: Option<String>,
 }
 
 /// The config file: the same settings as the flags, by the same names.
@@ -102,6 +106,7 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     pub device_dir: Option<PathBuf>,
+    pub metrics_address: Option<String>,
     pub cloudscale: Option<CloudscaleSettings>,
     pub civo: Option<CivoSettings>,
     pub packet: Option<PacketSettings>,
@@ -120,6 +125,8 @@ pub struct Settings {
     pub log_format: Option<LogFormat>,
     pub log_level: String,
     pub device_dir: PathBuf,
+    /// Where /metrics, /healthz and /readyz are served; None: nowhere.
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Provider credentials and settings (file, then the providers' own
     /// environment variables).
     pub clouds: CloudSettings,
@@ -261,8 +268,23 @@ impl Settings {
                 .device_dir
                 .or(file.device_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DEVICE_DIR)),
+            metrics_address: parse_metrics_address(
+                args.metrics_address.or(file.metrics_address).as_deref(),
+            )?,
             clouds,
         })
+    }
+}
+
+/// `IP:PORT`, or `off` (or nothing) for no metrics listener.
+fn parse_metrics_address(text: Option<&str>) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    match text.map(str::trim) {
+        None | Some("") | Some("off") => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "metrics address {text:?}: expected IP:PORT (e.g. 0.0.0.0:9820, or 127.0.0.1:0 for any free port) or off"
+            ))
+        }),
     }
 }
 
@@ -347,6 +369,22 @@ mod tests {
         );
         assert!(Endpoint::parse("unix://relative.sock").is_err());
         assert!(Endpoint::parse("http://x").is_err());
+    }
+
+    #[test]
+    fn metrics_address_is_off_unless_given() {
+        assert_eq!(Settings::resolve(args()).unwrap().metrics_address, None);
+        let mut a = args();
+        a.metrics_address = Some("127.0.0.1:0".into());
+        let s = Settings::resolve(a).unwrap();
+        assert_eq!(s.metrics_address, Some("127.0.0.1:0".parse().unwrap()));
+        let mut a = args();
+        a.metrics_address = Some("off".into());
+        assert_eq!(Settings::resolve(a).unwrap().metrics_address, None);
+        let mut a = args();
+        a.metrics_address = Some(":9820".into());
+        let err = Settings::resolve(a).unwrap_err().to_string();
+        assert!(err.contains("IP:PORT"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::backend::{Backend, NodeBackend};
 use crate::config::Settings;
 use crate::error::CsiResult;
 use crate::locks::InFlight;
+use crate::metrics;
 
 /// Backends this binary can serve.
 pub const BACKENDS: &[&str] = &["hostpath", "packet"];
@@ -76,12 +77,21 @@ impl Driver {
         work: impl Future<Output = CsiResult<T>>,
     ) -> Result<Response<T>, Status> {
         let started = Instant::now();
+        // The adapters name each span after its CSI method; telemetry keeps
+        // these spans enabled at any log level, so the name is always there.
+        let method = span.metadata().map_or("unknown", |m| m.name());
+        let timer = metrics::rpc_started(method);
         let result = work.instrument(span.clone()).await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         span.in_scope(|| match &result {
             Ok(_) => tracing::debug!(elapsed_ms, "ok"),
             Err(e) => tracing::warn!(elapsed_ms, code = ?e.code(), error = %e, "failed"),
         });
+        timer.finish(
+            result
+                .as_ref()
+                .map_or_else(|e| e.code(), |_| tonic::Code::Ok),
+        );
         result.map(Response::new).map_err(Status::from)
     }
 }

@@ -6,6 +6,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
@@ -15,7 +16,7 @@ use crate::csi::controller_server::ControllerServer;
 use crate::csi::identity_server::IdentityServer;
 use crate::csi::node_server::NodeServer;
 use crate::driver::Driver;
-use crate::telemetry;
+use crate::{metrics, telemetry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -63,7 +64,22 @@ pub fn main(args: ServeArgs) -> ExitCode {
 /// Serves the driver until a shutdown signal arrives.
 pub async fn serve(settings: Settings) -> Result<(), ServeError> {
     let driver = Arc::new(Driver::new(&settings).await.map_err(ServeError::Setup)?);
-    let mut builder = Server::builder();
+    metrics::set_backend(&settings.backend);
+    let metrics_task = match settings.metrics_address {
+        Some(addr) => {
+            let (listener, local) = metrics::endpoint::bind(addr).await.map_err(|e| {
+                ServeError::Setup(format!("cannot listen for metrics on {addr}: {e}"))
+            })?;
+            tracing::info!(address = %local, "metrics listening");
+            Some(tokio::spawn(metrics::endpoint::serve(
+                listener,
+                driver.clone(),
+            )))
+        }
+        None => None,
+    };
+    let node_id = settings.node_id.clone();
+    let mut builder = Server::builder().trace_fn(move |request| request_span(request, &node_id));
     let mut router = builder.add_service(IdentityServer::from_arc(driver.clone()));
     if settings.mode.serves_controller() {
         router = router.add_service(ControllerServer::from_arc(driver.clone()));
@@ -98,8 +114,20 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
                 .await?;
         }
     }
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The span of one gRPC request: a request id unique in this process and the
+/// id of the node this process runs on. The RPC's own span (named after the
+/// method, with the volume id) is created inside it.
+fn request_span(request: &axum::http::Request<()>, node_id: &str) -> tracing::Span {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    tracing::info_span!("request", request_id = id, node_id, path = %request.uri().path())
 }
 
 /// Binds the unix socket: a stale socket left by a dead process is removed,

@@ -1,8 +1,13 @@
-//! Logging: JSON lines for containers, text on a terminal.
+//! Logging: JSON lines for containers, text on a terminal. Every event inside
+//! an RPC carries its spans: `request` (request id, node id) and the RPC's own
+//! span (named after the method, with the volume id).
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, fmt};
 
 use crate::config::LogFormat;
 
@@ -14,16 +19,30 @@ pub fn init(format: Option<LogFormat>, level: &str) {
     } else {
         LogFormat::Json
     });
-    let builder = tracing_subscriber::fmt()
+    let output = fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder
+    let output = match format {
+        LogFormat::Json => output
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
+            .with_span_list(true)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => output.with_filter(filter).boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(output)
+        .with(RpcSpans.with_filter(filter_fn(|meta| {
+            meta.is_span() && meta.target().starts_with("multicsi::csi")
+        })))
+        .try_init();
 }
+
+/// Keeps the CSI adapters' spans enabled whatever the log level, so
+/// [`crate::driver::Driver::call`] can read the method from the span's name
+/// for the metrics; a span the log filter rejects is still not printed.
+struct RpcSpans;
+
+impl<S: tracing::Subscriber> Layer<S> for RpcSpans {}

@@ -19,6 +19,8 @@ mod harness;
 mod identity;
 #[path = "conformance/node.rs"]
 mod node;
+#[path = "conformance/observability.rs"]
+mod observability;
 #[path = "conformance/soak.rs"]
 mod soak;
 #[path = "conformance/socket.rs"]
@@ -112,6 +114,9 @@ macro_rules! node_sections {
         ]);
         section!($backend, node_crash in crash: [
             crash_during_node_stage,
+        ]);
+        section!($backend, observability: [
+            secrets_stay_out_of_logs_and_metrics,
         ]);
     };
 }

@@ -15,17 +15,47 @@ impl identity_server::Identity for Driver {
         &self,
         _request: Request<GetPluginInfoRequest>,
     ) -> Result<Response<GetPluginInfoResponse>, Status> {
-        Ok(Response::new(GetPluginInfoResponse {
-            name: self.settings.driver_name.clone(),
-            vendor_version: env!("CARGO_PKG_VERSION").to_string(),
-            manifest: [("backend".to_string(), self.backend.name().to_string())].into(),
-        }))
+        let span = tracing::debug_span!("GetPluginInfo");
+        self.call(span, async {
+            Ok(GetPluginInfoResponse {
+                name: self.settings.driver_name.clone(),
+                vendor_version: env!("CARGO_PKG_VERSION").to_string(),
+                manifest: [("backend".to_string(), self.backend.name().to_string())].into(),
+            })
+        })
+        .await
     }
 
     async fn get_plugin_capabilities(
         &self,
         _request: Request<GetPluginCapabilitiesRequest>,
     ) -> Result<Response<GetPluginCapabilitiesResponse>, Status> {
+        let span = tracing::debug_span!("GetPluginCapabilities");
+        self.call(span, async { Ok(self.plugin_capabilities()) })
+            .await
+    }
+
+    async fn probe(
+        &self,
+        _request: Request<ProbeRequest>,
+    ) -> Result<Response<ProbeResponse>, Status> {
+        let span = tracing::debug_span!("Probe");
+        self.call(span, async {
+            // The same check as the metrics listener's /readyz.
+            let ready = self.ready().await;
+            if let Err(e) = &ready {
+                tracing::warn!(error = %e, "not ready");
+            }
+            Ok(ProbeResponse {
+                ready: Some(ready.is_ok()),
+            })
+        })
+        .await
+    }
+}
+
+impl Driver {
+    fn plugin_capabilities(&self) -> GetPluginCapabilitiesResponse {
         use plugin_capability::service::Type as Service;
         use plugin_capability::volume_expansion::Type as Expansion;
         let mut capabilities = Vec::new();
@@ -47,21 +77,6 @@ impl identity_server::Identity for Driver {
                 )),
             });
         }
-        Ok(Response::new(GetPluginCapabilitiesResponse {
-            capabilities,
-        }))
-    }
-
-    async fn probe(
-        &self,
-        _request: Request<ProbeRequest>,
-    ) -> Result<Response<ProbeResponse>, Status> {
-        let ready = self.ready().await;
-        if let Err(e) = &ready {
-            tracing::warn!(error = %e, "not ready");
-        }
-        Ok(Response::new(ProbeResponse {
-            ready: Some(ready.is_ok()),
-        }))
+        GetPluginCapabilitiesResponse { capabilities }
     }
 }

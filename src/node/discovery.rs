@@ -94,6 +94,10 @@ pub fn find(lookup: &Lookup) -> CsiResult<Found> {
 
 /// Looks until the device appears or `deadline` passes.
 pub fn wait(lookup: &Lookup, deadline: Duration) -> CsiResult<PathBuf> {
+    crate::metrics::node_op("discover", || wait_unmetered(lookup, deadline))
+}
+
+fn wait_unmetered(lookup: &Lookup, deadline: Duration) -> CsiResult<PathBuf> {
     let started = Instant::now();
     let real_dir = lookup.dir.starts_with("/dev");
     let last = loop {

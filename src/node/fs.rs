@@ -257,6 +257,10 @@ fn package_of(tool: &str) -> &'static str {
 
 /// Creates a `fs_type` filesystem on `device`, overwriting whatever is there: probe first.
 pub fn mkfs(device: &Path, fs_type: &str, opts: &MkfsOptions) -> Result<()> {
+    crate::metrics::node_op("mkfs", || mkfs_unmetered(device, fs_type, opts))
+}
+
+fn mkfs_unmetered(device: &Path, fs_type: &str, opts: &MkfsOptions) -> Result<()> {
     let (program, args) = mkfs_command(device, fs_type, opts)?;
     let output = run(program, package_of(program), args)?;
     if output.status.success() {
@@ -274,6 +278,10 @@ pub fn mkfs(device: &Path, fs_type: &str, opts: &MkfsOptions) -> Result<()> {
 /// Grows the mounted filesystem on `device` to the size of the device, online. The device must
 /// already have its new size (after [`super::loopdev::refresh_capacity`] for a loop device).
 pub fn grow(device: &Path, mount_point: &Path, fs_type: &str) -> Result<()> {
+    crate::metrics::node_op("grow", || grow_unmetered(device, mount_point, fs_type))
+}
+
+fn grow_unmetered(device: &Path, mount_point: &Path, fs_type: &str) -> Result<()> {
     // btrfs refuses a resize to its current size (EINVAL); its statvfs total
     // is the device size, so a filesystem that already fills it is done.
     if fs_type == "btrfs" && stats(mount_point)?.total_bytes >= super::loopdev::device_size(device)?

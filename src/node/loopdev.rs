@@ -284,6 +284,10 @@ fn attached() -> Result<Vec<(u32, PathBuf)>> {
 /// device's backing inode must be the image's inode (so a re-created image at the same path does
 /// not match a device still holding the old one). Creates the device node when it is missing.
 pub fn find(image: &Path) -> Result<Option<PathBuf>> {
+    crate::metrics::node_op("discover", || find_unmetered(image))
+}
+
+fn find_unmetered(image: &Path) -> Result<Option<PathBuf>> {
     let canonical = match fs::canonicalize(image) {
         Ok(p) => p,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -361,6 +365,10 @@ fn configure(device: &File, backing: &File, image: &Path) -> io::Result<()> {
 /// is already attached to. Safe against other processes taking the same free device: the
 /// configure fails with EBUSY and the next free device is tried.
 pub fn attach(image: &Path) -> Result<PathBuf> {
+    crate::metrics::node_op("attach", || attach_unmetered(image))
+}
+
+fn attach_unmetered(image: &Path) -> Result<PathBuf> {
     if let Some(device) = find(image)? {
         return Ok(device);
     }
@@ -451,6 +459,10 @@ pub fn attach(image: &Path) -> Result<PathBuf> {
 /// with nothing attached, is fine. While someone still holds the device open (a mount), the kernel
 /// detaches it when the last user closes it; this waits briefly for that and returns Ok.
 pub fn detach(device: &Path) -> Result<()> {
+    crate::metrics::node_op("detach", || detach_unmetered(device))
+}
+
+fn detach_unmetered(device: &Path) -> Result<()> {
     let name = device.file_name().unwrap_or_default();
     let file = match File::open(device) {
         Ok(file) => file,
@@ -504,6 +516,10 @@ pub fn detach(device: &Path) -> Result<()> {
 /// Tells the loop driver to re-read the size of its backing file (`LOOP_SET_CAPACITY`), after
 /// the image grew.
 pub fn refresh_capacity(device: &Path) -> Result<()> {
+    crate::metrics::node_op("refresh_capacity", || refresh_capacity_unmetered(device))
+}
+
+fn refresh_capacity_unmetered(device: &Path) -> Result<()> {
     let file = open_device("open loop device", device, false)?;
     ioctl_value(&file, LOOP_SET_CAPACITY, 0).map_err(|e| {
         let hint = match e.raw_os_error() {

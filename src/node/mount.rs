@@ -350,6 +350,18 @@ pub fn mount_fs(
     options: &[String],
     read_only: bool,
 ) -> Result<()> {
+    crate::metrics::node_op("mount", || {
+        mount_fs_unmetered(device, target, fs_type, options, read_only)
+    })
+}
+
+fn mount_fs_unmetered(
+    device: &Path,
+    target: &Path,
+    fs_type: &str,
+    options: &[String],
+    read_only: bool,
+) -> Result<()> {
     let parsed = parse_options(options, read_only)?;
     let c_source = c_path("mount", device)?;
     let c_target = c_path("mount", target)?;
@@ -419,6 +431,12 @@ fn current_bind_flags(target: &Path, c_target: &CString) -> Result<libc::c_ulong
 /// still be opened for writing through it. A read-only raw block volume needs a read-only
 /// device (for example a read-only loop device or `BLKROSET`).
 pub fn bind(source: &Path, target: &Path, read_only: bool, options: &[String]) -> Result<()> {
+    crate::metrics::node_op("bind_mount", || {
+        bind_unmetered(source, target, read_only, options)
+    })
+}
+
+fn bind_unmetered(source: &Path, target: &Path, read_only: bool, options: &[String]) -> Result<()> {
     let parsed = parse_options(options, read_only)?;
     let c_source = c_path("bind mount", source)?;
     let c_target = c_path("bind mount", target)?;
@@ -489,6 +507,10 @@ pub fn unmount_lazy(target: &Path) -> Result<()> {
 }
 
 fn unmount_with(target: &Path, flags: libc::c_int) -> Result<()> {
+    crate::metrics::node_op("unmount", || unmount_with_unmetered(target, flags))
+}
+
+fn unmount_with_unmetered(target: &Path, flags: libc::c_int) -> Result<()> {
     let c_target = c_path("unmount", target)?;
     let mut busy = 0;
     let mut layers = 0;

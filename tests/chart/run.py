@@ -45,8 +45,26 @@ CUSTOM_KINDS = {
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"),
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshot"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 SECRET_VALUE = "s3cr3t-token-value-for-tests"
+
+
+# The metric families the driver exports, from README's metrics table (a unit
+# test in src/metrics.rs keeps that table equal to what the driver exports):
+# dashboards and alerts may only query these.
+def documented_metrics():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    table = readme.split("| metric | type | labels | meaning |")[1].splitlines()[2:]
+    names = set()
+    for line in table:
+        if not line.startswith("|"):
+            break
+        names |= {n.strip().strip("`") for n in line.split("|")[1].split(",")}
+    return names
+
+
+DRIVER_METRICS = documented_metrics()
 
 
 class CheckFailed(Exception):
@@ -59,8 +77,9 @@ def ensure(cond, msg):
 
 
 class Runner:
-    def __init__(self, helm, chart, examples, versions, verbose):
+    def __init__(self, helm, chart, examples, versions, verbose, promtool=None):
         self.helm = helm
+        self.promtool = promtool
         self.chart = chart
         self.examples = examples
         self.versions = versions
@@ -135,6 +154,18 @@ class Runner:
                 self.validate_against_crd(d)
             elif kind == ("monitoring.coreos.com/v1", "ServiceMonitor"):
                 validate_service_monitor(d, services)
+            elif kind == ("monitoring.coreos.com/v1", "PrometheusRule"):
+                validate_prometheus_rule(d)
+                self.promtool_check_rules(d["spec"])
+
+    def promtool_check_rules(self, spec):
+        """Prometheus' own checker on rule groups: PromQL syntax, names, durations."""
+        ensure(self.promtool, "promtool not found: it checks the alert expressions (apt-get install prometheus)")
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            yaml.safe_dump(spec, f)
+            f.flush()
+            res = subprocess.run([self.promtool, "check", "rules", f.name], capture_output=True, text=True, timeout=60)
+        ensure(res.returncode == 0, f"promtool check rules: {(res.stdout + res.stderr).strip()[-400:]}")
 
     def validate_against_crd(self, obj):
         schema = self.crd_schemas.get(obj["kind"])
@@ -274,6 +305,26 @@ def validate_service_monitor(sm, services):
         for r in ep.get("relabelings", []):
             ensure(set(r) <= {"sourceLabels", "separator", "targetLabel", "regex", "modulus", "replacement", "action"},
                    f"bad relabeling {r}")
+
+
+def queried_metrics(expr):
+    """The driver's metric families an expression reads (histogram series folded)."""
+    names = set(re.findall(r"\b((?:multicsi|process)_[a-z_]+)", expr))
+    return {re.sub(r"_(bucket|sum|count)$", "", n) if re.sub(r"_(bucket|sum|count)$", "", n) in DRIVER_METRICS else n
+            for n in names}
+
+
+def validate_prometheus_rule(rule):
+    spec = rule["spec"]
+    ensure(set(spec) == {"groups"}, f"unexpected fields {sorted(spec)}")
+    for group in spec["groups"]:
+        ensure(set(group) <= {"name", "interval", "rules"} and group.get("name"), f"bad group {sorted(group)}")
+        for r in group["rules"]:
+            ensure(set(r) <= {"alert", "record", "expr", "for", "labels", "annotations"}, f"bad rule fields {sorted(r)}")
+            ensure(isinstance(r["expr"], str) and r["expr"].strip(), f"rule {r.get('alert')} without expr")
+            unknown = queried_metrics(r["expr"]) - DRIVER_METRICS
+            ensure(not unknown, f"{r.get('alert')} queries metrics the driver does not export: {sorted(unknown)}")
+            ensure(re.fullmatch(r"[0-9]+(ms|s|m|h)", r.get("for", "0s")), f"bad for: {r.get('for')}")
 
 
 def check_selectors(docs):
@@ -527,6 +578,71 @@ def metrics_services(docs):
     ensure(not by_kind(docs, "ServiceMonitor"), "ServiceMonitor rendered although off")
 
 
+def observability_off(docs):
+    """no Grafana dashboard and no PrometheusRule unless switched on"""
+    ensure(not [c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")],
+           "dashboard ConfigMap rendered although off")
+    ensure(not by_kind(docs, "PrometheusRule"), "PrometheusRule rendered although off")
+
+
+def dashboard_on(namespace, promtool):
+    def a(docs):
+        cm = one(docs, "ConfigMap", "-dashboard")
+        ensure(cm["metadata"]["name"] == "multicsi-dashboard", cm["metadata"]["name"])
+        ensure(cm["metadata"]["namespace"] == namespace, f"namespace {cm['metadata']['namespace']}")
+        ensure(cm["metadata"]["labels"].get("grafana_dashboard") == "1", "no grafana_dashboard label")
+        board = json.loads(cm["data"]["multicsi.json"])
+        ensure(board["uid"] == "multicsi" and board["title"], "dashboard uid/title")
+        variables = {v["name"] for v in board["templating"]["list"]}
+        ensure({"datasource", "namespace"} <= variables, f"variables {sorted(variables)}")
+        exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+        ensure(len(exprs) >= 10, f"only {len(exprs)} queries")
+        families = set()
+        for e in exprs:
+            used = queried_metrics(e)
+            ensure(used, f"query reads no driver metric: {e}")
+            ensure(used <= DRIVER_METRICS, f"query reads unknown metrics {sorted(used - DRIVER_METRICS)}: {e}")
+            families |= used
+        for needed in ("multicsi_csi_requests_total", "multicsi_csi_request_duration_seconds",
+                       "multicsi_cloud_throttled_total", "multicsi_node_operations_total",
+                       "process_resident_memory_bytes"):
+            ensure(needed in families, f"no panel shows {needed}")
+        # Every query parses as PromQL once Grafana's variables are filled in.
+        ensure(promtool, "promtool not found: it checks the dashboard queries (apt-get install prometheus)")
+        rules = {"groups": [{"name": "dashboard", "rules": [
+            {"record": f"dashboard:query_{i}",
+             "expr": e.replace("$__rate_interval", "5m").replace("$namespace", "kube-system")}
+            for i, e in enumerate(exprs)]}]}
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            yaml.safe_dump(rules, f)
+            f.flush()
+            res = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True, timeout=60)
+        ensure(res.returncode == 0, f"promtool: {(res.stdout + res.stderr).strip()[-400:]}")
+    a.__doc__ = f"Grafana dashboard ConfigMap in {namespace}: valid JSON, queries parse and read the driver's metrics"
+    return a
+
+
+def prometheus_rule_on(error_ratio, stuck_seconds, throttled_for):
+    def a(docs):
+        rule = one(docs, "PrometheusRule")
+        ensure(rule["metadata"]["namespace"] == NAMESPACE, "namespace")
+        alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+        ensure({"MulticsiHighRpcErrorRate", "MulticsiStuckOperation", "MulticsiCloudThrottled"} <= set(alerts),
+               f"alerts {sorted(alerts)}")
+        ensure(re.search(rf">\s*{re.escape(error_ratio)}\s*$", alerts["MulticsiHighRpcErrorRate"]["expr"].strip()),
+               f"error ratio threshold: {alerts['MulticsiHighRpcErrorRate']['expr']}")
+        ensure(alerts["MulticsiStuckOperation"]["expr"].strip().endswith(f"> {stuck_seconds}"),
+               alerts["MulticsiStuckOperation"]["expr"])
+        ensure(alerts["MulticsiCloudThrottled"]["for"] == throttled_for, alerts["MulticsiCloudThrottled"]["for"])
+        for name, r in alerts.items():
+            ensure(f'namespace="{NAMESPACE}"' in r["expr"], f"{name} is not scoped to the release namespace")
+            ensure(r["labels"].get("severity") in ("info", "warning", "critical"), f"{name} severity")
+            ensure("{{ $labels." in r["annotations"]["summary"] + r["annotations"]["description"],
+                   f"{name}: Helm ate the alert's template")
+    a.__doc__ = f"PrometheusRule: error ratio > {error_ratio}, stuck after {stuck_seconds} s, throttled for {throttled_for}"
+    return a
+
+
 def no_credentials_needed(docs):
     """hostpath: no credentials Secret and no credential env"""
     ensure(not by_kind(docs, "Secret"), "a Secret was rendered")
@@ -718,9 +834,10 @@ def main():
     ap.add_argument("--chart", required=True)
     ap.add_argument("--examples", required=True)
     ap.add_argument("--k8s", default="1.28.0,1.30.0,1.33.0")
+    ap.add_argument("--promtool", default="", help="promtool, to check alert and dashboard queries")
     ap.add_argument("-v", "--verbose", action="store_true")
     o = ap.parse_args()
-    r = Runner(o.helm, o.chart, o.examples, o.k8s.split(","), o.verbose)
+    r = Runner(o.helm, o.chart, o.examples, o.k8s.split(","), o.verbose, o.promtool)
     ex = lambda n: os.path.join(o.examples, f"values-{n}.yaml")
 
     # The validator itself must be able to fail, or the checks below prove nothing.
@@ -753,7 +870,7 @@ def main():
     r.scenario("defaults (hostpath)", asserts=[
         a_csidriver, controller_shape(True), driver_env, node_common, node_not_host_network, state_dir_shared,
         storage_classes({"multicsi-hostpath": {}}, "multicsi-hostpath"), snapshot_objects(True), rbac_scoped,
-        metrics_services, no_credentials_needed, no_config, image_versions])
+        metrics_services, observability_off, no_credentials_needed, no_config, image_versions])
 
     r.scenario("values-hostpath.yaml", [ex("hostpath")], asserts=[
         controller_shape(True), node_common, node_not_host_network, state_dir_shared, snapshot_objects(True),
@@ -810,6 +927,18 @@ def main():
         lambda d: ensure(not by_kind(d, "VolumeSnapshotClass"), "VolumeSnapshotClass rendered")])
     r.scenario("ServiceMonitor on", sets=["metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prom"],
                asserts=[service_monitor_on])
+    r.scenario("Grafana dashboard on", sets=["metrics.dashboard.enabled=true"],
+               asserts=[dashboard_on(NAMESPACE, o.promtool)])
+    r.scenario("Grafana dashboard in Grafana's namespace",
+               sets=["metrics.dashboard.enabled=true", "metrics.dashboard.namespace=monitoring"],
+               asserts=[dashboard_on("monitoring", o.promtool)])
+    r.scenario("PrometheusRule on", sets=["metrics.prometheusRule.enabled=true"],
+               asserts=[prometheus_rule_on("0.05", 600, "10m")])
+    r.scenario("PrometheusRule with own thresholds",
+               set_json=["metrics.prometheusRule.rpcErrorRatio=0.2"],
+               sets=["metrics.prometheusRule.enabled=true", "metrics.prometheusRule.stuckOperationSeconds=1800", "metrics.prometheusRule.throttledFor=30m",
+                     "metrics.prometheusRule.labels.release=prom"],
+               asserts=[prometheus_rule_on("0.2", 1800, "30m")])
     r.scenario("metrics Services off", sets=["metrics.service.enabled=false", "metrics.serviceMonitor.enabled=true"],
                asserts=[lambda d: ensure(not by_kind(d, "Service") and not by_kind(d, "ServiceMonitor"), "rendered")])
     r.scenario("PodDisruptionBudgets off", sets=["controller.podDisruptionBudget.enabled=false",
@@ -881,6 +1010,12 @@ def main():
     r.must_fail("Kubernetes 1.27 (below kubeVersion)", r"kubeVersion|incompatible", extra=["--kube-version", "1.27.16"])
     r.check("[kubeVersion] Kubernetes 1.28 accepted", lambda: ensure(
         r.template(extra=["--kube-version", "1.28.0"]).returncode == 0, "1.28 refused"))
+    r.must_fail("alert error ratio above 1", r"/metrics/prometheusRule/rpcErrorRatio",
+                sets=["metrics.prometheusRule.rpcErrorRatio=5"])
+    r.must_fail("throttling duration without a unit", r"/metrics/prometheusRule/throttledFor",
+                sets=["metrics.prometheusRule.throttledFor=600"])
+    r.must_fail("misspelt dashboard key", r"/metrics/dashboard.*additional properties .enable. not allowed",
+                sets=["metrics.dashboard.enable=true"])
     r.must_fail("zero controller replicas", r"/controller/replicas", sets=["controller.replicas=0"])
 
     check_examples(r)
