@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{CONTEXT_VOLUME_NAME, DEFAULT_METADATA_URL, TOPOLOGY_KEY};
+use super::{DEFAULT_METADATA_URL, TOPOLOGY_KEY};
 use crate::backend::{Map, NodeBackend};
 use crate::cloud::http::{ApiClient, Auth, ClientOptions, Request};
 use crate::config::Settings;
@@ -257,15 +257,10 @@ impl NodeBackend for PacketNode {
         self.identity().map(|_| ())
     }
 
-    async fn attach_device(&self, volume_id: &str, publish_context: &Map) -> CsiResult<PathBuf> {
+    async fn attach_device(&self, volume_id: &str, _publish_context: &Map) -> CsiResult<PathBuf> {
+        // The alias follows from the id; the publish context (the earlier
+        // driver's keys) adds nothing the metadata service does not say.
         let alias = Self::alias(volume_id)?;
-        if let Some(name) = publish_context.get(CONTEXT_VOLUME_NAME)
-            && *name != alias
-        {
-            return Err(CsiError::InvalidArgument(format!(
-                "publish context names volume {name:?}, but volume {volume_id} is {alias}"
-            )));
-        }
         let entry = self.listed(volume_id, &alias).await?;
         match self.mode {
             AttachMode::Linked => {
