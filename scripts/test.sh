@@ -18,6 +18,13 @@ cargo clippy --all-targets --locked -- -D warnings
 section "cargo test"
 cargo test --locked
 
+section "VM: iSCSI and multipath (scripts/vm/iscsi-suite.sh)"
+cargo build --locked --bin multicsi
+target_dir=${CARGO_TARGET_DIR:-target}
+[[ $target_dir = /* ]] || target_dir=$PWD/$target_dir
+MULTICSI_BIN=$target_dir/debug/multicsi VM_PASS_ENV=MULTICSI_BIN \
+  bash scripts/vm-test.sh -- bash scripts/vm/iscsi-suite.sh
+
 section "metrics scraped by Prometheus"
 bash scripts/prometheus-test.sh
 

@@ -5,6 +5,7 @@ pub mod client;
 pub mod cloud;
 pub mod config;
 pub mod csi;
+pub mod doctor;
 pub mod driver;
 pub mod emulator;
 pub mod error;

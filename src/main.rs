@@ -17,12 +17,19 @@ enum Command {
     Serve(config::ServeArgs),
     /// Speak CSI to a driver's socket (any CSI driver).
     Client(client::ClientArgs),
+    /// Check this node's prerequisites for the configured backend.
+    Doctor(multicsi::doctor::DoctorArgs),
+    /// Attach or detach an iSCSI volume by hand (node diagnostics, tests).
+    #[command(hide = true)]
+    Iscsi(multicsi::node::iscsi_cmd::IscsiArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => server::main(args),
+        Command::Doctor(args) => multicsi::doctor::main(args),
+        Command::Iscsi(args) => multicsi::node::iscsi_cmd::run(args),
         Command::Client(args) => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -111,6 +111,9 @@ macro_rules! node_sections {
             clone_keeps_data,
             stats_report_abnormal_when_unmounted,
             concurrent_node_calls_on_one_volume,
+            symlinked_paths_are_invalid,
+            publish_onto_a_foreign_mount_is_already_exists,
+            stage_onto_a_foreign_mount_is_already_exists,
         ]);
         section!($backend, node_crash in crash: [
             crash_during_node_stage,

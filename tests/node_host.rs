@@ -574,6 +574,84 @@ fn a_bind_of_a_read_only_mount_stays_read_only_when_other_flags_are_added() {
     fs::write(a.join("x"), b"x").unwrap();
 }
 
+fn block_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn ext4_capability() -> multicsi::csi::validate::Capability {
+    multicsi::csi::validate::Capability {
+        access: multicsi::csi::validate::Access::Mount {
+            fs_type: "ext4".into(),
+            flags: Vec::new(),
+        },
+        mode: multicsi::csi::volume_capability::access_mode::Mode::SingleNodeWriter,
+    }
+}
+
+#[test]
+fn staging_a_device_that_is_not_a_block_device_formats_and_mounts_nothing() {
+    use multicsi::error::CsiError;
+    use multicsi::node::volume;
+    let scratch = Scratch::new();
+    // A regular file mkfs.ext4 would happily format, and a character device.
+    let file = scratch.image("not-a-device", 64 * MIB);
+    let staging = scratch.dir("staging");
+    let runtime = block_runtime();
+    for device in [file.clone(), PathBuf::from("/dev/null")] {
+        let result = runtime.block_on(volume::stage_filesystem(
+            device.clone(),
+            staging.clone(),
+            &ext4_capability(),
+            &Default::default(),
+            scratch.path("mkfs-marker"),
+        ));
+        match result {
+            Err(CsiError::FailedPrecondition(msg)) => {
+                assert!(msg.contains("not a block device"), "{msg}");
+                assert!(msg.contains(&device.display().to_string()), "{msg}");
+            }
+            other => panic!(
+                "{}: expected FAILED_PRECONDITION, got {other:?}",
+                device.display()
+            ),
+        }
+        assert!(
+            mount::mount_at(&staging).unwrap().is_none(),
+            "something was mounted"
+        );
+    }
+    assert_eq!(
+        nodefs::probe(&file).unwrap(),
+        Signature::Blank,
+        "the regular file was formatted"
+    );
+    assert!(!scratch.path("mkfs-marker").exists());
+}
+
+#[test]
+fn publishing_a_raw_block_volume_from_a_regular_file_binds_nothing() {
+    use multicsi::error::CsiError;
+    use multicsi::node::volume;
+    let scratch = Scratch::new();
+    let file = scratch.image("not-a-device", MIB);
+    let target = scratch.path("block-target");
+    let result = block_runtime().block_on(volume::publish(
+        file.clone(),
+        target.clone(),
+        true,
+        false,
+        Vec::new(),
+    ));
+    assert!(
+        matches!(&result, Err(CsiError::FailedPrecondition(m)) if m.contains("not a block device")),
+        "{result:?}"
+    );
+    assert!(!target.exists(), "the target was created");
+}
+
 /// Discovery finds an emulated cloud disk (a loop device linked under its cloud name) by its
 /// serial, and refuses a link that leads to a disk with another serial.
 #[test]

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 pub mod discovery;
 pub mod fs;
+pub mod iscsi;
+pub mod iscsi_cmd;
 pub mod loopdev;
 pub mod mount;
 pub mod volume;

@@ -38,14 +38,38 @@ fn same_device(entry: &MountEntry, device: &Path, numbers: (u32, u32)) -> bool {
             .is_ok_and(|source| std::fs::canonicalize(device).is_ok_and(|d| d == source))
 }
 
-/// A path that must not be a symlink (it would lead the mount elsewhere).
+/// A path none of whose components is a symlink: one would lead the mount
+/// (or unmount) out of the kubelet's directory, to wherever it points.
 fn refuse_symlink(field: &str, path: &Path) -> CsiResult<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => Err(CsiError::InvalidArgument(format!(
-            "{field} {} is a symlink; refusing to mount through it",
-            path.display()
+    for component in path.ancestors() {
+        if let Ok(meta) = std::fs::symlink_metadata(component)
+            && meta.file_type().is_symlink()
+        {
+            let to = std::fs::read_link(component).unwrap_or_default();
+            return Err(CsiError::InvalidArgument(format!(
+                "{field} {}: {} is a symlink (to {}); refusing to mount through it: pass the real path",
+                path.display(),
+                component.display(),
+                to.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A device to format, mount or bind must be a block device: a regular
+/// file or a character device is refused before anything touches it.
+fn require_block_device(device: &Path) -> CsiResult<()> {
+    match std::fs::metadata(device) {
+        Ok(meta) if meta.file_type().is_block_device() => Ok(()),
+        Ok(_) => Err(CsiError::FailedPrecondition(format!(
+            "{} is not a block device; nothing was formatted or mounted: check the volume's device path on the node",
+            device.display()
         ))),
-        _ => Ok(()),
+        Err(e) => Err(CsiError::FailedPrecondition(format!(
+            "device {} cannot be read: {e}; is the volume attached to this node?",
+            device.display()
+        ))),
     }
 }
 
@@ -92,6 +116,7 @@ pub async fn stage_filesystem(
     context: &Map,
     mkfs_marker: PathBuf,
 ) -> CsiResult<()> {
+    require_block_device(&device)?;
     let Access::Mount { fs_type, flags } = &capability.access else {
         return Ok(());
     };
@@ -227,6 +252,7 @@ async fn grow_to_device(
 
 /// Unmounts the staging path if something is mounted there.
 pub async fn unstage_filesystem(staging: PathBuf) -> CsiResult<()> {
+    refuse_symlink("staging_target_path", &staging)?;
     blocking::run(move || {
         if mount::mount_at(&staging)?.is_some() {
             mount::unmount(&staging)?;
@@ -246,6 +272,11 @@ pub async fn publish(
     flags: Vec<String>,
 ) -> CsiResult<()> {
     refuse_symlink("target_path", &target)?;
+    if block {
+        require_block_device(&source)?;
+    } else {
+        refuse_symlink("staging_target_path", &source)?;
+    }
     blocking::run(move || {
         let table = mount::mounts()?;
         let wanted = if block {
@@ -317,6 +348,7 @@ fn create_target(target: &Path, block: bool) -> Result<(), HostError> {
 
 /// Unmounts `target` and removes the directory or file the publish made.
 pub async fn unpublish(target: PathBuf) -> CsiResult<()> {
+    refuse_symlink("target_path", &target)?;
     blocking::run(move || {
         while mount::mount_at(&target)?.is_some() {
             mount::unmount(&target)?;

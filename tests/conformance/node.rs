@@ -1202,3 +1202,195 @@ pub async fn concurrent_node_calls_on_one_volume(b: BackendUnderTest) {
     s.teardown(&v).await;
     assert_no_leftovers(&s);
 }
+
+/// Mounts a tmpfs named `source` at `dir` (created): a mount of something
+/// else, made behind the driver's back.
+fn mount_foreign(dir: &Path, source: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    let c_source = std::ffi::CString::new(source).unwrap();
+    // SAFETY: valid NUL-terminated strings; no data.
+    let rc = unsafe {
+        libc::mount(
+            c_source.as_ptr(),
+            c_dir.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+    std::fs::write(dir.join("foreign"), b"not the volume").unwrap();
+}
+
+fn unmount_foreign(dir: &Path) {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::umount2(c.as_ptr(), 0) }, 0, "umount tmpfs");
+}
+
+/// Staging and target paths that lead through a symlink (here: out of the
+/// directory the CO gave, into another one) are INVALID_ARGUMENT, for
+/// stage, publish, unpublish and unstage; nothing is mounted or unmounted
+/// where the link points.
+pub async fn symlinked_paths_are_invalid(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let v = s
+        .node_volume("conf-symlink", b.fs_bytes("ext4"), mount_cap("ext4"))
+        .await;
+    let outside = s.path("outside");
+    std::fs::create_dir_all(outside.join("staging")).unwrap();
+    let link = s.path("link");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let ia = Code::InvalidArgument;
+
+    let mut r = s.stage_request(&v);
+    r.staging_target_path = link.join("staging").display().to_string();
+    let status = fails(
+        "NodeStageVolume through a symlinked directory",
+        s.node().node_stage_volume(r.clone()).await,
+        ia,
+    );
+    assert!(status.message().contains("symlink"), "{}", status.message());
+    let staging_link = s.path("staging-link");
+    std::os::unix::fs::symlink(outside.join("staging"), &staging_link).unwrap();
+    r.staging_target_path = staging_link.display().to_string();
+    fails(
+        "NodeStageVolume at a symlink",
+        s.node().node_stage_volume(r).await,
+        ia,
+    );
+    assert!(
+        mount_at(&outside.join("staging")).is_none(),
+        "mounted where the symlink points"
+    );
+
+    s.stage(&v).await;
+    let through = link.join("target").display().to_string();
+    fails(
+        "NodePublishVolume through a symlinked directory",
+        s.node()
+            .node_publish_volume(s.publish_request(&v, &through, false))
+            .await,
+        ia,
+    );
+    assert!(
+        !outside.join("target").exists(),
+        "the target was created where the symlink points"
+    );
+
+    // Published at the real path: unpublish through the symlink is refused
+    // and the mount stays.
+    let real = outside.join("target").display().to_string();
+    s.publish(&v, &real, false).await;
+    fails(
+        "NodeUnpublishVolume through a symlinked directory",
+        s.node()
+            .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+                volume_id: v.volume.volume_id.clone(),
+                target_path: through.clone(),
+            })
+            .await,
+        ia,
+    );
+    assert!(
+        mount_at(Path::new(&real)).is_some(),
+        "unmounted through a symlink"
+    );
+    fails(
+        "NodeUnstageVolume through a symlink",
+        s.node()
+            .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+                volume_id: v.volume.volume_id.clone(),
+                staging_target_path: staging_link.display().to_string(),
+            })
+            .await,
+        ia,
+    );
+    s.unpublish(&v, &real).await;
+    s.teardown(&v).await;
+    assert_no_leftovers(&s);
+}
+
+/// A target path that already has something else mounted is
+/// ALREADY_EXISTS, with a message naming it; the foreign mount stays as it
+/// was and nothing is stacked on it.
+pub async fn publish_onto_a_foreign_mount_is_already_exists(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let v = s
+        .node_volume("conf-foreign-target", b.fs_bytes("ext4"), mount_cap("ext4"))
+        .await;
+    s.stage(&v).await;
+    let target = s.path("target");
+    mount_foreign(&target, "tmpfs-of-someone-else");
+    let status = fails(
+        "NodePublishVolume onto a foreign mount",
+        s.node()
+            .node_publish_volume(s.publish_request(&v, &target.display().to_string(), false))
+            .await,
+        Code::AlreadyExists,
+    );
+    assert!(
+        status.message().contains("tmpfs-of-someone-else"),
+        "the message must name what is mounted: {}",
+        status.message()
+    );
+    assert_eq!(
+        mount_count(&target),
+        1,
+        "a mount was stacked on the foreign one"
+    );
+    assert_eq!(mount_at(&target).unwrap().fs_type, "tmpfs");
+    assert_eq!(
+        std::fs::read(target.join("foreign")).unwrap(),
+        b"not the volume"
+    );
+    unmount_foreign(&target);
+    std::fs::remove_dir_all(&target).unwrap();
+    s.teardown(&v).await;
+    assert_no_leftovers(&s);
+}
+
+/// A staging path that already has something else mounted is
+/// ALREADY_EXISTS; the volume is neither formatted nor mounted there.
+pub async fn stage_onto_a_foreign_mount_is_already_exists(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let v = s
+        .node_volume(
+            "conf-foreign-staging",
+            b.fs_bytes("ext4"),
+            mount_cap("ext4"),
+        )
+        .await;
+    let staging = Path::new(&v.staging).to_path_buf();
+    mount_foreign(&staging, "tmpfs-not-this-volume");
+    let status = fails(
+        "NodeStageVolume onto a foreign mount",
+        s.node().node_stage_volume(s.stage_request(&v)).await,
+        Code::AlreadyExists,
+    );
+    assert!(
+        status.message().contains("tmpfs-not-this-volume"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        mount_count(&staging),
+        1,
+        "a mount was stacked on the foreign one"
+    );
+    assert_eq!(
+        std::fs::read(staging.join("foreign")).unwrap(),
+        b"not the volume"
+    );
+    unmount_foreign(&staging);
+    // The volume was not formatted: staging now makes the filesystem and
+    // the volume is empty.
+    s.stage(&v).await;
+    assert!(!staging.join("foreign").exists());
+    s.teardown(&v).await;
+    assert_no_leftovers(&s);
+}

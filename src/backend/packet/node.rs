@@ -4,12 +4,13 @@
 //! volume becomes a block device depends on the attach mode:
 //!
 //! - `iscsi` (real servers): log in to the volume's target on every portal
-//!   and build the multipath device `/dev/mapper/volume-<8 hex>`;
+//!   and build the multipath device `/dev/mapper/volume-<8 hex>`
+//!   (`crate::node::iscsi`);
 //! - `linked` (emulation and tests): the device is already present, linked
 //!   as `volume-<8 hex>` in the device directory, and is found and checked
 //!   by its serial (the volume id) with `crate::node::discovery`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use crate::cloud::http::{ApiClient, Auth, ClientOptions, Request};
 use crate::config::Settings;
 use crate::error::{CsiError, CsiResult};
 use crate::node::discovery::{self, Found, Lookup};
+use crate::node::iscsi::{self, IscsiHost, IscsiVolume};
 use crate::node::loopdev;
 
 /// Volumes a server takes by default (`--max-volumes-per-node` overrides).
@@ -48,45 +50,6 @@ impl AttachMode {
             )),
         }
     }
-}
-
-/// An iSCSI target to log in to, and the multipath alias to build over its
-/// sessions.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IscsiTarget {
-    pub target_iqn: String,
-    pub portals: Vec<String>,
-    pub lun: u32,
-    pub alias: String,
-    pub initiator_iqn: String,
-}
-
-/// The node's iSCSI and multipath work.
-pub trait Iscsi: Send + Sync {
-    /// Logs in on every portal and returns `/dev/mapper/<alias>`.
-    fn connect(&self, target: &IscsiTarget) -> CsiResult<PathBuf>;
-    /// Removes the multipath map and logs out.
-    fn disconnect(&self, target: &IscsiTarget) -> CsiResult<()>;
-}
-
-/// The iSCSI work of this binary: none yet, so every call says so.
-struct Unsupported;
-
-impl Iscsi for Unsupported {
-    fn connect(&self, target: &IscsiTarget) -> CsiResult<PathBuf> {
-        Err(CsiError::Unavailable(format!(
-            "cannot log in to {} for {}: this build has no iSCSI support; use attach mode linked only with the emulator",
-            target.target_iqn, target.alias
-        )))
-    }
-    fn disconnect(&self, _target: &IscsiTarget) -> CsiResult<()> {
-        Ok(())
-    }
-}
-
-/// The iSCSI implementation the node uses.
-fn iscsi() -> Arc<dyn Iscsi> {
-    Arc::new(Unsupported)
 }
 
 /// The metadata service's answer (the fields the driver reads).
@@ -137,7 +100,8 @@ pub struct PacketNode {
     identity: Option<Metadata>,
     device_dir: PathBuf,
     mode: AttachMode,
-    iscsi: Arc<dyn Iscsi>,
+    /// Where the iSCSI work happens (the host's own files and tools).
+    iscsi: Arc<IscsiHost>,
 }
 
 impl PacketNode {
@@ -150,7 +114,7 @@ impl PacketNode {
             identity: None,
             device_dir: settings.device_dir.clone(),
             mode,
-            iscsi: iscsi(),
+            iscsi: Arc::new(IscsiHost::default()),
         };
         if !settings.mode.serves_node() {
             return Ok(node);
@@ -204,14 +168,14 @@ impl PacketNode {
         }
     }
 
-    fn target(&self, alias: &str, entry: &MetadataVolume) -> CsiResult<IscsiTarget> {
+    fn target(&self, alias: &str, entry: &MetadataVolume) -> CsiResult<IscsiVolume> {
         let (_, identity) = self.identity()?;
         if entry.ips.is_empty() {
             return Err(CsiError::FailedPrecondition(format!(
                 "the metadata service lists {alias} without portal addresses"
             )));
         }
-        Ok(IscsiTarget {
+        Ok(IscsiVolume {
             target_iqn: entry.iqn.clone(),
             portals: entry.ips.clone(),
             lun: 0,
@@ -280,8 +244,8 @@ impl NodeBackend for PacketNode {
             }
             AttachMode::Iscsi => {
                 let target = self.target(&alias, &entry)?;
-                let iscsi = self.iscsi.clone();
-                crate::blocking::run(move || iscsi.connect(&target)).await
+                let host = self.iscsi.clone();
+                crate::blocking::run(move || Ok(iscsi::attach(&host, &target)?)).await
             }
         }
     }
@@ -291,6 +255,7 @@ impl NodeBackend for PacketNode {
             return Ok(None);
         };
         let (dir, id, mode) = (self.device_dir.clone(), volume_id.to_string(), self.mode);
+        let mapper = self.iscsi.mapper_dir.clone();
         crate::blocking::run(move || match mode {
             AttachMode::Linked => {
                 let matches = |name: &str| name == alias;
@@ -307,7 +272,7 @@ impl NodeBackend for PacketNode {
                 }
             }
             AttachMode::Iscsi => {
-                let device = Path::new("/dev/mapper").join(&alias);
+                let device = mapper.join(&alias);
                 Ok(device.exists().then_some(device))
             }
         })
@@ -323,20 +288,24 @@ impl NodeBackend for PacketNode {
         let Some(alias) = volume_alias(volume_id) else {
             return Ok(());
         };
-        let (client, identity) = self.identity()?;
+        let (client, _) = self.identity()?;
         let metadata = fetch(client).await?;
-        let target = match metadata.volumes.iter().find(|v| v.name == alias) {
-            Some(entry) => self.target(&alias, entry)?,
-            None => IscsiTarget {
-                target_iqn: String::new(),
-                portals: Vec::new(),
-                lun: 0,
-                alias: alias.clone(),
-                initiator_iqn: identity.iqn.clone(),
-            },
+        let Some(entry) = metadata.volumes.iter().find(|v| v.name == alias) else {
+            // No longer attached to this server: only a map left behind
+            // would need work, and without the target it cannot be undone.
+            let map = self.iscsi.mapper_dir.join(&alias);
+            return if map.exists() {
+                Err(CsiError::FailedPrecondition(format!(
+                    "{} is still present but the metadata service no longer lists {alias} (volume {volume_id}); remove the map with multipath -f {alias} and log out of its target",
+                    map.display()
+                )))
+            } else {
+                Ok(())
+            };
         };
-        let iscsi = self.iscsi.clone();
-        crate::blocking::run(move || iscsi.disconnect(&target)).await
+        let target = self.target(&alias, entry)?;
+        let host = self.iscsi.clone();
+        crate::blocking::run(move || Ok(iscsi::detach(&host, &target)?)).await
     }
 
     async fn refresh_device(&self, volume_id: &str) -> CsiResult<u64> {
@@ -377,6 +346,52 @@ mod tests {
                 .unwrap_err()
                 .contains("linked")
         );
+    }
+
+    #[test]
+    fn iscsi_targets_come_from_the_metadata() {
+        let metadata: Metadata = serde_json::from_str(
+            r#"{"id":"d1","iqn":"iqn.2018-06.net.packet:device.d1","facility":"ewr1",
+                "volumes":[{"ips":["10.144.35.132","10.144.51.11"],"name":"volume-870f9650",
+                            "iqn":"iqn.2013-05.com.daterainc:tc:01:sn:60448a8a63a20a82"},
+                           {"ips":[],"name":"volume-00000000","iqn":"iqn.2013-05.com.daterainc:tc:01:sn:0"}]}"#,
+        )
+        .unwrap();
+        let node = PacketNode {
+            metadata: Some(
+                ApiClient::new(
+                    "t",
+                    "http://127.0.0.1:1",
+                    Auth::None,
+                    ClientOptions::default(),
+                )
+                .unwrap(),
+            ),
+            identity: Some(metadata.clone()),
+            device_dir: PathBuf::from("/dev/disk/by-id"),
+            mode: AttachMode::Iscsi,
+            iscsi: Arc::new(IscsiHost::default()),
+        };
+        let target = node
+            .target("volume-870f9650", &metadata.volumes[0])
+            .unwrap();
+        assert_eq!(
+            target,
+            IscsiVolume {
+                target_iqn: "iqn.2013-05.com.daterainc:tc:01:sn:60448a8a63a20a82".into(),
+                portals: vec!["10.144.35.132".into(), "10.144.51.11".into()],
+                lun: 0,
+                alias: "volume-870f9650".into(),
+                initiator_iqn: "iqn.2018-06.net.packet:device.d1".into(),
+            }
+        );
+        assert!(target.validate().is_ok());
+        let err = node
+            .target("volume-00000000", &metadata.volumes[1])
+            .unwrap_err();
+        assert!(matches!(err, CsiError::FailedPrecondition(_)), "{err}");
+        assert_eq!(node.node_id().as_deref(), Some("d1"));
+        assert_eq!(node.topology()[TOPOLOGY_KEY], "ewr1");
     }
 
     #[test]
