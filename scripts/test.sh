@@ -5,7 +5,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 cd "$(repo_root)"
 require_root "scripts/test.sh"
-ensure_packages "${NODE_PACKAGES[@]}" pkg-config
+ensure_packages "${NODE_PACKAGES[@]}" "${BUILD_PACKAGES[@]}" cryptsetup-bin jq
 
 section() { printf '\n==> %s\n' "$*"; }
 
@@ -18,12 +18,12 @@ cargo clippy --all-targets --locked -- -D warnings
 section "cargo test"
 cargo test --locked
 
-section "VM: iSCSI and multipath (scripts/vm/iscsi-suite.sh)"
+section "VM suites: node (LUKS, filesystems, restage) and iSCSI + multipath"
 cargo build --locked --bin multicsi
-target_dir=${CARGO_TARGET_DIR:-target}
-[[ $target_dir = /* ]] || target_dir=$PWD/$target_dir
-MULTICSI_BIN=$target_dir/debug/multicsi VM_PASS_ENV=MULTICSI_BIN \
-  bash scripts/vm-test.sh -- bash scripts/vm/iscsi-suite.sh
+target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
+export MULTICSI_BIN="$target_dir/debug/multicsi" VM_PASS_ENV=MULTICSI_BIN
+bash scripts/vm-test.sh --timeout 580 -- bash scripts/vm/node-suite.sh
+bash scripts/vm-test.sh --timeout 300 -- bash scripts/vm/iscsi-suite.sh
 
 section "metrics scraped by Prometheus"
 bash scripts/prometheus-test.sh

@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use crate::cloud::settings::{CivoSettings, CloudSettings, CloudscaleSettings, PacketSettings};
+use crate::node::luks::Pbkdf;
 
 /// Default CSI driver name.
 pub const DEFAULT_DRIVER_NAME: &str = "multicsi.io";
@@ -86,6 +87,14 @@ pub struct ServeArgs {
     /// Directory where cloud volumes appear as device links (default /dev/disk/by-id).
     #[arg(long, env = "MULTICSI_DEVICE_DIR")]
     pub device_dir: Option<PathBuf>,
+    /// Memory cost in KiB of the argon2id key derivation of new LUKS volumes
+    /// (default 65536; also what opening one costs: keep it under the
+    /// node plugin's memory limit).
+    #[arg(long, env = "MULTICSI_LUKS_PBKDF_MEMORY_KIB")]
+    pub luks_pbkdf_memory_kib: Option<u32>,
+    /// Time cost (iterations, at least 4) of the argon2id key derivation of new LUKS volumes (default 4).
+    #[arg(long, env = "MULTICSI_LUKS_PBKDF_ITERATIONS")]
+    pub luks_pbkdf_iterations: Option<u32>,
     /// Address of the /metrics, /healthz and /readyz listener, e.g. 0.0.0.0:9820
     /// (port 0: any free port); off (the default) serves none.
     #[arg(long, env = "MULTICSI_METRICS_ADDRESS")]
@@ -106,6 +115,8 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     pub device_dir: Option<PathBuf>,
+    pub luks_pbkdf_memory_kib: Option<u32>,
+    pub luks_pbkdf_iterations: Option<u32>,
     pub metrics_address: Option<String>,
     pub cloudscale: Option<CloudscaleSettings>,
     pub civo: Option<CivoSettings>,
@@ -125,6 +136,8 @@ pub struct Settings {
     pub log_format: Option<LogFormat>,
     pub log_level: String,
     pub device_dir: PathBuf,
+    /// Key derivation cost of new LUKS volumes.
+    pub luks_pbkdf: Pbkdf,
     /// Where /metrics, /healthz and /readyz are served; None: nowhere.
     pub metrics_address: Option<std::net::SocketAddr>,
     /// Provider credentials and settings (file, then the providers' own
@@ -245,6 +258,17 @@ impl Settings {
             packet: file.packet.unwrap_or_default(),
         };
         clouds.overlay_env(|name| std::env::var(name).ok());
+        let luks_pbkdf = Pbkdf {
+            memory_kib: args
+                .luks_pbkdf_memory_kib
+                .or(file.luks_pbkdf_memory_kib)
+                .unwrap_or(Pbkdf::DEFAULT.memory_kib),
+            iterations: args
+                .luks_pbkdf_iterations
+                .or(file.luks_pbkdf_iterations)
+                .unwrap_or(Pbkdf::DEFAULT.iterations),
+        };
+        luks_pbkdf.validate().map_err(ConfigError::Invalid)?;
         Ok(Settings {
             endpoint: Endpoint::parse(&endpoint)?,
             node_id,
@@ -268,6 +292,7 @@ impl Settings {
                 .device_dir
                 .or(file.device_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DEVICE_DIR)),
+            luks_pbkdf,
             metrics_address: parse_metrics_address(
                 args.metrics_address.or(file.metrics_address).as_deref(),
             )?,
@@ -355,6 +380,28 @@ mod tests {
         a.config = Some(path);
         let err = Settings::resolve(a).unwrap_err().to_string();
         assert!(err.contains("modez"), "{err}");
+    }
+
+    #[test]
+    fn luks_key_derivation_cost_is_bounded() {
+        let s = Settings::resolve(args()).unwrap();
+        assert_eq!(s.luks_pbkdf, Pbkdf::DEFAULT);
+        let mut a = args();
+        a.luks_pbkdf_memory_kib = Some(8192);
+        a.luks_pbkdf_iterations = Some(5);
+        let s = Settings::resolve(a).unwrap();
+        assert_eq!(
+            (s.luks_pbkdf.memory_kib, s.luks_pbkdf.iterations),
+            (8192, 5)
+        );
+        let mut a = args();
+        a.luks_pbkdf_iterations = Some(1);
+        let err = Settings::resolve(a).unwrap_err().to_string();
+        assert!(err.contains("luks-pbkdf-iterations"), "{err}");
+        let mut a = args();
+        a.luks_pbkdf_memory_kib = Some(8 * 1024 * 1024);
+        let err = Settings::resolve(a).unwrap_err().to_string();
+        assert!(err.contains("luks-pbkdf-memory-kib"), "{err}");
     }
 
     #[test]

@@ -114,6 +114,8 @@ macro_rules! node_sections {
             symlinked_paths_are_invalid,
             publish_onto_a_foreign_mount_is_already_exists,
             stage_onto_a_foreign_mount_is_already_exists,
+            mkfs_options_and_mount_flags_reach_the_filesystem,
+            luks_without_key_or_dm_crypt_touches_nothing,
         ]);
         section!($backend, node_crash in crash: [
             crash_during_node_stage,

@@ -4,10 +4,13 @@
 use tonic::{Request, Response, Status};
 
 use crate::backend::Map;
+use crate::blocking;
+use crate::csi::params;
 use crate::csi::validate::{self, Access};
 use crate::csi::{self as pb, node_server, node_service_capability};
 use crate::driver::Driver;
 use crate::error::{CsiError, CsiResult};
+use crate::node::luks;
 use crate::node::volume::{self, Usage};
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -26,16 +29,32 @@ impl Driver {
         let capability = validate::capability("volume_capability", r.volume_capability.as_ref())?;
         let context = to_map(&r.volume_context);
         volume::mkfs_options(&context)?;
+        let encryption = match params::luks(&context)? {
+            Some(settings) => {
+                let key = volume::luks_key(&r.secrets)?;
+                blocking::run(|| Ok(luks::check_available()?)).await?;
+                Some((settings, key))
+            }
+            None => None,
+        };
         let _guard = self.locks.acquire(&[id])?;
-        let device = self
+        let mut device = self
             .node_backend
             .attach_device(id, &to_map(&r.publish_context))
             .await?;
-        let marker = self
-            .settings
-            .state_dir
-            .join("node")
-            .join(format!("{id}.mkfs"));
+        let markers = self.settings.state_dir.join("node");
+        if let Some((settings, key)) = encryption {
+            device = volume::open_encrypted(
+                device,
+                luks::mapping_name(id),
+                key,
+                settings,
+                self.settings.luks_pbkdf,
+                markers.join(format!("{id}.luks-format")),
+            )
+            .await?;
+        }
+        let marker = markers.join(format!("{id}.mkfs"));
         volume::stage_filesystem(device, staging, &capability, &context, marker).await?;
         Ok(pb::NodeStageVolumeResponse {})
     }
@@ -48,6 +67,7 @@ impl Driver {
         let staging = validate::target_path("staging_target_path", &r.staging_target_path)?;
         let _guard = self.locks.acquire(&[id])?;
         volume::unstage_filesystem(staging).await?;
+        volume::close_encrypted(luks::mapping_name(id)).await?;
         self.node_backend.detach_device(id).await?;
         Ok(pb::NodeUnstageVolumeResponse {})
     }
@@ -83,11 +103,16 @@ impl Driver {
         };
         match capability.access {
             Access::Block => {
-                let device = self
-                    .node_backend
-                    .find_device(id)
-                    .await?
-                    .ok_or_else(missing)?;
+                let device = self.staged_device(id).await?;
+                let device = match device {
+                    // An encrypted volume is published through its mapping only.
+                    None if params::luks(&r.volume_context)?.is_some() => {
+                        return Err(CsiError::FailedPrecondition(format!(
+                            "encrypted volume {id} is not open on this node: call NodeStageVolume first"
+                        )));
+                    }
+                    other => other.ok_or_else(missing)?,
+                };
                 volume::publish(device, target, true, read_only, Vec::new()).await?;
             }
             Access::Mount { flags, .. } => {
@@ -123,7 +148,7 @@ impl Driver {
         use pb::volume_usage::Unit;
         let id = validate::identifier("volume_id", &r.volume_id)?;
         let path = validate::target_path("volume_path", &r.volume_path)?;
-        let device = self.node_backend.find_device(id).await?;
+        let device = self.staged_device(id).await?;
         let usage = volume::usage(path, device.clone()).await?;
         let healthy = |usage: Vec<pb::VolumeUsage>| pb::NodeGetVolumeStatsResponse {
             usage,
@@ -194,6 +219,14 @@ impl Driver {
                 CsiError::NotFound(format!("volume {id} is not staged on this node"))
             })?;
         let size = self.node_backend.refresh_device(id).await?;
+        let mapping = luks::mapping_name(id);
+        let device = match volume::encrypted_device(mapping.clone()).await? {
+            Some(opened) => {
+                volume::grow_encrypted(mapping).await?;
+                opened
+            }
+            None => device,
+        };
         let grow_at = if r.staging_target_path.is_empty() {
             path
         } else {
@@ -203,6 +236,15 @@ impl Driver {
         Ok(pb::NodeExpandVolumeResponse {
             capacity_bytes: size as i64,
         })
+    }
+
+    /// The device a staged volume is used through: its LUKS mapping when
+    /// one is open, else the backend's device.
+    async fn staged_device(&self, id: &str) -> CsiResult<Option<std::path::PathBuf>> {
+        match volume::encrypted_device(luks::mapping_name(id)).await? {
+            Some(mapping) => Ok(Some(mapping)),
+            None => self.node_backend.find_device(id).await,
+        }
     }
 
     fn node_info(&self) -> pb::NodeGetInfoResponse {

@@ -12,6 +12,7 @@ pub mod fs;
 pub mod iscsi;
 pub mod iscsi_cmd;
 pub mod loopdev;
+pub mod luks;
 pub mod mount;
 pub mod volume;
 

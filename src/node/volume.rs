@@ -8,6 +8,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::fs::{self as nodefs, MkfsOptions, Signature};
+use super::luks::{self, LuksError, Pbkdf};
 use super::mount::{self, MountEntry};
 use super::{HostError, loopdev};
 use crate::backend::Map;
@@ -19,6 +20,19 @@ use crate::error::{CsiError, CsiResult};
 impl From<HostError> for CsiError {
     fn from(e: HostError) -> Self {
         CsiError::Internal(e.to_string())
+    }
+}
+
+impl From<LuksError> for CsiError {
+    fn from(e: LuksError) -> Self {
+        match e {
+            LuksError::WrongKey { .. } => CsiError::InvalidArgument(e.to_string()),
+            LuksError::Unavailable { .. }
+            | LuksError::NotLuks { .. }
+            | LuksError::StaleMapping { .. }
+            | LuksError::Busy { .. } => CsiError::FailedPrecondition(e.to_string()),
+            LuksError::Crypt { .. } | LuksError::Host(_) => CsiError::Internal(e.to_string()),
+        }
     }
 }
 
@@ -214,6 +228,128 @@ pub async fn stage_filesystem(
         return Err(e);
     }
     Ok(())
+}
+
+/// The LUKS key of a volume, from the node-stage secret's `luksKey`.
+pub type LuksKey = zeroize::Zeroizing<Vec<u8>>;
+
+/// The secret entry that holds a volume's LUKS key.
+pub const LUKS_KEY_SECRET: &str = "luksKey";
+
+/// Takes the LUKS key out of the node-stage secrets: an encrypted volume
+/// without one is refused before anything is touched.
+pub fn luks_key(secrets: &std::collections::HashMap<String, String>) -> CsiResult<LuksKey> {
+    match secrets.get(LUKS_KEY_SECRET) {
+        Some(key) if !key.is_empty() => Ok(zeroize::Zeroizing::new(key.as_bytes().to_vec())),
+        _ => Err(CsiError::InvalidArgument(format!(
+            "the volume is LUKS-encrypted but the node-stage secret has no {LUKS_KEY_SECRET} entry: set csi.storage.k8s.io/node-stage-secret-name and -namespace in the StorageClass to a Secret with a non-empty {LUKS_KEY_SECRET}"
+        ))),
+    }
+}
+
+/// Opens the LUKS volume on `device` as `name` and returns the mapping,
+/// formatting the device first only if it is blank. A mapping of that name
+/// already open over this device is reused once the key is checked; one
+/// over another device is replaced when unused, else refused.
+///
+/// `marker` exists (durably) while the header is being written, so that a
+/// format cut off half way is done again rather than taken for a volume.
+pub async fn open_encrypted(
+    device: PathBuf,
+    name: String,
+    key: LuksKey,
+    settings: params::Luks,
+    pbkdf: Pbkdf,
+    marker: PathBuf,
+) -> CsiResult<PathBuf> {
+    blocking::run(move || {
+        luks::check_available()?;
+        let numbers = luks::device_numbers(&device)?;
+        if let Some(active) = luks::active(&name)? {
+            if active.backing == numbers {
+                crate::metrics::node_op("luks_open", || luks::check_key(&device, &key))?;
+                return Ok(active.path);
+            }
+            let found = format!("{}:{}", active.backing.0, active.backing.1);
+            if active.busy {
+                return Err(LuksError::StaleMapping {
+                    name,
+                    found,
+                    device,
+                }
+                .into());
+            }
+            tracing::warn!(mapping = %name, stale_device = %found, device = %device.display(), "closing a stale LUKS mapping of the same name over another device");
+            crate::metrics::node_op("luks_close", || luks::close(&name))?;
+        }
+        let signature = nodefs::probe(&device)?;
+        let interrupted = marker.exists();
+        match signature {
+            Signature::Blank => {}
+            Signature::Luks if !interrupted => {}
+            Signature::Luks => {
+                tracing::warn!(device = %device.display(), "an earlier LUKS format was cut off; formatting again");
+            }
+            other => {
+                return Err(CsiError::FailedPrecondition(format!(
+                    "device {} holds {}, not a LUKS header; an encrypted volume is never formatted over existing data",
+                    device.display(),
+                    describe(&other)
+                )));
+            }
+        }
+        if signature == Signature::Blank || interrupted {
+            set_marker(&marker, true)?;
+            crate::metrics::node_op("luks_format", || {
+                luks::format(&device, &key, &settings, &pbkdf)
+            })?;
+            set_marker(&marker, false)?;
+            tracing::info!(device = %device.display(), cipher = %settings.cipher, key_size = settings.key_size_bits, "LUKS2 header written");
+        }
+        Ok(crate::metrics::node_op("luks_open", || {
+            luks::open(&device, &name, &key)
+        })?)
+    })
+    .await
+}
+
+/// What a probe found, for a message.
+fn describe(signature: &Signature) -> String {
+    match signature {
+        Signature::Blank => "nothing".into(),
+        Signature::Filesystem(fs) => format!("a {fs} filesystem"),
+        Signature::Luks => "a LUKS header".into(),
+        Signature::PartitionTable(pt) => format!("a {pt} partition table"),
+        Signature::Other(what) => format!("a {what} signature"),
+    }
+}
+
+/// Closes the LUKS mapping `name` if it is open.
+pub async fn close_encrypted(name: String) -> CsiResult<()> {
+    blocking::run(move || {
+        if luks::active(&name)?.is_none() {
+            return Ok(());
+        }
+        Ok(crate::metrics::node_op("luks_close", || {
+            luks::close(&name)
+        })?)
+    })
+    .await
+}
+
+/// The open LUKS mapping `name`, if any.
+pub async fn encrypted_device(name: String) -> CsiResult<Option<PathBuf>> {
+    blocking::run(move || Ok(luks::active(&name)?.map(|a| a.path))).await
+}
+
+/// Grows the LUKS mapping `name` to its device's new size.
+pub async fn grow_encrypted(name: String) -> CsiResult<()> {
+    blocking::run(move || {
+        Ok(crate::metrics::node_op("luks_resize", || {
+            luks::resize(&name)
+        })?)
+    })
+    .await
 }
 
 /// Creates (durably) or removes (durably) the mkfs marker.
@@ -431,4 +567,44 @@ pub async fn grow_filesystem(device: PathBuf, path: PathBuf) -> CsiResult<()> {
         Ok(nodefs::grow(&device, &entry.mount_point, &entry.fs_type)?)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn luks_key_comes_from_the_secret_and_is_required() {
+        let secrets =
+            std::collections::HashMap::from([(LUKS_KEY_SECRET.to_string(), "s3cret".to_string())]);
+        assert_eq!(luks_key(&secrets).unwrap().as_slice(), b"s3cret");
+        for secrets in [
+            Default::default(),
+            std::collections::HashMap::from([(LUKS_KEY_SECRET.to_string(), String::new())]),
+        ] {
+            let err = luks_key(&secrets).unwrap_err();
+            assert!(matches!(err, CsiError::InvalidArgument(ref m) if m.contains("luksKey")));
+        }
+    }
+
+    #[test]
+    fn luks_errors_get_their_codes_and_never_the_key() {
+        let wrong: CsiError = LuksError::WrongKey {
+            device: "/dev/loop3".into(),
+        }
+        .into();
+        assert!(matches!(wrong, CsiError::InvalidArgument(ref m) if m.contains("/dev/loop3")));
+        let unavailable: CsiError = LuksError::Unavailable {
+            reason: "No such device".into(),
+        }
+        .into();
+        assert!(
+            matches!(unavailable, CsiError::FailedPrecondition(ref m) if m.contains("dm-crypt is unavailable"))
+        );
+        let busy: CsiError = LuksError::Busy {
+            name: "luks-v".into(),
+        }
+        .into();
+        assert!(matches!(busy, CsiError::FailedPrecondition(_)));
+    }
 }

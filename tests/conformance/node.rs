@@ -1394,3 +1394,173 @@ pub async fn stage_onto_a_foreign_mount_is_already_exists(b: BackendUnderTest) {
     s.teardown(&v).await;
     assert_no_leftovers(&s);
 }
+
+/// StorageClass mkfs settings reach mkfs, and mount flags reach the
+/// staging mount, for ext4 and xfs.
+pub async fn mkfs_options_and_mount_flags_reach_the_filesystem(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    // (filesystem, StorageClass parameters, lines the filesystem's report must show)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case; 2] = [
+        (
+            "ext4",
+            &[
+                ("multicsi.io/mkfs-inode-size", "512"),
+                ("multicsi.io/mkfs-block-size", "1024"),
+                ("multicsi.io/mkfs-reserved-percent", "0"),
+            ],
+            &[
+                "Inode size:\t          512",
+                "Block size:               1024",
+                "Reserved block count:     0",
+            ],
+        ),
+        (
+            "xfs",
+            &[
+                ("multicsi.io/mkfs-inode-size", "1024"),
+                ("multicsi.io/mkfs-block-size", "4096"),
+            ],
+            &["isize=1024", "bsize=4096"],
+        ),
+    ];
+    for (fs, parameters, expected) in cases {
+        let mut cap = mount_cap(fs);
+        if let Some(csi::volume_capability::AccessType::Mount(m)) = cap.access_type.as_mut() {
+            m.mount_flags = vec!["noatime".into()];
+        }
+        let mut request = create_request(&format!("conf-mkfs-{fs}"), b.fs_bytes(fs), cap.clone());
+        request.parameters = params(parameters);
+        let volume = s.create_with(request).await;
+        let v = s.attach(volume, cap, &format!("conf-mkfs-{fs}")).await;
+        s.stage(&v).await;
+        let staged = mount_at(Path::new(&v.staging)).expect("staged");
+        assert!(
+            staged.options.split(',').any(|o| o == "noatime"),
+            "{fs}: mount flag noatime not passed: {}",
+            staged.options
+        );
+        let report = if fs == "ext4" {
+            tool_stdout("tune2fs", &["-l", &staged.source])
+        } else {
+            tool_stdout("xfs_info", &[&v.staging])
+        };
+        for line in expected {
+            assert!(
+                report.contains(line),
+                "{fs}: {line:?} missing in:\n{report}"
+            );
+        }
+        s.teardown(&v).await;
+    }
+    assert_no_leftovers(&s);
+}
+
+fn tool_stdout(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An encrypted volume: CreateVolume carries the LUKS settings to the
+/// node; NodeStage without the key is INVALID_ARGUMENT, and on a node
+/// without device-mapper FAILED_PRECONDITION; neither touches the device.
+/// (Where device-mapper exists the volume opens and unstage closes it; the
+/// full LUKS checks are in the VM suite, scripts/vm/node-suite.sh.)
+pub async fn luks_without_key_or_dm_crypt_touches_nothing(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let cap = mount_cap("ext4");
+    let mut request = create_request("conf-luks", b.fs_bytes("ext4"), cap.clone());
+    request.parameters = params(&[
+        ("multicsi.io/luks-encrypted", "true"),
+        ("csi.cloudscale.ch/luks-key-size", "256"),
+    ]);
+    let volume = s.create_with(request.clone()).await;
+    let context = &volume.volume_context;
+    assert_eq!(
+        context
+            .get("multicsi.io/luks-encrypted")
+            .map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        context.get("multicsi.io/luks-cipher").map(String::as_str),
+        Some("aes-xts-plain64")
+    );
+    assert_eq!(
+        context.get("multicsi.io/luks-key-size").map(String::as_str),
+        Some("256")
+    );
+    let mut bad = request.clone();
+    bad.name = "conf-luks-bad".into();
+    bad.parameters = params(&[
+        ("multicsi.io/luks-encrypted", "true"),
+        ("multicsi.io/luks-key-size", "384"),
+    ]);
+    let status = fails(
+        "CreateVolume with a bad LUKS key size",
+        s.controller().create_volume(bad).await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        status.message().contains("multicsi.io/luks-key-size"),
+        "{}",
+        status.message()
+    );
+
+    let v = s.attach(volume, cap, "conf-luks").await;
+    let status = fails(
+        "NodeStageVolume of an encrypted volume without luksKey",
+        s.node().node_stage_volume(s.stage_request(&v)).await,
+        Code::InvalidArgument,
+    );
+    assert!(status.message().contains("luksKey"), "{}", status.message());
+    assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+
+    let dm_present = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/mapper/control")
+        .is_ok();
+    let mut with_key = s.stage_request(&v);
+    let key = "conformance-secret-key-3f1c";
+    with_key.secrets = params(&[("luksKey", key)]);
+    let mapping = Path::new("/dev/mapper").join(format!("luks-{}", v.volume.volume_id));
+    let message = if dm_present {
+        // A node with dm-crypt: the volume opens, and unstage closes it.
+        ok(
+            "NodeStageVolume of an encrypted volume",
+            s.node().node_stage_volume(with_key).await,
+        );
+        assert!(mapping.exists(), "no mapping {}", mapping.display());
+        s.unstage(&v).await;
+        assert!(!mapping.exists(), "NodeUnstage left {}", mapping.display());
+        String::new()
+    } else {
+        let status = fails(
+            "NodeStageVolume of an encrypted volume without dm-crypt",
+            s.node().node_stage_volume(with_key).await,
+            Code::FailedPrecondition,
+        );
+        assert!(
+            status.message().contains("dm-crypt is unavailable"),
+            "{}",
+            status.message()
+        );
+        status.message().to_string()
+    };
+    assert!(!message.contains(key), "the key leaked into the error");
+    assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+    assert!(
+        !s.log_tail(10_000).contains(key),
+        "the key leaked into the log"
+    );
+    s.teardown(&v).await;
+    assert_no_leftovers(&s);
+}

@@ -1,0 +1,469 @@
+//! LUKS (dm-crypt) through libcryptsetup: format a blank device, open it as
+//! a device-mapper mapping, close, grow, and find what is open.
+//!
+//! The key is handed to libcryptsetup as bytes in memory: it never goes
+//! through a file, a command line or a log. Each function is one whole
+//! operation on one `CryptDevice` (which must not cross threads); callers run
+//! it inside one blocking closure.
+
+use std::cell::RefCell;
+use std::ffi::{CStr, c_char, c_int, c_void};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use libcryptsetup_rs::consts::flags::{CryptActivate, CryptDeactivate, CryptPbkdf, CryptVolumeKey};
+use libcryptsetup_rs::consts::vals::{CryptKdf, CryptLogLevel, CryptStatusInfo, EncryptionFormat};
+use libcryptsetup_rs::{
+    CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsLuks2Ref, CryptPbkdfType, Either,
+};
+
+use crate::csi::params::Luks;
+
+/// Where device-mapper mappings appear.
+pub const MAPPER_DIR: &str = "/dev/mapper";
+const CONTROL: &str = "/dev/mapper/control";
+
+/// Cost of the argon2id key derivation of new volumes. Opening a volume
+/// costs the same memory, so it must fit the node plugin's memory limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pbkdf {
+    pub memory_kib: u32,
+    pub iterations: u32,
+}
+
+impl Pbkdf {
+    pub const DEFAULT: Pbkdf = Pbkdf {
+        memory_kib: 64 * 1024,
+        iterations: 4,
+    };
+    /// libcryptsetup's bounds for argon2 (memory up to 4 GiB, at least 4
+    /// iterations); 1 MiB is this driver's floor.
+    const MEMORY_KIB: std::ops::RangeInclusive<u32> = 1024..=4 * 1024 * 1024;
+    const ITERATIONS: std::ops::RangeInclusive<u32> = 4..=1000;
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !Self::MEMORY_KIB.contains(&self.memory_kib) {
+            return Err(format!(
+                "luks-pbkdf-memory-kib {} is out of range: use {} to {} (KiB)",
+                self.memory_kib,
+                Self::MEMORY_KIB.start(),
+                Self::MEMORY_KIB.end()
+            ));
+        }
+        if !Self::ITERATIONS.contains(&self.iterations) {
+            return Err(format!(
+                "luks-pbkdf-iterations {} is out of range: use {} to {}",
+                self.iterations,
+                Self::ITERATIONS.start(),
+                Self::ITERATIONS.end()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What can go wrong with LUKS. Messages name the device or mapping and
+/// never contain the key.
+#[derive(Debug, thiserror::Error)]
+pub enum LuksError {
+    /// The kernel offers no device-mapper (or the plugin may not use it).
+    #[error(
+        "dm-crypt is unavailable on this node: {CONTROL}: {reason}; encrypted volumes need a kernel with device-mapper and dm-crypt (modules dm_mod, dm_crypt) and a privileged node plugin; nothing was written"
+    )]
+    Unavailable { reason: String },
+    /// No key slot opens with the given key.
+    #[error(
+        "the luksKey of the node-stage secret opens no key slot of the LUKS header on {device}; nothing was changed: check the secret", device = device.display()
+    )]
+    WrongKey { device: PathBuf },
+    /// The device holds no LUKS header.
+    #[error("{device} holds no LUKS header: {detail}", device = device.display())]
+    NotLuks { device: PathBuf, detail: String },
+    /// A mapping of this name exists over another device and is in use.
+    #[error(
+        "device-mapper name {name} is taken by a mapping over device {found} (not {device}) that is in use; unmount it and run `cryptsetup close {name}`", device = device.display()
+    )]
+    StaleMapping {
+        name: String,
+        found: String,
+        device: PathBuf,
+    },
+    /// The mapping is still open by someone (mounted, bind-mounted).
+    #[error("LUKS mapping {name} is in use and cannot be closed; unpublish and unmount it first")]
+    Busy { name: String },
+    /// libcryptsetup failed.
+    #[error("{op} {target}: {source}{messages}")]
+    Crypt {
+        op: &'static str,
+        target: String,
+        source: libcryptsetup_rs::LibcryptErr,
+        messages: String,
+    },
+    /// A system call failed.
+    #[error(transparent)]
+    Host(#[from] super::HostError),
+}
+
+/// The device-mapper name of a volume's mapping: readable when the volume
+/// ID is made of safe characters, else derived from its hash.
+pub fn mapping_name(volume_id: &str) -> String {
+    let safe = volume_id.len() <= 100
+        && volume_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if safe {
+        format!("luks-{volume_id}")
+    } else {
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(volume_id.as_bytes());
+        let hex: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("luks-{hex}")
+    }
+}
+
+/// `/dev/mapper/<name>`.
+pub fn mapping_path(name: &str) -> PathBuf {
+    Path::new(MAPPER_DIR).join(name)
+}
+
+/// Fails with [`LuksError::Unavailable`] when device-mapper cannot be used
+/// (opening the control node also loads dm_mod when it is a module).
+pub fn check_available() -> Result<(), LuksError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(CONTROL)
+        .map(drop)
+        .map_err(|e| LuksError::Unavailable {
+            reason: e.to_string(),
+        })
+}
+
+/// An open mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Active {
+    pub path: PathBuf,
+    /// Major and minor number of the device under it.
+    pub backing: (u32, u32),
+    /// Held open (mounted, or a device stacked on it).
+    pub busy: bool,
+}
+
+/// The open mapping called `name`, if any. Without device-mapper nothing
+/// can be open: `None`.
+pub fn active(name: &str) -> Result<Option<Active>, LuksError> {
+    if check_available().is_err() {
+        return Ok(None);
+    }
+    capture_messages();
+    let busy = match libcryptsetup_rs::status(None, name) {
+        Ok(CryptStatusInfo::Active) => false,
+        Ok(CryptStatusInfo::Busy) => true,
+        Ok(_) => return Ok(None),
+        Err(source) => return Err(crypt_error("status of mapping", name, source)),
+    };
+    let path = mapping_path(name);
+    let backing = backing_device(&path)?;
+    Ok(Some(Active {
+        path,
+        backing,
+        busy,
+    }))
+}
+
+/// The major:minor of the one device under the device-mapper device `path`
+/// (from sysfs: `/sys/dev/block/M:m/slaves/*/dev`).
+fn backing_device(path: &Path) -> Result<(u32, u32), LuksError> {
+    let os = |op, p: &Path, e| super::HostError::os(op, p, e, "is the mapping still open?");
+    let rdev = std::fs::metadata(path)
+        .map_err(|e| os("stat", path, e))?
+        .rdev();
+    let slaves = PathBuf::from(format!(
+        "/sys/dev/block/{}:{}/slaves",
+        libc::major(rdev),
+        libc::minor(rdev)
+    ));
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&slaves).map_err(|e| os("list", &slaves, e))? {
+        let dev_file = entry
+            .map_err(|e| os("list", &slaves, e))?
+            .path()
+            .join("dev");
+        let text = std::fs::read_to_string(&dev_file).map_err(|e| os("read", &dev_file, e))?;
+        if let Some((major, minor)) = text.trim().split_once(':')
+            && let (Ok(major), Ok(minor)) = (major.parse(), minor.parse())
+        {
+            found.push((major, minor));
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(*one),
+        _ => Err(super::HostError::os(
+            "find the one device under",
+            path,
+            std::io::Error::other(format!(
+                "{} devices found in {}",
+                found.len(),
+                slaves.display()
+            )),
+            "a LUKS mapping sits on exactly one device",
+        )
+        .into()),
+    }
+}
+
+/// Writes a new LUKS2 header on `device` with one key slot for `key`. The
+/// caller makes sure the device is blank.
+pub fn format(device: &Path, key: &[u8], luks: &Luks, pbkdf: &Pbkdf) -> Result<(), LuksError> {
+    let target = device.display().to_string();
+    let fail = |op, source| crypt_error(op, &target, source);
+    let (cipher, mode) = luks
+        .cipher
+        .split_once('-')
+        .ok_or_else(|| LuksError::Crypt {
+            op: "format",
+            target: target.clone(),
+            source: libcryptsetup_rs::LibcryptErr::Other(format!(
+                "cipher {:?} is not CIPHER-MODE",
+                luks.cipher
+            )),
+            messages: String::new(),
+        })?;
+    capture_messages();
+    let mut cd = CryptInit::init(device).map_err(|e| fail("open device", e))?;
+    let kdf = CryptPbkdfType {
+        type_: CryptKdf::Argon2Id,
+        hash: Some("sha256".to_string()),
+        time_ms: 0,
+        iterations: pbkdf.iterations,
+        max_memory_kb: pbkdf.memory_kib,
+        parallel_threads: 1,
+        flags: CryptPbkdf::NO_BENCHMARK,
+    };
+    cd.settings_handle()
+        .set_pbkdf_type(&kdf)
+        .map_err(|e| fail("set the key derivation of", e))?;
+    let params = CryptParamsLuks2 {
+        pbkdf: Some(kdf),
+        integrity: None,
+        integrity_params: None,
+        data_alignment: 0,
+        data_device: None,
+        sector_size: 512,
+        label: None,
+        subsystem: None,
+    };
+    let mut params: CryptParamsLuks2Ref<'_> = (&params)
+        .try_into()
+        .map_err(|e| fail("prepare the LUKS2 parameters of", e))?;
+    cd.context_handle()
+        .format(
+            EncryptionFormat::Luks2,
+            (cipher, mode),
+            None,
+            Either::Right(luks.key_size_bits as usize / 8),
+            Some(&mut params),
+        )
+        .map_err(|e| fail("write a LUKS2 header on", e))?;
+    cd.keyslot_handle()
+        .add_by_key(None, None, key, CryptVolumeKey::empty())
+        .map_err(|e| fail("add a key slot on", e))?;
+    Ok(())
+}
+
+/// Loads the LUKS header (LUKS1 or LUKS2) of `device`.
+fn load(device: &Path) -> Result<CryptDevice, LuksError> {
+    let target = device.display().to_string();
+    let mut cd = CryptInit::init(device).map_err(|e| crypt_error("open device", &target, e))?;
+    cd.context_handle()
+        .load::<()>(None, None)
+        .map_err(|e| LuksError::NotLuks {
+            device: device.to_path_buf(),
+            detail: format!("{e}{}", take_messages()),
+        })?;
+    Ok(cd)
+}
+
+/// Tries `key` against the key slots of `device`.
+fn unlock(
+    cd: &mut CryptDevice,
+    device: &Path,
+    name: Option<&str>,
+    key: &[u8],
+) -> Result<(), LuksError> {
+    match cd
+        .activate_handle()
+        .activate_by_passphrase(name, None, key, CryptActivate::empty())
+    {
+        Ok(_) => Ok(()),
+        Err(libcryptsetup_rs::LibcryptErr::IOError(e)) if e.raw_os_error() == Some(libc::EPERM) => {
+            Err(LuksError::WrongKey {
+                device: device.to_path_buf(),
+            })
+        }
+        Err(e) => Err(crypt_error(
+            if name.is_some() {
+                "open"
+            } else {
+                "check the key of"
+            },
+            &device.display().to_string(),
+            e,
+        )),
+    }
+}
+
+/// Checks that `key` opens `device` without opening it.
+pub fn check_key(device: &Path, key: &[u8]) -> Result<(), LuksError> {
+    capture_messages();
+    let mut cd = load(device)?;
+    unlock(&mut cd, device, None, key)
+}
+
+/// Opens `device` as mapping `name` and returns the mapping's path. The
+/// volume key is kept in the device-mapper table rather than the kernel
+/// keyring, so that the mapping can be grown without the key.
+pub fn open(device: &Path, name: &str, key: &[u8]) -> Result<PathBuf, LuksError> {
+    capture_messages();
+    let mut cd = load(device)?;
+    cd.context_handle()
+        .volume_key_keyring(false)
+        .map_err(|e| crypt_error("turn off the kernel keyring for", name, e))?;
+    unlock(&mut cd, device, Some(name), key)?;
+    Ok(mapping_path(name))
+}
+
+/// Closes mapping `name`; closing one that is not open is done.
+pub fn close(name: &str) -> Result<(), LuksError> {
+    if active(name)?.is_none() {
+        return Ok(());
+    }
+    capture_messages();
+    let mut cd = CryptInit::init_by_name_and_header(name, None)
+        .map_err(|e| crypt_error("find mapping", name, e))?;
+    match cd
+        .activate_handle()
+        .deactivate(name, CryptDeactivate::empty())
+    {
+        Ok(()) => Ok(()),
+        Err(libcryptsetup_rs::LibcryptErr::IOError(e)) if e.raw_os_error() == Some(libc::EBUSY) => {
+            Err(LuksError::Busy {
+                name: name.to_string(),
+            })
+        }
+        Err(e) => Err(crypt_error("close mapping", name, e)),
+    }
+}
+
+/// Grows mapping `name` to the current size of the device under it.
+pub fn resize(name: &str) -> Result<(), LuksError> {
+    capture_messages();
+    let mut cd = CryptInit::init_by_name_and_header(name, None)
+        .map_err(|e| crypt_error("find mapping", name, e))?;
+    cd.context_handle()
+        .resize(name, 0)
+        .map_err(|e| crypt_error("resize mapping", name, e))
+}
+
+/// Major and minor number of `device`.
+pub fn device_numbers(device: &Path) -> Result<(u32, u32), LuksError> {
+    let rdev = std::fs::metadata(device)
+        .map_err(|e| super::HostError::os("stat", device, e, "is the device present?"))?
+        .rdev();
+    Ok((libc::major(rdev), libc::minor(rdev)))
+}
+
+fn crypt_error(op: &'static str, target: &str, source: libcryptsetup_rs::LibcryptErr) -> LuksError {
+    LuksError::Crypt {
+        op,
+        target: target.to_string(),
+        source,
+        messages: take_messages(),
+    }
+}
+
+// libcryptsetup's own error messages (never the key) are collected per
+// thread while an operation runs, and go into the error it ends with.
+thread_local! {
+    static MESSAGES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+unsafe extern "C" fn collect_message(level: c_int, msg: *const c_char, _: *mut c_void) {
+    if msg.is_null() || level != CryptLogLevel::Error as c_int {
+        return;
+    }
+    // SAFETY: libcryptsetup passes a NUL-terminated string valid for the call.
+    let text = unsafe { CStr::from_ptr(msg) }
+        .to_string_lossy()
+        .trim()
+        .to_string();
+    if !text.is_empty() {
+        MESSAGES.with(|m| m.borrow_mut().push(text));
+    }
+}
+
+/// Starts collecting this thread's messages afresh.
+fn capture_messages() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| libcryptsetup_rs::set_log_callback::<()>(Some(collect_message), None));
+    MESSAGES.with(|m| m.borrow_mut().clear());
+}
+
+/// The collected messages as `" (libcryptsetup: a; b)"`, or nothing.
+fn take_messages() -> String {
+    let messages = MESSAGES.with(|m| std::mem::take(&mut *m.borrow_mut()));
+    if messages.is_empty() {
+        String::new()
+    } else {
+        format!(" (libcryptsetup: {})", messages.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapping_names_are_readable_or_hashed() {
+        assert_eq!(mapping_name("hp-0123abcd"), "luks-hp-0123abcd");
+        let odd = mapping_name("vol/with spaces");
+        assert!(odd.starts_with("luks-") && odd.len() == 5 + 32, "{odd}");
+        assert_ne!(odd, mapping_name("vol/with spaces2"));
+        let long = "a".repeat(128);
+        assert_eq!(mapping_name(&long).len(), 37);
+    }
+
+    #[test]
+    fn pbkdf_bounds() {
+        assert!(Pbkdf::DEFAULT.validate().is_ok());
+        assert!(
+            Pbkdf {
+                memory_kib: 512,
+                iterations: 4
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Pbkdf {
+                memory_kib: 8192,
+                iterations: 3
+            }
+            .validate()
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn without_device_mapper_nothing_is_open() {
+        if check_available().is_ok() {
+            eprintln!("device-mapper present: the VM suite covers this host");
+            return;
+        }
+        let err = check_available().unwrap_err().to_string();
+        assert!(err.contains("dm-crypt is unavailable"), "{err}");
+        assert_eq!(active("luks-anything").unwrap(), None);
+        close("luks-anything").unwrap();
+    }
+}
