@@ -72,9 +72,14 @@ pub struct ServeArgs {
     /// TOML config file; its values are overridden by environment and flags.
     #[arg(long, env = "MULTICSI_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Storage backend.
+    /// Storage backend (the default one when several are served).
     #[arg(long, env = "MULTICSI_BACKEND")]
     pub backend: Option<String>,
+    /// Several backends in one driver, comma-separated; the first (or
+    /// --backend) is the default, StorageClasses pick another with
+    /// multicsi.io/backend.
+    #[arg(long, env = "MULTICSI_BACKENDS", value_delimiter = ',')]
+    pub backends: Option<Vec<String>>,
     /// Maximum number of volumes this node accepts (0 = the backend's default).
     #[arg(long, env = "MULTICSI_MAX_VOLUMES_PER_NODE")]
     pub max_volumes_per_node: Option<u64>,
@@ -111,6 +116,7 @@ pub struct FileConfig {
     pub driver_name: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub backend: Option<String>,
+    pub backends: Option<Vec<String>>,
     pub max_volumes_per_node: Option<u64>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
@@ -131,7 +137,10 @@ pub struct Settings {
     pub mode: Mode,
     pub driver_name: String,
     pub state_dir: PathBuf,
+    /// The default backend.
     pub backend: String,
+    /// Every backend served, the default first.
+    pub backends: Vec<String>,
     pub max_volumes_per_node: u64,
     pub log_format: Option<LogFormat>,
     pub log_level: String,
@@ -258,6 +267,10 @@ impl Settings {
             packet: file.packet.unwrap_or_default(),
         };
         clouds.overlay_env(|name| std::env::var(name).ok());
+        let (backend, backends) = choose_backends(
+            args.backend.or(file.backend),
+            args.backends.or(file.backends),
+        )?;
         let luks_pbkdf = Pbkdf {
             memory_kib: args
                 .luks_pbkdf_memory_kib
@@ -275,10 +288,8 @@ impl Settings {
             mode: args.mode.or(file.mode).unwrap_or(Mode::All),
             driver_name,
             state_dir,
-            backend: args
-                .backend
-                .or(file.backend)
-                .unwrap_or_else(|| "hostpath".to_string()),
+            backend,
+            backends,
             max_volumes_per_node: args
                 .max_volumes_per_node
                 .or(file.max_volumes_per_node)
@@ -299,6 +310,32 @@ impl Settings {
             clouds,
         })
     }
+}
+
+/// The default backend and every backend served (default first): the
+/// default is `backend`, else the first of `backends`, else hostpath.
+fn choose_backends(
+    backend: Option<String>,
+    backends: Option<Vec<String>>,
+) -> Result<(String, Vec<String>), ConfigError> {
+    let mut list: Vec<String> = backends
+        .unwrap_or_default()
+        .into_iter()
+        .map(|b| b.trim().to_string())
+        .filter(|b| !b.is_empty())
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(twice) = list.iter().find(|b| !seen.insert(b.as_str())) {
+        return Err(ConfigError::Invalid(format!(
+            "backend {twice:?} is listed twice in backends"
+        )));
+    }
+    let default = backend
+        .or_else(|| list.first().cloned())
+        .unwrap_or_else(|| "hostpath".to_string());
+    list.retain(|b| *b != default);
+    list.insert(0, default.clone());
+    Ok((default, list))
 }
 
 /// `IP:PORT`, or `off` (or nothing) for no metrics listener.
@@ -416,6 +453,24 @@ mod tests {
         );
         assert!(Endpoint::parse("unix://relative.sock").is_err());
         assert!(Endpoint::parse("http://x").is_err());
+    }
+
+    #[test]
+    fn several_backends_put_the_default_first() {
+        let list = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let (d, all) = choose_backends(None, None).unwrap();
+        assert_eq!(
+            (d.as_str(), all),
+            ("hostpath", vec!["hostpath".to_string()])
+        );
+        let (d, all) = choose_backends(None, list(&["cloudscale", "hostpath"])).unwrap();
+        assert_eq!(d, "cloudscale");
+        assert_eq!(all, ["cloudscale", "hostpath"]);
+        let (d, all) =
+            choose_backends(Some("hostpath".into()), list(&["cloudscale", "hostpath"])).unwrap();
+        assert_eq!(d, "hostpath");
+        assert_eq!(all, ["hostpath", "cloudscale"]);
+        assert!(choose_backends(None, list(&["civo", "civo"])).is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::time::Instant;
 use tonic::{Response, Status};
 use tracing::Instrument;
 
+use crate::backend::cloudscale;
 use crate::backend::hostpath::HostPath;
+use crate::backend::router::{Route, Router};
 use crate::backend::{Backend, NodeBackend};
 use crate::config::Settings;
 use crate::error::CsiResult;
@@ -16,7 +18,7 @@ use crate::locks::InFlight;
 use crate::metrics;
 
 /// Backends this binary can serve.
-pub const BACKENDS: &[&str] = &["hostpath", "packet"];
+pub const BACKENDS: &[&str] = &["hostpath", "cloudscale", "packet"];
 
 pub struct Driver {
     pub settings: Settings,
@@ -25,33 +27,69 @@ pub struct Driver {
     pub locks: InFlight,
 }
 
-impl Driver {
-    /// Builds the driver for the configured backend.
-    pub async fn new(settings: &Settings) -> Result<Self, String> {
-        let (backend, node_backend): (Arc<dyn Backend>, Arc<dyn NodeBackend>) =
-            match settings.backend.as_str() {
-                "hostpath" => {
-                    let state_dir = settings.state_dir.clone();
-                    let node_id = settings.node_id.clone();
-                    let max = settings.max_volumes_per_node;
-                    let hostpath = tokio::task::spawn_blocking(move || {
-                        HostPath::open(&state_dir, &node_id, max)
-                    })
+/// The controller and node halves of one backend.
+type Halves = (Arc<dyn Backend>, Arc<dyn NodeBackend>);
+
+/// Builds one backend by name.
+async fn build(
+    name: &str,
+    settings: &Settings,
+    cloudscale_node: Option<(String, String)>,
+) -> Result<Halves, String> {
+    Ok(match name {
+        "hostpath" => {
+            let state_dir = settings.state_dir.clone();
+            let node_id = settings.node_id.clone();
+            let max = settings.max_volumes_per_node;
+            let hostpath =
+                tokio::task::spawn_blocking(move || HostPath::open(&state_dir, &node_id, max))
                     .await
                     .map_err(|e| e.to_string())??;
-                    let hostpath = Arc::new(hostpath);
-                    (hostpath.clone(), hostpath)
-                }
-                "packet" => crate::backend::packet::build(settings).await?,
-                other => {
-                    return Err(format!(
-                        "unknown backend {other:?}; this binary serves: {}",
-                        BACKENDS.join(", ")
-                    ));
-                }
-            };
+            let hostpath = Arc::new(hostpath);
+            (hostpath.clone(), hostpath)
+        }
+        "cloudscale" => {
+            let (backend, node) = cloudscale::open(settings, cloudscale_node)?;
+            (backend, node)
+        }
+        "packet" => crate::backend::packet::build(settings).await?,
+        other => {
+            return Err(format!(
+                "unknown backend {other:?}; this binary serves: {}",
+                BACKENDS.join(", ")
+            ));
+        }
+    })
+}
+
+impl Driver {
+    /// Builds the driver for the configured backends (a router in front
+    /// when there are several).
+    pub async fn new(settings: &Settings) -> Result<Self, String> {
+        let mut settings = settings.clone();
+        // A cloudscale node is the server the metadata service names: its
+        // UUID is the node ID the controller attaches volumes to.
+        let mut cloudscale_node = None;
+        if settings.backends.iter().any(|b| b == "cloudscale") && settings.mode.serves_node() {
+            let (uuid, zone) = cloudscale::node_identity(&settings).await?;
+            tracing::info!(node_id = %uuid, zone = %zone, "cloudscale server identity read from the metadata service");
+            settings.node_id = uuid.clone();
+            cloudscale_node = Some((uuid, zone));
+        }
+        let mut routes = Vec::new();
+        for name in &settings.backends {
+            let (backend, node) = build(name, &settings, cloudscale_node.clone()).await?;
+            routes.push(Route { backend, node });
+        }
+        let (backend, node_backend): Halves = if routes.len() == 1 {
+            let only = routes.remove(0);
+            (only.backend, only.node)
+        } else {
+            let router = Arc::new(Router::new(routes)?);
+            (router.clone(), router)
+        };
         Ok(Driver {
-            settings: settings.clone(),
+            settings,
             backend,
             node_backend,
             locks: InFlight::default(),

@@ -9,6 +9,8 @@
 
 #[path = "conformance/api.rs"]
 mod api;
+#[path = "conformance/cloudscale.rs"]
+mod cloudscale_only;
 #[path = "conformance/controller.rs"]
 mod controller;
 #[path = "conformance/crash.rs"]
@@ -21,6 +23,8 @@ mod identity;
 mod node;
 #[path = "conformance/observability.rs"]
 mod observability;
+#[path = "conformance/routing.rs"]
+mod routing;
 #[path = "conformance/soak.rs"]
 mod soak;
 #[path = "conformance/socket.rs"]
@@ -140,6 +144,28 @@ mod hostpath {
     api_sections!(crate::harness::BackendUnderTest::hostpath);
     section!(crate::harness::BackendUnderTest::hostpath, soak: [soak_cycles]);
     node_sections!(crate::harness::BackendUnderTest::hostpath);
+}
+
+mod cloudscale {
+    api_sections!(crate::harness::BackendUnderTest::cloudscale);
+    node_sections!(crate::harness::BackendUnderTest::cloudscale);
+    section!(crate::harness::BackendUnderTest::cloudscale, specific in cloudscale_only: [
+        volume_types_and_size_steps,
+        restore_inherits_type_and_zone_then_grows,
+        a_volume_attaches_to_one_server,
+        node_identity_and_volume_limit,
+        a_duplicate_left_by_a_crash_is_resolved,
+        a_clone_leaves_no_snapshot_behind,
+        a_node_needs_no_token,
+    ]);
+    mod faults {
+        soak_sections!(crate::harness::BackendUnderTest::cloudscale_under_faults);
+    }
+    mod with_hostpath {
+        section!(crate::harness::BackendUnderTest::cloudscale_with_hostpath, routing: [
+            two_backends_route_by_id,
+        ]);
+    }
 }
 
 mod packet {

@@ -3,8 +3,10 @@
 //! A backend speaks in the driver's own types; the CSI adapters translate
 //! requests into them and errors into status codes (see `crate::error`).
 
+pub mod cloudscale;
 pub mod hostpath;
 pub mod packet;
+pub mod router;
 pub mod size;
 
 use std::collections::BTreeMap;
@@ -103,6 +105,10 @@ pub trait Backend: Send + Sync + 'static {
     fn features(&self) -> Features;
     /// StorageClass parameter keys this backend understands itself.
     fn parameter_keys(&self) -> &'static [&'static str];
+    /// The backends served, the default first (several behind a router).
+    fn backend_names(&self) -> Vec<&'static str> {
+        vec![self.name()]
+    }
     /// Ok when the backend can serve requests.
     async fn ready(&self) -> CsiResult<()>;
 

@@ -5,3 +5,4 @@ pub mod http;
 pub mod rfc3339;
 pub mod secret;
 pub mod settings;
+pub mod timestamp;

@@ -17,6 +17,9 @@ pub struct CloudscaleSettings {
     pub metadata_url: Option<String>,
     /// `CLOUDSCALE_MAX_CSI_VOLUMES_PER_NODE` (default 125)
     pub max_csi_volumes_per_node: Option<u64>,
+    /// `CLOUDSCALE_API_REQUESTS_PER_SECOND`: the client's rate limit
+    /// (default 20, bursts of twice as many).
+    pub api_requests_per_second: Option<f64>,
 }
 
 /// `[civo]` in the config file.
@@ -81,6 +84,9 @@ impl CloudSettings {
         set(&mut cs.metadata_url, get("CLOUDSCALE_METADATA_URL"));
         if let Some(n) = get("CLOUDSCALE_MAX_CSI_VOLUMES_PER_NODE").and_then(|v| v.parse().ok()) {
             cs.max_csi_volumes_per_node = Some(n);
+        }
+        if let Some(n) = get("CLOUDSCALE_API_REQUESTS_PER_SECOND").and_then(|v| v.parse().ok()) {
+            cs.api_requests_per_second = Some(n);
         }
         let civo = &mut self.civo;
         set_secret(&mut civo.api_key, get("CIVO_API_KEY"));

@@ -138,7 +138,7 @@ impl Driver {
         }
         let parameters = params::parse(
             &r.parameters,
-            self.backend.name(),
+            &self.backend.backend_names(),
             self.backend.parameter_keys(),
         )?;
         let fs_type = caps.iter().find_map(|c| match &c.access {
@@ -225,7 +225,7 @@ impl Driver {
             .and_then(|_| {
                 params::parse(
                     &r.parameters,
-                    self.backend.name(),
+                    &self.backend.backend_names(),
                     self.backend.parameter_keys(),
                 )
             });
@@ -277,7 +277,7 @@ impl Driver {
             || r.volume_capabilities.is_empty();
         params::parse(
             &r.parameters,
-            self.backend.name(),
+            &self.backend.backend_names(),
             self.backend.parameter_keys(),
         )?;
         let here = self.node_backend.topology();
@@ -353,7 +353,7 @@ impl Driver {
         self.require(self.backend.features().snapshots, "snapshots")?;
         let source = validate::identifier("source_volume_id", &r.source_volume_id)?;
         let name = validate::identifier("name", &r.name)?;
-        params::parse(&r.parameters, self.backend.name(), &[])?;
+        params::parse(&r.parameters, &self.backend.backend_names(), &[])?;
         let _guard = self.locks.acquire(&[name])?;
         let snapshot = self.backend.create_snapshot(source, name).await?;
         Ok(pb::CreateSnapshotResponse {

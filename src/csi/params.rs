@@ -37,21 +37,28 @@ pub struct Parameters {
 }
 
 /// Splits and checks CreateVolume parameters.
+/// `backends` are the backends served, the default first; choosing another
+/// one leaves `BACKEND` in the backend parameters (for the router).
 pub fn parse(
     parameters: &HashMap<String, String>,
-    backend_name: &str,
+    backends: &[&str],
     backend_keys: &[&str],
 ) -> CsiResult<Parameters> {
+    let backend_name = backends.first().copied().unwrap_or_default();
     let mut result = Parameters::default();
     for (key, value) in parameters {
         if key.starts_with(KUBERNETES_PREFIX) {
             continue;
         }
         if key == BACKEND {
-            if value != backend_name {
+            if !backends.contains(&value.as_str()) {
                 return Err(CsiError::InvalidArgument(format!(
-                    "parameter {BACKEND}={value:?}: this driver serves the {backend_name:?} backend"
+                    "parameter {BACKEND}={value:?}: this driver serves {}",
+                    backends.join(", ")
                 )));
+            }
+            if value != backend_name {
+                result.backend.insert(key.clone(), value.clone());
             }
         } else if NODE_KEYS.contains(&key.as_str()) {
             check_number(key, value)?;
@@ -217,7 +224,7 @@ mod tests {
                 (MKFS_INODE_SIZE, "512"),
                 ("multicsi.io/volume-type", "ssd"),
             ]),
-            "cloudscale",
+            &["cloudscale"],
             &["multicsi.io/volume-type"],
         )
         .unwrap();
@@ -227,13 +234,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named_in_the_error() {
-        let err = parse(&map(&[("fstyp", "ext4")]), "hostpath", &[]).unwrap_err();
+        let err = parse(&map(&[("fstyp", "ext4")]), &["hostpath"], &[]).unwrap_err();
         assert!(matches!(err, CsiError::InvalidArgument(ref m) if m.contains("fstyp")));
     }
 
     #[test]
     fn luks_settings_are_checked_and_carried_to_the_node_with_defaults() {
-        let p = parse(&map(&[(LUKS_ENCRYPTED, "true")]), "hostpath", &[]).unwrap();
+        let p = parse(&map(&[(LUKS_ENCRYPTED, "true")]), &["hostpath"], &[]).unwrap();
         assert_eq!(p.node_context.get(LUKS_ENCRYPTED).unwrap(), "true");
         assert_eq!(p.node_context.get(LUKS_CIPHER).unwrap(), "aes-xts-plain64");
         assert_eq!(p.node_context.get(LUKS_KEY_SIZE).unwrap(), "512");
@@ -246,7 +253,7 @@ mod tests {
                 ("csi.cloudscale.ch/luks-cipher", "aes-cbc-essiv:sha256"),
                 ("csi.cloudscale.ch/luks-key-size", "256"),
             ]),
-            "hostpath",
+            &["hostpath"],
             &[],
         )
         .unwrap();
@@ -257,14 +264,14 @@ mod tests {
         assert_eq!(p.node_context.get(LUKS_KEY_SIZE).unwrap(), "256");
         assert!(!p.node_context.contains_key("csi.cloudscale.ch/luks-cipher"));
 
-        let p = parse(&map(&[(LUKS_ENCRYPTED, "false")]), "hostpath", &[]).unwrap();
+        let p = parse(&map(&[(LUKS_ENCRYPTED, "false")]), &["hostpath"], &[]).unwrap();
         assert!(p.node_context.is_empty());
     }
 
     #[test]
     fn bad_luks_settings_name_their_key() {
         let refused = |pairs: &[(&str, &str)], named: &str| {
-            let err = parse(&map(pairs), "hostpath", &[]).unwrap_err();
+            let err = parse(&map(pairs), &["hostpath"], &[]).unwrap_err();
             assert!(
                 matches!(err, CsiError::InvalidArgument(ref m) if m.contains(named)),
                 "{pairs:?}: {err}"
@@ -297,8 +304,22 @@ mod tests {
 
     #[test]
     fn wrong_backend_and_bad_numbers_are_refused() {
-        assert!(parse(&map(&[(BACKEND, "civo")]), "hostpath", &[]).is_err());
-        assert!(parse(&map(&[(BACKEND, "hostpath")]), "hostpath", &[]).is_ok());
-        assert!(parse(&map(&[(MKFS_BLOCK_SIZE, "4k")]), "hostpath", &[]).is_err());
+        assert!(parse(&map(&[(BACKEND, "civo")]), &["hostpath"], &[]).is_err());
+        let chosen = parse(&map(&[(BACKEND, "hostpath")]), &["hostpath"], &[]).unwrap();
+        assert!(
+            chosen.backend.is_empty(),
+            "the default backend sees no choice"
+        );
+        assert!(parse(&map(&[(MKFS_BLOCK_SIZE, "4k")]), &["hostpath"], &[]).is_err());
+        let other = parse(
+            &map(&[(BACKEND, "hostpath")]),
+            &["cloudscale", "hostpath"],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            other.backend.get(BACKEND).map(String::as_str),
+            Some("hostpath")
+        );
     }
 }

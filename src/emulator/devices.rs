@@ -56,8 +56,7 @@ impl DeviceHost {
     /// Copies a volume's content into a new image (snapshots, restores).
     pub fn copy(&self, from_serial: &str, to_serial: &str) -> Result<(), String> {
         let (from, to) = (self.image(from_serial), self.image(to_serial));
-        fs::copy(&from, &to)
-            .map(|_| ())
+        crate::backend::hostpath::image::copy(&from, &to, 0)
             .map_err(|e| format!("copy {} to {}: {e}", from.display(), to.display()))
     }
 

@@ -90,6 +90,36 @@ pub struct Emulator {
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
+
+/// GETs `path` from an emulator (plain HTTP/1.1) and parses the JSON body;
+/// injected faults (5xx, 429, dropped connections) are retried.
+pub fn emulator_get(api: &str, path: &str, token: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let host = api.trim_start_matches("http://").trim_end_matches('/');
+    let mut last = String::new();
+    for _ in 0..50 {
+        let mut stream = std::net::TcpStream::connect(host).expect("connect to the emulator");
+        let sent = write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        let mut answer = String::new();
+        if sent.is_ok()
+            && stream.read_to_string(&mut answer).is_ok()
+            && let Some((head, body)) = answer.split_once("\r\n\r\n")
+        {
+            if head.starts_with("HTTP/1.1 200") {
+                return serde_json::from_str(body).expect("a JSON body from the emulator");
+            }
+            let retry = head.starts_with("HTTP/1.1 5") || head.starts_with("HTTP/1.1 429");
+            assert!(retry, "emulator answered GET {path}: {head}");
+            last = head.lines().next().unwrap_or_default().to_string();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the emulator did not answer GET {path}: {last}");
+}
+
 /// The emulated Packet server this node runs on, and the project.
 pub const PACKET_DEVICE_ID: &str = "5d0a1c7e-3f4b-4e8a-9c21-7b6e2f1d0a01";
 pub const PACKET_PROJECT_ID: &str = "0f3c2b1a-9d8e-4f7a-8b6c-5d4e3f2a1b0c";
@@ -201,6 +231,133 @@ impl BackendUnderTest {
                 ids
             },
         }
+    }
+
+    /// The cloudscale backend against its emulator: devices appear as loop
+    /// devices linked in `{dir}/links`, the node's identity comes from the
+    /// emulated metadata service.
+    pub fn cloudscale() -> Self {
+        BackendUnderTest {
+            name: "cloudscale",
+            node_id: multicsi::emulator::cloudscale::SERVER_UUID,
+            args: vec![
+                "--backend",
+                "cloudscale",
+                "--state-dir",
+                "{dir}/state",
+                "--device-dir",
+                "{dir}/links",
+            ],
+            env: vec![
+                ("CLOUDSCALE_ACCESS_TOKEN", "conformance-token"),
+                ("CLOUDSCALE_API_URL", "{api}"),
+                ("CLOUDSCALE_METADATA_URL", "{api}"),
+            ],
+            plugin_services: vec![
+                PluginService::ControllerService,
+                PluginService::VolumeAccessibilityConstraints,
+            ],
+            controller_rpcs: vec![
+                CtrlRpc::CreateDeleteVolume,
+                CtrlRpc::PublishUnpublishVolume,
+                CtrlRpc::ListVolumes,
+                CtrlRpc::CreateDeleteSnapshot,
+                CtrlRpc::ListSnapshots,
+                CtrlRpc::CloneVolume,
+                CtrlRpc::PublishReadonly,
+                CtrlRpc::ExpandVolume,
+                CtrlRpc::ListVolumesPublishedNodes,
+                CtrlRpc::GetVolume,
+                CtrlRpc::SingleNodeMultiWriter,
+                CtrlRpc::GetSnapshot,
+            ],
+            node_rpcs: vec![
+                NodeRpc::StageUnstageVolume,
+                NodeRpc::GetVolumeStats,
+                NodeRpc::ExpandVolume,
+                NodeRpc::VolumeCondition,
+                NodeRpc::SingleNodeMultiWriter,
+            ],
+            sizes: Sizes {
+                step: GIB,
+                small: 2 * GIB,
+                filesystem: |_| GIB,
+            },
+            filesystems: vec!["ext4", "xfs", "btrfs"],
+            node_tests: true,
+            topology_key: "csi.cloudscale.ch/zone",
+            unknown_volume_id: "00000000-0000-4000-8000-000000000000",
+            unknown_snapshot_id: "00000000-0000-4000-8000-000000000001",
+            alt_parameters: vec![("csi.cloudscale.ch/volume-type", "bulk")],
+            emulator: Some(Emulator {
+                provider: "cloudscale",
+                args: vec![
+                    "--transition-ms",
+                    "20",
+                    "--image-dir",
+                    "{dir}/images",
+                    "--link-dir",
+                    "{dir}/links",
+                ],
+            }),
+            stored_volumes: |_, api| {
+                let api = api.expect("the cloudscale backend runs with its emulator");
+                let mut ids: Vec<String> = emulator_get(api, "/v1/volumes", "conformance-token")
+                    .as_array()
+                    .expect("a JSON array of volumes")
+                    .iter()
+                    .filter_map(|v| v["uuid"].as_str().map(str::to_string))
+                    .collect();
+                ids.sort();
+                ids
+            },
+        }
+    }
+
+    /// cloudscale with 10% of its API requests answered 5xx and 5% 429,
+    /// API only (no devices): for the soak and the crash test.
+    pub fn cloudscale_under_faults() -> Self {
+        let mut b = Self::cloudscale();
+        b.args = vec!["--backend", "cloudscale", "--state-dir", "{dir}/state"];
+        b.env.push(("CLOUDSCALE_API_REQUESTS_PER_SECOND", "2000"));
+        b.node_tests = false;
+        b.emulator = Some(Emulator {
+            provider: "cloudscale",
+            args: vec![
+                "--transition-ms",
+                "20",
+                "--error-share",
+                "0.10",
+                "--throttle-share",
+                "0.05",
+            ],
+        });
+        b
+    }
+
+    /// cloudscale (the default) and hostpath served by one driver.
+    pub fn cloudscale_with_hostpath() -> Self {
+        let mut b = Self::cloudscale();
+        b.name = "cloudscale+hostpath";
+        b.args = vec![
+            "--backends",
+            "cloudscale,hostpath",
+            "--state-dir",
+            "{dir}/state",
+            "--device-dir",
+            "{dir}/links",
+        ];
+        b.stored_volumes = |dir, api| {
+            let mut ids = (Self::cloudscale().stored_volumes)(dir, api);
+            ids.extend(
+                (Self::hostpath().stored_volumes)(dir, None)
+                    .into_iter()
+                    .map(|id| format!("hostpath:{id}")),
+            );
+            ids.sort();
+            ids
+        };
+        b
     }
 
     /// The packet backend against `multicsi-emulator packet`, API only:

@@ -1001,8 +1001,25 @@ async fn restore_keeps_snapshot_data(b: BackendUnderTest, fs: &str) {
     s.unpublish(&rv, &rtarget).await;
     s.teardown(&rv).await;
     s.unpublish(&v, &target).await;
-    s.teardown(&v).await;
-    s.delete_snapshot(&snap.snapshot_id).await;
+    s.unstage(&v).await;
+    s.controller_unpublish(&v.volume.volume_id).await;
+    // CSI lets a plugin whose snapshots depend on their volume refuse to
+    // delete it (FAILED_PRECONDITION) until the snapshots are gone.
+    let deleted = s
+        .controller()
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: v.volume.volume_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    match deleted {
+        Ok(_) => s.delete_snapshot(&snap.snapshot_id).await,
+        Err(e) if e.code() == Code::FailedPrecondition => {
+            s.delete_snapshot(&snap.snapshot_id).await;
+            s.delete(&v.volume.volume_id).await;
+        }
+        Err(e) => panic!("DeleteVolume of a snapshot's origin: {e}"),
+    }
     assert_no_leftovers(&s);
 }
 
@@ -1515,8 +1532,8 @@ pub async fn luks_without_key_or_dm_crypt_touches_nothing(b: BackendUnderTest) {
     );
 
     let v = s.attach(volume, cap, "conf-luks").await;
-    // What the attachment itself brings (an emulated cloud's disk) is not
-    // the driver's doing.
+    // What ControllerPublish made present (a cloud's attached disk) stays;
+    // the node itself must add nothing.
     let attached = s.host_leftovers();
     let status = fails(
         "NodeStageVolume of an encrypted volume without luksKey",

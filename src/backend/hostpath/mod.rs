@@ -4,7 +4,7 @@
 //! carry their node in the topology, which keeps the design open to
 //! node-local volumes on many nodes.
 
-mod image;
+pub(crate) mod image;
 mod records;
 
 use std::collections::BTreeMap;
