@@ -421,6 +421,30 @@ async fn publish_cycles(server: &Server, cycles: usize, rows: &mut Vec<Row>) {
     .expect("DeleteVolume");
 }
 
+/// The disk's flush latency right now: p50 and p99 of 100 `fdatasync`s of a
+/// small write into a preallocated file in `dir` (what one journal commit
+/// costs at least; the machine may be shared, so it is measured around the
+/// runs).
+fn flush_latency(dir: &Path) -> (Duration, Duration) {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("flush-probe");
+    let mut file = std::fs::File::create(&path).expect("flush probe");
+    file.write_all(&vec![0u8; 1 << 20]).expect("flush probe");
+    file.sync_all().expect("flush probe");
+    let mut times = Vec::with_capacity(100);
+    for i in 0..100u64 {
+        file.write_all_at(&[1u8; 512], i * 4096)
+            .expect("flush probe");
+        let t = Instant::now();
+        file.sync_data().expect("flush probe");
+        times.push(t.elapsed());
+    }
+    let _ = std::fs::remove_file(&path);
+    times.sort();
+    (percentile(&times, 50.0), percentile(&times, 99.0))
+}
+
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
 }
@@ -440,6 +464,7 @@ fn main() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_idle = server.rss_kib();
         let threads_idle = server.threads();
+        let flush_before = flush_latency(&server.dir);
         let mut rows = Vec::new();
         let rss_c1 = create_delete(&server, o.volumes, 1, &mut rows).await;
         let rss_c16 = create_delete(&server, o.volumes, 16, &mut rows).await;
@@ -448,6 +473,7 @@ fn main() {
             publish_cycles(&server, o.cycles, &mut rows).await;
         }
         let rss_end = server.rss_kib();
+        let flush_after = flush_latency(&server.dir);
 
         println!();
         println!(
@@ -471,6 +497,13 @@ fn main() {
         if !node {
             println!("NodePublishVolume        not measured (needs root; --skip-node)");
         }
+        println!(
+            "disk flush (fdatasync) p50/p99 ms: before {}/{}, after {}/{}",
+            ms(flush_before.0),
+            ms(flush_before.1),
+            ms(flush_after.0),
+            ms(flush_after.1)
+        );
         println!();
         println!("{:<40} {:>8}", "server memory", "VmRSS");
         println!(

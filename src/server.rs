@@ -40,7 +40,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
     telemetry::init(settings.log_format, &settings.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(64)
+        .max_blocking_threads(16)
         .thread_stack_size(256 * 1024)
         .enable_all()
         .build()

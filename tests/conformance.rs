@@ -107,6 +107,7 @@ macro_rules! node_sections {
             stage_with_another_filesystem_is_already_exists,
             read_only_publish_refuses_writes,
             raw_block_round_trip,
+            read_only_block_publish_refuses_writes,
             expand_ext4_online,
             expand_xfs_online,
             expand_btrfs_online,
@@ -144,6 +145,11 @@ mod hostpath {
     api_sections!(crate::harness::BackendUnderTest::hostpath);
     section!(crate::harness::BackendUnderTest::hostpath, soak: [soak_cycles]);
     node_sections!(crate::harness::BackendUnderTest::hostpath);
+    // The hostpath controller copies images on the node's host itself, so
+    // it can quiesce a mounted volume for the copy.
+    section!(crate::harness::BackendUnderTest::hostpath, node_snapshot in node: [
+        snapshot_of_a_mounted_volume_holds_unflushed_writes,
+    ]);
 }
 
 mod cloudscale {

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use multicsi::node::HostError;
 use multicsi::node::fs::{self as nodefs, MkfsOptions, Signature};
-use multicsi::node::{loopdev, mount};
+use multicsi::node::{freeze, loopdev, mount};
 
 const MIB: u64 = 1 << 20;
 
@@ -692,4 +692,105 @@ fn discovery_verifies_the_serial_of_a_linked_loop_device() {
         Found::Mismatch(seen) => assert!(seen.contains(other), "{seen}"),
         other => panic!("a disk with another serial was accepted: {other:?}"),
     }
+}
+
+#[test]
+fn a_read_only_loop_device_refuses_writes_and_is_not_the_volume_device() {
+    let scratch = Scratch::new();
+    let image = scratch.image("ro.img", 16 * MIB);
+    let device = loopdev::attach(&image).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&device)
+        .and_then(|d| {
+            d.write_all_at(b"written read-write", 4096)
+                .and(d.sync_all())
+        })
+        .unwrap();
+    let view = loopdev::attach_read_only(&image).unwrap();
+    assert_ne!(view, device);
+    assert_eq!(loopdev::attach_read_only(&image).unwrap(), view, "shared");
+    assert_eq!(loopdev::find(&image).unwrap(), Some(device.clone()));
+    assert_eq!(loopdev::find_read_only(&image).unwrap(), vec![view.clone()]);
+    assert!(loopdev::is_read_only_loop(&view));
+    assert!(!loopdev::is_read_only_loop(&device));
+    let refused = OpenOptions::new()
+        .write(true)
+        .open(&view)
+        .and_then(|d| d.write_all_at(b"x", 4096));
+    assert!(
+        matches!(errno(refused), Some(libc::EPERM) | Some(libc::EROFS)),
+        "a write to the read-only device must fail"
+    );
+    let mut back = [0u8; 18];
+    File::open(&view)
+        .unwrap()
+        .read_exact_at(&mut back, 4096)
+        .unwrap();
+    assert_eq!(&back, b"written read-write");
+    loopdev::detach(&view).unwrap();
+    assert!(loopdev::find_read_only(&image).unwrap().is_empty());
+    assert_eq!(loopdev::find(&image).unwrap(), Some(device.clone()));
+    loopdev::detach(&device).unwrap();
+}
+
+#[test]
+fn quiesce_freezes_a_mounted_filesystem_until_dropped() {
+    let mut scratch = Scratch::new();
+    let image = scratch.image("frozen.img", 64 * MIB);
+    let device = loopdev::attach(&image).unwrap();
+    nodefs::mkfs(&device, "ext4", &MkfsOptions::default()).unwrap();
+    let at = scratch.dir("mnt");
+    scratch.track(&at);
+    mount::mount_fs(&device, &at, "ext4", &[], false).unwrap();
+    fs::write(at.join("unflushed"), b"in the page cache").unwrap();
+    let quiesced = freeze::quiesce_image(&image)
+        .unwrap()
+        .expect("the image's filesystem is mounted");
+    assert!(quiesced.is_frozen(), "ext4 can be frozen");
+    assert_eq!(quiesced.mount_point(), at.as_path());
+    // Frozen: the data is in the image, and a writer waits.
+    let image_bytes = fs::read(&image).unwrap();
+    assert!(
+        image_bytes.windows(17).any(|w| w == b"in the page cache"),
+        "freezing flushed the file to the image"
+    );
+    let (sent, written) = std::sync::mpsc::channel();
+    let file = at.join("during");
+    let writer = std::thread::spawn(move || {
+        fs::write(&file, b"x").unwrap();
+        sent.send(()).unwrap();
+    });
+    assert!(
+        written
+            .recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "a write went through a frozen filesystem"
+    );
+    drop(quiesced);
+    written
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the write goes on after the thaw");
+    writer.join().unwrap();
+    // Attached, not mounted (raw block): writes through the device reach
+    // the image.
+    mount::unmount(&at).unwrap();
+    // Kept open: the last close of a block device would flush it anyway.
+    let writer = OpenOptions::new().write(true).open(&device).unwrap();
+    writer.write_all_at(b"raw block data", 8 * MIB).unwrap();
+    let flushed = freeze::quiesce_image(&image)
+        .unwrap()
+        .expect("attached devices are flushed");
+    assert!(!flushed.is_frozen());
+    let mut back = [0u8; 14];
+    File::open(&image)
+        .unwrap()
+        .read_exact_at(&mut back, 8 * MIB)
+        .unwrap();
+    assert_eq!(&back, b"raw block data");
+    drop(flushed);
+    drop(writer);
+    // Not attached: nothing to quiesce.
+    loopdev::detach(&device).unwrap();
+    assert!(freeze::quiesce_image(&image).unwrap().is_none());
 }

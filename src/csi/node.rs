@@ -11,6 +11,7 @@ use crate::csi::{self as pb, node_server, node_service_capability};
 use crate::driver::Driver;
 use crate::error::{CsiError, CsiResult};
 use crate::node::luks;
+use crate::node::readonly;
 use crate::node::volume::{self, Usage};
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -67,6 +68,10 @@ impl Driver {
         let staging = validate::target_path("staging_target_path", &r.staging_target_path)?;
         let _guard = self.locks.acquire(&[id])?;
         volume::unstage_filesystem(staging).await?;
+        // Read-only views hold the device open: they go first.
+        if let Some(device) = self.staged_device(id).await? {
+            blocking::run(move || Ok(readonly::release_all(&device)?)).await?;
+        }
         volume::close_encrypted(luks::mapping_name(id)).await?;
         self.node_backend.detach_device(id).await?;
         Ok(pb::NodeUnstageVolumeResponse {})
@@ -113,6 +118,13 @@ impl Driver {
                     }
                     other => other.ok_or_else(missing)?,
                 };
+                // A bind mount does not stop writes to a device: a
+                // read-only publish gets a device the kernel keeps read-only.
+                let device = if read_only {
+                    blocking::run(move || Ok(readonly::view(&device)?)).await?
+                } else {
+                    device
+                };
                 volume::publish(device, target, true, read_only, Vec::new()).await?;
             }
             Access::Mount { flags, .. } => {
@@ -137,7 +149,12 @@ impl Driver {
         let id = validate::identifier("volume_id", &r.volume_id)?;
         let target = validate::target_path("target_path", &r.target_path)?;
         let _guard = self.locks.acquire(&[id, &r.target_path])?;
+        let at = target.clone();
+        let view = blocking::run(move || Ok(readonly::view_at(&at)?)).await?;
         volume::unpublish(target).await?;
+        if let Some(view) = view {
+            blocking::run(move || Ok(readonly::release_if_unused(&view)?)).await?;
+        }
         Ok(pb::NodeUnpublishVolumeResponse {})
     }
 
@@ -227,6 +244,8 @@ impl Driver {
             }
             None => device,
         };
+        let views_of = device.clone();
+        blocking::run(move || Ok(readonly::refresh_all(&views_of)?)).await?;
         let grow_at = if r.staging_target_path.is_empty() {
             path
         } else {

@@ -50,6 +50,8 @@ const BLKGETSIZE64: libc::Ioctl =
 const LO_NAME_SIZE: usize = 64;
 const LO_KEY_SIZE: usize = 32;
 const LOOP_MAJOR: u32 = 7;
+/// `LO_FLAGS_READ_ONLY`: the kernel refuses writes to the device.
+const LO_FLAGS_READ_ONLY: u32 = 1;
 
 /// How often `attach` tries again when another process configures the free device first.
 const ATTACH_ATTEMPTS: u32 = 16;
@@ -235,12 +237,17 @@ fn ensure_node(number: u32) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The (st_dev, st_ino) of the file a loop device is attached to, if it is attached.
-fn backing_identity(device: &Path) -> io::Result<Option<(u64, u64)>> {
+/// The (st_dev, st_ino) of the file a loop device is attached to and whether the device is
+/// read-only, if it is attached.
+fn backing_identity(device: &Path) -> io::Result<Option<(u64, u64, bool)>> {
     let file = File::open(device)?;
     let mut info = LoopInfo64::zeroed();
     match ioctl_ptr(&file, LOOP_GET_STATUS64, &mut info) {
-        Ok(_) => Ok(Some((info.lo_device, info.lo_inode))),
+        Ok(_) => Ok(Some((
+            info.lo_device,
+            info.lo_inode,
+            info.lo_flags & LO_FLAGS_READ_ONLY != 0,
+        ))),
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
         Err(e) => Err(e),
     }
@@ -277,20 +284,28 @@ fn attached() -> Result<Vec<(u32, PathBuf)>> {
     Ok(found)
 }
 
-/// The loop device whose backing file is `image`, if one is attached. When several are (someone
-/// ran `losetup` by hand), the lowest numbered one. A missing image has no loop device.
+/// The read-write loop device whose backing file is `image`, if one is attached. When several
+/// are (someone ran `losetup` by hand), the lowest numbered one. A missing image has no loop
+/// device. Read-only devices over the same image (see [`attach_read_only`]) are not it.
 ///
 /// The backing file path in sysfs is compared with the canonical path of `image`, and the
 /// device's backing inode must be the image's inode (so a re-created image at the same path does
 /// not match a device still holding the old one). Creates the device node when it is missing.
 pub fn find(image: &Path) -> Result<Option<PathBuf>> {
-    crate::metrics::node_op("discover", || find_unmetered(image))
+    crate::metrics::node_op("discover", || {
+        Ok(find_all(image, false)?.into_iter().next())
+    })
 }
 
-fn find_unmetered(image: &Path) -> Result<Option<PathBuf>> {
+/// The read-only loop devices over `image` (or over a block device), lowest numbered first.
+pub fn find_read_only(image: &Path) -> Result<Vec<PathBuf>> {
+    crate::metrics::node_op("discover", || find_all(image, true))
+}
+
+fn find_all(image: &Path, read_only: bool) -> Result<Vec<PathBuf>> {
     let canonical = match fs::canonicalize(image) {
         Ok(p) => p,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => {
             return Err(HostError::os(
                 "resolve image path",
@@ -302,14 +317,17 @@ fn find_unmetered(image: &Path) -> Result<Option<PathBuf>> {
     };
     let meta = fs::metadata(&canonical)
         .map_err(|e| HostError::os("stat image", &canonical, e, "check the image file"))?;
+    let mut found = Vec::new();
     for (number, backing) in attached()? {
         if backing != canonical {
             continue;
         }
         let device = ensure_node(number)?;
         match backing_identity(&device) {
-            Ok(Some((dev, ino))) if dev == meta.dev() && ino == meta.ino() => {
-                return Ok(Some(device));
+            Ok(Some((dev, ino, ro)))
+                if dev == meta.dev() && ino == meta.ino() && ro == read_only =>
+            {
+                found.push(device);
             }
             // Another file at the same path, or detached meanwhile.
             Ok(_) => continue,
@@ -324,15 +342,19 @@ fn find_unmetered(image: &Path) -> Result<Option<PathBuf>> {
             }
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 /// Binds `backing` to the loop device open as `device`.
-fn configure(device: &File, backing: &File, image: &Path) -> io::Result<()> {
+fn configure(device: &File, backing: &File, image: &Path, read_only: bool) -> io::Result<()> {
+    let mut info = LoopInfo64::for_image(image);
+    if read_only {
+        info.lo_flags = LO_FLAGS_READ_ONLY;
+    }
     let mut config = LoopConfig {
         fd: backing.as_raw_fd() as u32,
         block_size: 0,
-        info: LoopInfo64::for_image(image),
+        info,
         reserved: [0; 8],
     };
     match ioctl_ptr(device, LOOP_CONFIGURE, &mut config) {
@@ -341,6 +363,7 @@ fn configure(device: &File, backing: &File, image: &Path) -> io::Result<()> {
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTTY)) => {}
         Err(e) => return Err(e),
     }
+    // LOOP_SET_FD makes the device read-only when the backing file is open read-only.
     ioctl_value(device, LOOP_SET_FD, backing.as_raw_fd() as libc::c_ulong)?;
     let mut info = LoopInfo64::for_image(image);
     let mut last = None;
@@ -365,11 +388,18 @@ fn configure(device: &File, backing: &File, image: &Path) -> io::Result<()> {
 /// is already attached to. Safe against other processes taking the same free device: the
 /// configure fails with EBUSY and the next free device is tried.
 pub fn attach(image: &Path) -> Result<PathBuf> {
-    crate::metrics::node_op("attach", || attach_unmetered(image))
+    crate::metrics::node_op("attach", || attach_as(image, false))
 }
 
-fn attach_unmetered(image: &Path) -> Result<PathBuf> {
-    if let Some(device) = find(image)? {
+/// Attaches `image` (a file or a block device) to a free loop device that the kernel keeps
+/// read-only (`LO_FLAGS_READ_ONLY`: writes fail with EPERM), or returns the read-only device
+/// already attached to it. Separate from the read-write device of the same image.
+pub fn attach_read_only(image: &Path) -> Result<PathBuf> {
+    crate::metrics::node_op("attach", || attach_as(image, true))
+}
+
+fn attach_as(image: &Path, read_only: bool) -> Result<PathBuf> {
+    if let Some(device) = find_all(image, read_only)?.into_iter().next() {
         return Ok(device);
     }
     let canonical = fs::canonicalize(image).map_err(|e| {
@@ -382,11 +412,15 @@ fn attach_unmetered(image: &Path) -> Result<PathBuf> {
     })?;
     let backing = OpenOptions::new()
         .read(true)
-        .write(true)
+        .write(!read_only)
         .open(&canonical)
         .map_err(|e| {
             HostError::os(
-                "open image read-write",
+                if read_only {
+                    "open image read-only"
+                } else {
+                    "open image read-write"
+                },
                 &canonical,
                 e,
                 "check that the image exists and is writable",
@@ -430,11 +464,11 @@ fn attach_unmetered(image: &Path) -> Result<PathBuf> {
                 ));
             }
         };
-        match configure(&file, &backing, &canonical) {
+        match configure(&file, &backing, &canonical, read_only) {
             Ok(()) => return Ok(device),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                 // Somebody else took this device; maybe even for the same image.
-                if let Some(device) = find(image)? {
+                if let Some(device) = find_all(image, read_only)?.into_iter().next() {
                     return Ok(device);
                 }
                 sleep(Duration::from_millis(2));
@@ -511,6 +545,27 @@ fn detach_unmetered(device: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The file or device a loop device is backed by, if `device` is an attached loop device.
+pub fn backing_file(device: &Path) -> Option<PathBuf> {
+    let canonical = fs::canonicalize(device).ok()?;
+    let number = loop_number(canonical.file_name()?)?;
+    let raw = fs::read(format!("/sys/block/loop{number}/loop/backing_file")).ok()?;
+    let raw = raw.strip_suffix(b"\n").unwrap_or(&raw);
+    if raw.ends_with(b" (deleted)") {
+        return None;
+    }
+    Some(PathBuf::from(OsStr::from_bytes(raw)))
+}
+
+/// Whether `device` is an attached read-only loop device.
+pub fn is_read_only_loop(device: &Path) -> bool {
+    fs::canonicalize(device)
+        .ok()
+        .and_then(|d| loop_number(d.file_name()?))
+        .is_some()
+        && matches!(backing_identity(device), Ok(Some((_, _, true))))
 }
 
 /// Tells the loop driver to re-read the size of its backing file (`LOOP_SET_CAPACITY`), after

@@ -8,12 +8,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub mod discovery;
+pub mod freeze;
 pub mod fs;
 pub mod iscsi;
 pub mod iscsi_cmd;
 pub mod loopdev;
 pub mod luks;
 pub mod mount;
+pub mod readonly;
 pub mod volume;
 
 /// What can go wrong while touching the host. Every message names the operation and the path,

@@ -1584,3 +1584,143 @@ pub async fn luks_without_key_or_dm_crypt_touches_nothing(b: BackendUnderTest) {
     s.teardown(&v).await;
     assert_no_leftovers(&s);
 }
+
+/// Read-only raw block: the published device refuses writes (the kernel,
+/// not only the mount flag), reads see what the read-write publish wrote,
+/// and the read-only device goes away with its last read-only target.
+pub async fn read_only_block_publish_refuses_writes(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let v = s
+        .node_volume("conf-ro-block", b.sizes.small, block_cap())
+        .await;
+    s.stage(&v).await;
+    let rw = s.path_str("block-rw");
+    let ro1 = s.path_str("block-ro-1");
+    let ro2 = s.path_str("block-ro-2");
+    s.publish(&v, &rw, false).await;
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 13 % 251) as u8).collect();
+    {
+        let dev = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&rw)
+            .unwrap();
+        dev.write_all_at(&pattern, 8192).unwrap();
+        dev.sync_all().unwrap();
+    }
+    for _ in 0..2 {
+        s.publish(&v, &ro1, true).await;
+    }
+    s.publish(&v, &ro2, true).await;
+    let loops = |s: &Server| {
+        s.host_leftovers()
+            .iter()
+            .filter(|l| l.starts_with("loop "))
+            .count()
+    };
+    assert_eq!(
+        loops(&s),
+        2,
+        "one read-write and one read-only device: {:?}",
+        s.host_leftovers()
+    );
+    for target in [&ro1, &ro2] {
+        let refused = std::fs::OpenOptions::new()
+            .write(true)
+            .open(target)
+            .and_then(|dev| dev.write_all_at(&[0u8; 512], 8192));
+        let err = refused.expect_err("a write through a read-only block publish");
+        assert!(
+            matches!(
+                err.raw_os_error(),
+                Some(libc::EPERM) | Some(libc::EROFS) | Some(libc::EACCES)
+            ),
+            "expected EPERM/EROFS/EACCES, got {err}"
+        );
+        let mut back = vec![0u8; pattern.len()];
+        std::fs::File::open(target)
+            .unwrap()
+            .read_exact_at(&mut back, 8192)
+            .unwrap();
+        assert_eq!(back, pattern, "the read-only device reads other data");
+    }
+    fails(
+        "NodePublishVolume read-only target with readonly=false",
+        s.node()
+            .node_publish_volume(s.publish_request(&v, &ro1, false))
+            .await,
+        Code::AlreadyExists,
+    );
+    s.unpublish(&v, &ro1).await;
+    let mut back = vec![0u8; pattern.len()];
+    std::fs::File::open(&ro2)
+        .unwrap()
+        .read_exact_at(&mut back, 8192)
+        .unwrap();
+    assert_eq!(back, pattern, "the other read-only target lost its device");
+    for _ in 0..2 {
+        s.unpublish(&v, &ro2).await;
+    }
+    assert_eq!(
+        loops(&s),
+        1,
+        "the read-only device outlived its last target: {:?}",
+        s.host_leftovers()
+    );
+    // A read-only device left by a publish cut short goes at unstage.
+    s.publish(&v, &ro1, true).await;
+    s.unpublish(&v, &rw).await;
+    s.unpublish(&v, &ro1).await;
+    s.publish(&v, &ro2, true).await;
+    std::process::Command::new("umount")
+        .arg(&ro2)
+        .status()
+        .expect("umount");
+    s.teardown(&v).await;
+    assert_no_leftovers(&s);
+}
+
+/// A snapshot of a volume that is mounted and being written holds what was
+/// written before the call even when it was never flushed: the filesystem
+/// is frozen for the copy, and thawed afterwards.
+pub async fn snapshot_of_a_mounted_volume_holds_unflushed_writes(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let cap = mount_cap("ext4");
+    let v = s
+        .node_volume("conf-live-snap", b.fs_bytes("ext4"), cap.clone())
+        .await;
+    s.stage(&v).await;
+    let target = s.path_str("live");
+    s.publish(&v, &target, false).await;
+    let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 241) as u8).collect();
+    // No fsync: the data sits in the page cache, not yet in the image.
+    std::fs::write(Path::new(&target).join("unflushed"), &data).unwrap();
+    let snap = s.snapshot("conf-live-snap", &v.volume.volume_id).await;
+    // Thawed: writing goes on (a frozen filesystem would block here).
+    std::fs::write(Path::new(&target).join("later"), b"after the snapshot").unwrap();
+    let mut r = create_request(
+        "conf-live-restored",
+        v.volume.capacity_bytes as u64,
+        cap.clone(),
+    );
+    r.volume_content_source = snapshot_source(&snap.snapshot_id);
+    let restored = s.create_with(r).await;
+    let rv = s.attach(restored, cap, "live-restored").await;
+    s.stage(&rv).await;
+    let rtarget = s.path_str("live-restored");
+    s.publish(&rv, &rtarget, false).await;
+    assert_eq!(
+        std::fs::read(Path::new(&rtarget).join("unflushed")).unwrap_or_default(),
+        data,
+        "the snapshot lacks data written (unflushed) before it"
+    );
+    assert!(!Path::new(&rtarget).join("later").exists());
+    s.unpublish(&rv, &rtarget).await;
+    s.teardown(&rv).await;
+    s.unpublish(&v, &target).await;
+    s.teardown(&v).await;
+    s.delete_snapshot(&snap.snapshot_id).await;
+    assert_no_leftovers(&s);
+}

@@ -4,19 +4,20 @@
 //! carry their node in the topology, which keeps the design open to
 //! node-local volumes on many nodes.
 
+mod files;
 pub(crate) mod image;
-mod records;
+mod journal;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use self::records::RecordDir;
+use self::files::ImageDir;
+use self::journal::{Journal, Replay};
 use super::size::{self, GIB, MIB, SizeRules};
 use super::{
     Backend, Capacity, ContentSource, CreateVolume, Features, Map, NodeBackend, Snapshot, Volume,
@@ -79,13 +80,50 @@ struct State {
     snapshots: BTreeMap<String, SnapshotRecord>,
 }
 
+/// One change of the state, as the journal keeps it.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Change {
+    Volume(VolumeRecord),
+    VolumeDeleted(String),
+    Snapshot(SnapshotRecord),
+    SnapshotDeleted(String),
+}
+
+impl Replay for State {
+    type Entry = Change;
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Volume(record) => {
+                self.volumes.insert(record.id.clone(), record);
+            }
+            Change::VolumeDeleted(id) => {
+                self.volumes.remove(&id);
+            }
+            Change::Snapshot(record) => {
+                self.snapshots.insert(record.id.clone(), record);
+            }
+            Change::SnapshotDeleted(id) => {
+                self.snapshots.remove(&id);
+            }
+        }
+    }
+
+    fn entries(&self) -> Vec<Change> {
+        let volumes = self.volumes.values().cloned().map(Change::Volume);
+        let snapshots = self.snapshots.values().cloned().map(Change::Snapshot);
+        volumes.chain(snapshots).collect()
+    }
+}
+
 /// The hostpath backend.
 pub struct HostPath {
     node_id: String,
     root: PathBuf,
-    volumes: Arc<RecordDir>,
-    snapshots: Arc<RecordDir>,
-    state: Mutex<State>,
+    volumes: ImageDir,
+    snapshots: ImageDir,
+    store: Journal<State>,
     busy: InFlight,
     max_volume_bytes: u64,
     max_volumes: u64,
@@ -113,49 +151,96 @@ fn now_unix() -> Duration {
 }
 
 impl HostPath {
-    /// Opens the state directory: removes what an interrupted operation left
-    /// and loads every record.
+    /// Opens the state directory: replays the journal (moving the records
+    /// of earlier versions into it), removes what an interrupted operation
+    /// left and repairs images that a crash left short.
     pub fn open(root: &Path, node_id: &str, max_volumes: u64) -> Result<Self, String> {
-        let volumes = RecordDir::open(root.join("volumes"))
-            .map_err(|e| format!("cannot open state directory {}: {e}", root.display()))?;
-        let snapshots = RecordDir::open(root.join("snapshots"))
-            .map_err(|e| format!("cannot open state directory {}: {e}", root.display()))?;
-        let mut state = State::default();
-        for dir in [&volumes, &snapshots] {
-            let removed = dir
-                .clean_leftovers()
-                .map_err(|e| format!("cannot clean {}: {e}", dir.path().display()))?;
-            for path in removed {
-                tracing::info!(path = %path.display(), "removed leftover of an interrupted operation");
+        let cannot_open = |e| format!("cannot open state directory {}: {e}", root.display());
+        let volumes = ImageDir::open(root.join("volumes")).map_err(cannot_open)?;
+        let snapshots = ImageDir::open(root.join("snapshots")).map_err(cannot_open)?;
+        let cannot_read = |dir: &ImageDir| {
+            let path = dir.path().display().to_string();
+            move |e| format!("cannot read {path}: {e}")
+        };
+        let (old_volumes, broken) = volumes
+            .legacy_records::<VolumeRecord>()
+            .map_err(cannot_read(&volumes))?;
+        report_broken(&broken)?;
+        let (old_snapshots, broken) = snapshots
+            .legacy_records::<SnapshotRecord>()
+            .map_err(cannot_read(&snapshots))?;
+        report_broken(&broken)?;
+        let mut legacy_files = Vec::new();
+        let mut legacy = Vec::new();
+        for (path, record) in old_volumes {
+            legacy_files.push(path);
+            legacy.push(Change::Volume(record));
+        }
+        for (path, record) in old_snapshots {
+            legacy_files.push(path);
+            legacy.push(Change::Snapshot(record));
+        }
+        let journal_path = root.join("journal");
+        let (store, recovered) = Journal::<State>::open(&journal_path, legacy).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                format!("{e}; refusing to start rather than forget volumes (keep a copy of the file and repair or restore it)")
+            } else {
+                format!("cannot open the state journal {}: {e}", journal_path.display())
             }
+        })?;
+        if recovered.torn_bytes > 0 {
+            tracing::warn!(bytes = recovered.torn_bytes, path = %journal_path.display(), "dropped the torn last batch of the state journal (a change cut off by a crash, never acknowledged)");
         }
-        let (records, broken) = volumes
-            .load_all::<VolumeRecord>()
-            .map_err(|e| format!("cannot read {}: {e}", volumes.path().display()))?;
-        report_broken(&broken)?;
-        for record in records {
-            repair_image(&volumes.image_path(&record.id), record.capacity_bytes)?;
-            state.volumes.insert(record.id.clone(), record);
+        if !legacy_files.is_empty() {
+            for path in &legacy_files {
+                files::remove_if_present(path)
+                    .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+            }
+            volumes.sync().map_err(cannot_open)?;
+            snapshots.sync().map_err(cannot_open)?;
+            tracing::info!(
+                records = legacy_files.len(),
+                "moved the state records into the journal"
+            );
         }
-        let (records, broken) = snapshots
-            .load_all::<SnapshotRecord>()
-            .map_err(|e| format!("cannot read {}: {e}", snapshots.path().display()))?;
-        report_broken(&broken)?;
-        for record in records {
-            state.snapshots.insert(record.id.clone(), record);
+        let (removed, repairs) = {
+            let state = store.state();
+            let mut removed = volumes
+                .clean_leftovers(|id| state.volumes.contains_key(id))
+                .map_err(|e| format!("cannot clean {}: {e}", volumes.path().display()))?;
+            removed.extend(
+                snapshots
+                    .clean_leftovers(|id| state.snapshots.contains_key(id))
+                    .map_err(|e| format!("cannot clean {}: {e}", snapshots.path().display()))?,
+            );
+            let repairs: Vec<(PathBuf, u64)> = state
+                .volumes
+                .values()
+                .map(|r| (volumes.image_path(&r.id), r.capacity_bytes))
+                .collect();
+            (removed, repairs)
+        };
+        for path in removed {
+            tracing::info!(path = %path.display(), "removed leftover of an interrupted operation");
         }
-        tracing::info!(
-            volumes = state.volumes.len(),
-            snapshots = state.snapshots.len(),
-            dir = %root.display(),
-            "hostpath state loaded"
-        );
+        for (image, capacity) in repairs {
+            repair_image(&image, capacity)?;
+        }
+        {
+            let state = store.state();
+            tracing::info!(
+                volumes = state.volumes.len(),
+                snapshots = state.snapshots.len(),
+                dir = %root.display(),
+                "hostpath state loaded"
+            );
+        }
         Ok(HostPath {
             node_id: node_id.to_string(),
             root: root.to_path_buf(),
-            volumes: Arc::new(volumes),
-            snapshots: Arc::new(snapshots),
-            state: Mutex::new(state),
+            volumes,
+            snapshots,
+            store,
             busy: InFlight::default(),
             max_volume_bytes: 1 << 40,
             max_volumes: if max_volumes == 0 {
@@ -167,7 +252,15 @@ impl HostPath {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.store.state()
+    }
+
+    /// Records a change durably (and applies it to the state).
+    async fn commit(&self, change: Change) -> CsiResult<()> {
+        self.store
+            .commit(change)
+            .await
+            .map_err(|e| CsiError::io("cannot write the state journal".to_string(), e))
     }
 
     fn volume(&self, id: &str) -> CsiResult<VolumeRecord> {
@@ -227,16 +320,7 @@ impl HostPath {
     }
 
     async fn write_volume(&self, record: VolumeRecord) -> CsiResult<()> {
-        let dir_record = record.clone();
-        let id = record.id.clone();
-        let path = self.volumes.record_path(&id);
-        let dir = self.volumes.clone();
-        blocking(format!("cannot write {}", path.display()), move || {
-            dir.write(&dir_record.id, &dir_record)
-        })
-        .await?;
-        self.state().volumes.insert(id, record);
-        Ok(())
+        self.commit(Change::Volume(record)).await
     }
 }
 
@@ -261,6 +345,19 @@ fn repair_image(path: &Path, capacity: u64) -> Result<(), String> {
     };
     tracing::warn!(path = %path.display(), "image missing or short; restored to the recorded size");
     result.map_err(|e| format!("cannot repair image {}: {e}", path.display()))
+}
+
+/// Copies a volume's image; when the volume is mounted on this host its
+/// filesystem is frozen (or at least flushed) for the copy, so the copy
+/// holds everything written before the call, consistently.
+fn copy_live(source: &Path, target: &Path, size: u64) -> std::io::Result<()> {
+    let quiesced = crate::node::freeze::quiesce_image(source).map_err(std::io::Error::other)?;
+    if let Some(q) = &quiesced {
+        tracing::debug!(mount_point = %q.mount_point().display(), frozen = q.is_frozen(), "filesystem quiesced for the copy");
+    }
+    let copied = image::copy(source, target, size);
+    drop(quiesced);
+    copied
 }
 
 fn same_request(record: &VolumeRecord, request: &CreateVolume) -> Result<(), String> {
@@ -361,7 +458,7 @@ impl Backend for HostPath {
         let what = format!("cannot create image {}", target.display());
         blocking(what, move || match source_image {
             None => image::create(&target, size),
-            Some(source) => image::copy(&source, &target, size),
+            Some(source) => copy_live(&source, &target, size),
         })
         .await?;
         let record = VolumeRecord {
@@ -410,13 +507,14 @@ impl Backend for HostPath {
                 device.display()
             )));
         }
-        let dir = self.volumes.clone();
-        let owned = id.to_string();
-        blocking(format!("cannot delete volume {id}"), move || {
-            dir.remove(&owned)
+        self.commit(Change::VolumeDeleted(id.to_string())).await?;
+        // A crash before the image is gone leaves an orphan that the next
+        // start removes.
+        let image = self.volumes.image_path(id);
+        blocking(format!("cannot remove {}", image.display()), move || {
+            files::remove_if_present(&image)
         })
         .await?;
-        self.state().volumes.remove(id);
         tracing::info!(volume_id = %id, "volume deleted");
         Ok(())
     }
@@ -525,7 +623,7 @@ impl Backend for HostPath {
         let size = source.capacity_bytes;
         blocking(
             format!("cannot copy {} to {}", from.display(), to.display()),
-            move || image::copy(&from, &to, size),
+            move || copy_live(&from, &to, size),
         )
         .await?;
         let record = SnapshotRecord {
@@ -535,17 +633,10 @@ impl Backend for HostPath {
             size_bytes: size,
             created_unix_nanos: now_unix().as_nanos(),
         };
-        let dir = self.snapshots.clone();
-        let written = record.clone();
-        if let Err(e) = blocking(format!("cannot write snapshot {id}"), move || {
-            dir.write(&written.id, &written)
-        })
-        .await
-        {
+        if let Err(e) = self.commit(Change::Snapshot(record.clone())).await {
             let _ = std::fs::remove_file(self.snapshots.image_path(&id));
             return Err(e);
         }
-        self.state().snapshots.insert(id.clone(), record.clone());
         tracing::info!(snapshot_id = %id, volume_id = %source_volume_id, "snapshot created");
         Ok(to_snapshot(&record))
     }
@@ -555,14 +646,12 @@ impl Backend for HostPath {
         if !self.state().snapshots.contains_key(id) {
             return Ok(());
         }
-        let dir = self.snapshots.clone();
-        let owned = id.to_string();
-        blocking(format!("cannot delete snapshot {id}"), move || {
-            dir.remove(&owned)
+        self.commit(Change::SnapshotDeleted(id.to_string())).await?;
+        let image = self.snapshots.image_path(id);
+        blocking(format!("cannot remove {}", image.display()), move || {
+            files::remove_if_present(&image)
         })
-        .await?;
-        self.state().snapshots.remove(id);
-        Ok(())
+        .await
     }
 
     async fn list_snapshots(&self) -> CsiResult<Vec<Snapshot>> {
@@ -656,5 +745,83 @@ mod tests {
             id_for(VOLUME_PREFIX, "pvc-2")
         );
         assert_eq!(id_for(VOLUME_PREFIX, "x").len(), 3 + 32);
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+
+    fn record(id: &str, capacity_bytes: u64) -> VolumeRecord {
+        VolumeRecord {
+            id: id.into(),
+            name: format!("name-{id}"),
+            capacity_bytes,
+            parameters: Map::new(),
+            node_context: Map::new(),
+            fs_type: None,
+            source: None,
+            node_id: "n".into(),
+            published: BTreeMap::new(),
+            created_unix: 1,
+        }
+    }
+
+    #[test]
+    fn records_of_earlier_versions_move_into_the_journal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("volumes");
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = record("hp-old", 4 * MIB);
+        std::fs::write(dir.join("hp-old.json"), serde_json::to_vec(&old).unwrap()).unwrap();
+        image::create(&dir.join("hp-old.img"), 4 * MIB).unwrap();
+        let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
+        assert_eq!(backend.state().volumes.get("hp-old"), Some(&old));
+        assert!(!dir.join("hp-old.json").exists());
+        drop(backend);
+        let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
+        assert_eq!(backend.state().volumes.get("hp-old"), Some(&old));
+    }
+
+    #[test]
+    fn start_removes_orphans_and_repairs_short_images() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(backend.commit(Change::Volume(record("hp-a", 8 * MIB))))
+            .unwrap();
+        drop(backend);
+        let volumes = tmp.path().join("volumes");
+        image::create(&volumes.join("hp-a.img"), MIB).unwrap();
+        image::create(&volumes.join("hp-orphan.img"), MIB).unwrap();
+        std::fs::write(volumes.join("hp-b.tmp-1-1"), b"x").unwrap();
+        let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
+        assert_eq!(image::size(&volumes.join("hp-a.img")).unwrap(), 8 * MIB);
+        assert!(!volumes.join("hp-orphan.img").exists());
+        assert!(!volumes.join("hp-b.tmp-1-1").exists());
+        assert_eq!(backend.state().volumes.len(), 1);
+    }
+
+    #[test]
+    fn a_damaged_journal_stops_the_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for id in ["hp-a", "hp-b"] {
+            rt.block_on(backend.commit(Change::Volume(record(id, MIB))))
+                .unwrap();
+        }
+        drop(backend);
+        let path = tmp.path().join("journal");
+        let mut data = std::fs::read(&path).unwrap();
+        let at = data.windows(4).position(|w| w == b"hp-a").unwrap();
+        data[at] = b'H';
+        std::fs::write(&path, &data).unwrap();
+        let err = HostPath::open(tmp.path(), "n", 0).err().unwrap();
+        assert!(err.contains("refusing to start"), "{err}");
     }
 }
