@@ -2,7 +2,6 @@
 //! print, and the providers' settings.
 
 pub mod http;
-pub mod rfc3339;
 pub mod secret;
 pub mod settings;
 pub mod timestamp;

@@ -9,7 +9,7 @@ use super::TOPOLOGY_KEY;
 use super::api;
 use crate::backend::size::GIB;
 use crate::backend::{CreateVolume, Map};
-use crate::cloud::rfc3339;
+use crate::cloud::timestamp;
 
 /// The description JSON: `Name` and `Created` as the earlier driver wrote
 /// them; `Context` (what the node reads later) and `ReadOnly` (the mode of
@@ -34,7 +34,7 @@ impl Description {
     pub fn new(name: &str, context: &Map) -> Self {
         Description {
             name: name.to_string(),
-            created: rfc3339::format(SystemTime::now()),
+            created: timestamp::format_seconds(SystemTime::now()),
             context: context.clone(),
             read_only: false,
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::cloud::rfc3339;
+use crate::cloud::timestamp;
 
 /// A storage plan.
 pub struct Plan {
@@ -264,5 +264,5 @@ pub fn new_uuid(rng: &mut fastrand::Rng) -> String {
 }
 
 pub fn now() -> String {
-    rfc3339::format(SystemTime::now())
+    timestamp::format_seconds(SystemTime::now())
 }
