@@ -18,7 +18,7 @@ use crate::locks::InFlight;
 use crate::metrics;
 
 /// Backends this binary can serve.
-pub const BACKENDS: &[&str] = &["hostpath", "cloudscale", "civo"];
+pub const BACKENDS: &[&str] = &["hostpath", "cloudscale", "civo", "packet"];
 
 pub struct Driver {
     pub settings: Settings,
@@ -53,6 +53,7 @@ async fn build(
             (backend, node)
         }
         "civo" => crate::backend::civo::open(settings).await?,
+        "packet" => crate::backend::packet::build(settings).await?,
         other => {
             return Err(format!(
                 "unknown backend {other:?}; this binary serves: {}",

@@ -215,3 +215,15 @@ mod cloudscale {
         ]);
     }
 }
+
+mod packet {
+    api_sections!(crate::harness::BackendUnderTest::packet);
+}
+
+mod packet_soak {
+    soak_sections!(crate::harness::BackendUnderTest::packet_soak);
+}
+
+mod packet_devices {
+    node_sections!(crate::harness::BackendUnderTest::packet_with_devices);
+}

@@ -6,6 +6,7 @@
 pub mod civo;
 pub mod cloudscale;
 pub mod hostpath;
+pub mod packet;
 pub mod router;
 pub mod size;
 
@@ -145,13 +146,13 @@ pub trait Backend: Send + Sync + 'static {
 /// The node side of a storage provider: how a volume becomes a block device.
 #[async_trait]
 pub trait NodeBackend: Send + Sync + 'static {
-    /// Topology segments of this node.
-    fn topology(&self) -> Map;
-    /// The node ID to report when the backend knows it better than the
-    /// configured one (a cloud's server ID); None = the configured one.
+    /// This node's id when the backend knows it better than the settings
+    /// (a cloud server's id from the metadata service).
     fn node_id(&self) -> Option<String> {
         None
     }
+    /// Topology segments of this node.
+    fn topology(&self) -> Map;
     /// Default maximum number of volumes on this node (0 = unlimited).
     fn max_volumes(&self) -> u64;
     /// Ok when the node can stage volumes.

@@ -83,18 +83,9 @@ fn line(parts: impl IntoIterator<Item = String>) -> String {
 
 /// RFC 3339 UTC time of a protobuf timestamp.
 pub fn rfc3339(ts: &prost_types::Timestamp) -> String {
-    // Days to civil date: Howard Hinnant's algorithm.
     let days = ts.seconds.div_euclid(86_400);
     let secs = ts.seconds.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::cloud::timestamp::civil_from_days(days);
     let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
     if ts.nanos > 0 {
         format!(

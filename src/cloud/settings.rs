@@ -61,6 +61,13 @@ pub struct PacketSettings {
     pub api_url: Option<String>,
     /// `PACKET_METADATA_URL` (default https://metadata.packet.net)
     pub metadata_url: Option<String>,
+    /// `PACKET_ATTACH_MODE`: how the node reaches an attached volume:
+    /// `iscsi` (default, real servers) or `linked` (emulation and tests:
+    /// the device is already linked as `volume-<8 hex>` in the device dir).
+    pub attach_mode: Option<String>,
+    /// `PACKET_REQUESTS_PER_SECOND`: the most API requests the controller
+    /// sends per second (default 20).
+    pub requests_per_second: Option<f64>,
 }
 
 /// All providers' settings.
@@ -110,6 +117,10 @@ impl CloudSettings {
         set(&mut packet.facility_id, get("PACKET_FACILITY_ID"));
         set(&mut packet.api_url, get("PACKET_API_URL"));
         set(&mut packet.metadata_url, get("PACKET_METADATA_URL"));
+        set(&mut packet.attach_mode, get("PACKET_ATTACH_MODE"));
+        if let Some(n) = get("PACKET_REQUESTS_PER_SECOND").and_then(|v| v.parse().ok()) {
+            packet.requests_per_second = Some(n);
+        }
     }
 }
 

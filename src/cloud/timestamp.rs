@@ -16,7 +16,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 }
 
 /// The civil date of a day count since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -42,6 +42,13 @@ pub fn format(time: SystemTime) -> String {
         rest % 60,
         since.subsec_micros()
     )
+}
+
+/// `time` as `YYYY-MM-DDTHH:MM:SSZ` (whole seconds), as Packet writes it.
+pub fn format_seconds(time: SystemTime) -> String {
+    let mut text = format(time);
+    text.replace_range(19..26, "");
+    text
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`.
@@ -140,5 +147,14 @@ mod tests {
             assert_eq!(parse(&text).unwrap(), t, "{text}");
         }
         assert_eq!(format(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn whole_seconds_drop_the_fraction() {
+        use std::time::Duration;
+        let at = |s| format_seconds(UNIX_EPOCH + Duration::from_millis(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400_250), "2000-02-29T00:00:00Z");
+        assert_eq!(at(4_102_444_799_999), "2099-12-31T23:59:59Z");
     }
 }

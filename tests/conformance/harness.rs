@@ -120,6 +120,49 @@ pub fn emulator_get(api: &str, path: &str, token: &str) -> serde_json::Value {
     panic!("the emulator did not answer GET {path}: {last}");
 }
 
+/// The emulated Packet server this node runs on, and the project.
+pub const PACKET_DEVICE_ID: &str = "5d0a1c7e-3f4b-4e8a-9c21-7b6e2f1d0a01";
+pub const PACKET_PROJECT_ID: &str = "0f3c2b1a-9d8e-4f7a-8b6c-5d4e3f2a1b0c";
+
+/// The ids of the volumes an emulated Packet project holds, read from the
+/// emulator's API (plain HTTP/1.1, outside the test's runtime); answers
+/// the emulator's fault injection spoils are asked again.
+pub fn packet_volume_ids(api: &str) -> Vec<String> {
+    use std::io::{Read, Write};
+    let address = api.trim_start_matches("http://").trim_end_matches('/');
+    let mut last = String::new();
+    for _ in 0..50 {
+        let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+            continue;
+        };
+        let ask = format!(
+            "GET /projects/{PACKET_PROJECT_ID}/storage?per_page=1000 HTTP/1.1\r\nHost: {address}\r\nX-Auth-Token: conformance-token\r\nConnection: close\r\n\r\n"
+        );
+        let mut reply = String::new();
+        if stream.write_all(ask.as_bytes()).is_err() || stream.read_to_string(&mut reply).is_err() {
+            continue;
+        }
+        let Some((head, body)) = reply.split_once("\r\n\r\n") else {
+            continue;
+        };
+        if !head.starts_with("HTTP/1.1 200") {
+            last = head.lines().next().unwrap_or_default().to_string();
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(body).expect("JSON volume list");
+        let mut ids: Vec<String> = value["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .filter_map(|v| v["id"].as_str().map(String::from))
+            .collect();
+        ids.sort();
+        return ids;
+    }
+    panic!("the packet emulator did not list its volumes: {last}");
+}
+
 impl BackendUnderTest {
     /// The embedded hostpath backend: sparse images under the state
     /// directory, loop devices on the node.
@@ -315,6 +358,100 @@ impl BackendUnderTest {
             ids
         };
         b
+    }
+
+    /// The packet backend against `multicsi-emulator packet`, API only:
+    /// attached volumes do not appear as devices.
+    pub fn packet() -> Self {
+        BackendUnderTest {
+            name: "packet",
+            node_id: PACKET_DEVICE_ID,
+            args: vec!["--backend", "packet", "--device-dir", "{dir}/links"],
+            env: vec![
+                ("PACKET_API_KEY", "conformance-token"),
+                ("PACKET_PROJECT_ID", PACKET_PROJECT_ID),
+                ("PACKET_FACILITY_ID", "ewr1"),
+                ("PACKET_API_URL", "{api}"),
+                ("PACKET_METADATA_URL", "{api}"),
+                ("PACKET_ATTACH_MODE", "linked"),
+            ],
+            plugin_services: vec![
+                PluginService::ControllerService,
+                PluginService::VolumeAccessibilityConstraints,
+            ],
+            controller_rpcs: vec![
+                CtrlRpc::CreateDeleteVolume,
+                CtrlRpc::PublishUnpublishVolume,
+                CtrlRpc::ListVolumes,
+                CtrlRpc::PublishReadonly,
+                CtrlRpc::ListVolumesPublishedNodes,
+                CtrlRpc::VolumeCondition,
+                CtrlRpc::GetVolume,
+                CtrlRpc::SingleNodeMultiWriter,
+            ],
+            node_rpcs: vec![
+                NodeRpc::StageUnstageVolume,
+                NodeRpc::GetVolumeStats,
+                NodeRpc::VolumeCondition,
+                NodeRpc::SingleNodeMultiWriter,
+            ],
+            sizes: Sizes {
+                step: GIB,
+                small: 10 * GIB,
+                filesystem: |_| 10 * GIB,
+            },
+            filesystems: vec!["ext4", "xfs", "btrfs"],
+            node_tests: false,
+            topology_key: "topology.multicsi.io/facility",
+            unknown_volume_id: "00000000-0000-4000-8000-000000000000",
+            unknown_snapshot_id: "00000000-0000-4000-8000-000000000001",
+            alt_parameters: vec![("multicsi.io/plan", "performance")],
+            emulator: Some(Emulator {
+                provider: "packet",
+                args: vec!["--transition-ms", "20"],
+            }),
+            stored_volumes: |_, api| packet_volume_ids(api.expect("the packet emulator's URL")),
+        }
+    }
+
+    /// The packet backend with the emulator's devices: an attached volume
+    /// appears as a loop device linked under its multipath alias, so the
+    /// node stages it for real (root only).
+    pub fn packet_with_devices() -> Self {
+        BackendUnderTest {
+            node_tests: true,
+            emulator: Some(Emulator {
+                provider: "packet",
+                args: vec![
+                    "--transition-ms",
+                    "20",
+                    "--image-dir",
+                    "{dir}/images",
+                    "--link-dir",
+                    "{dir}/links",
+                ],
+            }),
+            ..Self::packet()
+        }
+    }
+
+    /// The packet backend under faults: 10% of the emulator's answers are
+    /// 5xx, 5% start a 429 (for the soak and crash under faults).
+    pub fn packet_soak() -> Self {
+        let mut backend = Self::packet();
+        backend.env.push(("PACKET_REQUESTS_PER_SECOND", "1000"));
+        backend.emulator = Some(Emulator {
+            provider: "packet",
+            args: vec![
+                "--transition-ms",
+                "20",
+                "--error-share",
+                "0.10",
+                "--throttle-share",
+                "0.05",
+            ],
+        });
+        backend
     }
 
     pub fn fs_bytes(&self, fs: &str) -> u64 {
