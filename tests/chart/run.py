@@ -473,10 +473,13 @@ def state_dir_shared(docs):
                f"{w['kind']} state dir")
 
 
-def no_state_dir(docs):
-    """cloud backend: no hostpath state dir on any workload"""
-    for w in (get_controller(docs), get_node(docs)):
-        ensure("/var/lib/multicsi" not in host_paths(w), f"{w['kind']} mounts the state dir")
+def node_state_dir_only(docs):
+    """cloud backend: the node keeps its format markers in the state dir, the controller has none"""
+    ensure("/var/lib/multicsi" not in host_paths(get_controller(docs)), "the controller mounts the state dir")
+    node = get_node(docs)
+    ensure("/var/lib/multicsi" in host_paths(node), "the node does not mount the state dir")
+    ensure(mount_for_host_path(node, "multicsi", "/var/lib/multicsi")["mountPath"] == "/var/lib/multicsi",
+           "node state dir mount path")
 
 
 def storage_classes(expected, default):
@@ -877,7 +880,7 @@ def main():
         storage_classes({"multicsi-hostpath": {}, "multicsi-hostpath-xfs": {"csi.storage.k8s.io/fstype": "xfs"},
                          "multicsi-hostpath-luks": LUKS()}, "multicsi-hostpath")])
     r.scenario("values-cloudscale.yaml", [ex("cloudscale")], asserts=[
-        controller_shape(True), driver_env, node_common, node_not_host_network, no_state_dir, snapshot_objects(True),
+        controller_shape(True), driver_env, node_common, node_not_host_network, node_state_dir_only, snapshot_objects(True),
         rbac_scoped, credentials_ref("multicsi-cloudscale", "CLOUDSCALE_ACCESS_TOKEN", created=False),
         storage_classes({"cloudscale-volume-ssd": {"multicsi.io/volume-type": "ssd"},
                          "cloudscale-volume-bulk": {"multicsi.io/volume-type": "bulk"},
@@ -885,12 +888,12 @@ def main():
                          "cloudscale-volume-bulk-luks": LUKS({"multicsi.io/volume-type": "bulk"})},
                         "cloudscale-volume-ssd")])
     r.scenario("values-civo.yaml", [ex("civo")], asserts=[
-        controller_shape(False), driver_env, node_common, node_not_host_network, no_state_dir, snapshot_objects(False),
+        controller_shape(False), driver_env, node_common, node_not_host_network, node_state_dir_only, snapshot_objects(False),
         credentials_ref("multicsi-civo", "CIVO_API_KEY", created=False),
         plain_env({"CIVO_REGION": "LON1", "CIVO_CLUSTER_ID": "00000000-0000-0000-0000-000000000000"}),
         storage_classes({"civo-volume": {}, "civo-volume-luks": LUKS()}, "civo-volume")])
     r.scenario("values-packet.yaml", [ex("packet")], asserts=[
-        controller_shape(True), driver_env, node_common, node_packet, no_state_dir, snapshot_objects(True),
+        controller_shape(True), driver_env, node_common, node_packet, node_state_dir_only, snapshot_objects(True),
         credentials_ref("multicsi-packet", "PACKET_API_KEY", created=False),
         plain_env({"PACKET_PROJECT_ID": "00000000-0000-0000-0000-000000000000"}),
         storage_classes({"packet-standard": {"multicsi.io/plan": "standard"},
