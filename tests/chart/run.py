@@ -893,7 +893,7 @@ def main():
         plain_env({"CIVO_REGION": "LON1", "CIVO_CLUSTER_ID": "00000000-0000-0000-0000-000000000000"}),
         storage_classes({"civo-volume": {}, "civo-volume-luks": LUKS()}, "civo-volume")])
     r.scenario("values-packet.yaml", [ex("packet")], asserts=[
-        controller_shape(True), driver_env, node_common, node_packet, node_state_dir_only, snapshot_objects(True),
+        controller_shape(False), driver_env, node_common, node_packet, node_state_dir_only, snapshot_objects(False),
         credentials_ref("multicsi-packet", "PACKET_API_KEY", created=False),
         plain_env({"PACKET_PROJECT_ID": "00000000-0000-0000-0000-000000000000"}),
         storage_classes({"packet-standard": {"multicsi.io/plan": "standard"},
@@ -910,7 +910,7 @@ def main():
         "backend=civo", "credentials.create=true", f"credentials.civoApiKey={SECRET_VALUE}", "civo.region=FRA1",
         "civo.clusterId=abc"], asserts=[credentials_ref("multicsi-credentials", "CIVO_API_KEY", created=True)])
     r.scenario("packet defaults", sets=["backend=packet", "credentials.existingSecret=metal", "packet.projectId=p1"],
-               asserts=[node_packet, controller_shape(True), snapshot_objects(True),
+               asserts=[node_packet, controller_shape(False), snapshot_objects(False),
                         credentials_ref("metal", "PACKET_API_KEY", created=False),
                         storage_classes({"packet-standard": {"multicsi.io/plan": "standard"},
                                          "packet-performance": {"multicsi.io/plan": "performance"}}, "packet-standard")])

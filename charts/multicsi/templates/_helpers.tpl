@@ -92,9 +92,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .repository .tag -}}
 {{- end -}}
 
-{{/* "true" when the backend supports snapshots and they are switched on; civo has none. */}}
+{{/* "true" when the backend supports snapshots and they are switched on; civo and packet have none. */}}
 {{- define "multicsi.snapshotsEnabled" -}}
-{{- if and .Values.snapshots.enabled (ne .Values.backend "civo") -}}true{{- end -}}
+{{- if and .Values.snapshots.enabled (ne .Values.backend "civo") (ne .Values.backend "packet") -}}true{{- end -}}
 {{- end -}}
 
 {{/* "true" when the node plugin uses the host network. */}}
