@@ -22,31 +22,10 @@ HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=scripts/vm/services.sh
 source "$HERE/services.sh"
 
-PASSED=0 FAILED=0
+# shellcheck source=scripts/vm/check.sh
+source "$HERE/check.sh"
 W=$(mktemp -d /tmp/iscsi-suite.XXXXXX)
 LOG=$W/check.log
-
-# check NAME COMMAND...: run COMMAND, report, show its output on failure.
-check() {
-    local name=$1
-    shift
-    local t0=${EPOCHREALTIME/./} ok=0
-    "$@" >"$LOG" 2>&1 && ok=1
-    local ms=$(((${EPOCHREALTIME/./} - t0) / 1000))
-    if ((ok)); then
-        PASSED=$((PASSED + 1))
-        echo "ok - $name"
-    else
-        FAILED=$((FAILED + 1))
-        echo "not ok - $name"
-        if (($(wc -l <"$LOG") > 30)); then
-            { head -n 15 "$LOG"; echo '...'; tail -n 15 "$LOG"; } | sed 's/^/#   /'
-        else
-            sed 's/^/#   /' "$LOG"
-        fi
-    fi
-    echo "#   $((ms / 1000)).$(printf '%03d' $((ms % 1000))) s"
-}
 
 IQN=iqn.2024-01.io.multicsi:suite
 NODE_IQN=iqn.2024-01.io.multicsi:node-1
@@ -199,5 +178,4 @@ check "detach again is OK" detach_again_is_ok
 check "attach after detach finds the data, detach again" reattach_after_detach
 
 stop_all
-echo "$PASSED passed, $FAILED failed"
-((FAILED == 0))
+check_summary

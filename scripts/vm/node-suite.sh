@@ -26,7 +26,9 @@ if [[ ! -x $BIN ]]; then
     exit 2
 fi
 
-PASSED=0 FAILED=0
+HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/vm/check.sh
+source "$HERE/check.sh"
 W=$(mktemp -d /tmp/node-suite.XXXXXX)
 OUT=${VM_RUN_DIR:-$W}
 LOG=$W/check.log
@@ -41,29 +43,6 @@ KEY=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 KEYFILE=$W/luks-key
 WRONG_KEYFILE=$W/wrong-key
 (umask 077 && printf %s "$KEY" >"$KEYFILE" && printf 'not-the-key-%s' "$RANDOM" >"$WRONG_KEYFILE")
-
-# check NAME COMMAND...: run COMMAND, report, show its output on failure.
-check() {
-    local name=$1
-    shift
-    local t0=${EPOCHREALTIME/./} ok=0
-    "$@" >"$LOG" 2>&1 && ok=1
-    local ms=$(((${EPOCHREALTIME/./} - t0) / 1000))
-    local took=$((ms / 1000)).$(printf '%03d' $((ms % 1000)))
-    if ((ok)); then
-        PASSED=$((PASSED + 1))
-        echo "ok - $name"
-    else
-        FAILED=$((FAILED + 1))
-        echo "not ok - $name"
-        if (($(wc -l <"$LOG") > 30)); then
-            { head -n 15 "$LOG"; echo '...'; tail -n 15 "$LOG"; } | sed 's/^/#   /'
-        else
-            sed 's/^/#   /' "$LOG"
-        fi
-    fi
-    echo "#   ${took} s"
-}
 
 # fail MESSAGE: print it and return 1 (for `cond || fail "..."`).
 fail() {
@@ -469,5 +448,4 @@ check "default key derivation (argon2id 64 MiB, 4 iterations) and driver memory"
 stop_driver
 check "no mounts, loop devices or mappings left" nothing_left
 
-echo "$PASSED passed, $FAILED failed"
-((FAILED == 0))
+check_summary

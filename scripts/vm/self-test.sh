@@ -14,33 +14,11 @@ HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=scripts/vm/services.sh
 source "$HERE/services.sh"
 
-PASSED=0 FAILED=0
+# shellcheck source=scripts/vm/check.sh
+source "$HERE/check.sh"
+CHECK_SHOWN_LINES=24
 W=$(mktemp -d /tmp/selftest.XXXXXX)
 LOG=$W/check.log
-
-# check NAME COMMAND...: run COMMAND, report, show its output on failure.
-# The time is the guest clock's (close to the host's, good enough per check).
-check() {
-    local name=$1
-    shift
-    local t0=${EPOCHREALTIME/./} ok=0
-    "$@" >"$LOG" 2>&1 && ok=1
-    local ms=$(((${EPOCHREALTIME/./} - t0) / 1000))
-    local took=$((ms / 1000)).$(printf '%03d' $((ms % 1000)))
-    if ((ok)); then
-        PASSED=$((PASSED + 1))
-        echo "ok - $name"
-    else
-        FAILED=$((FAILED + 1))
-        echo "not ok - $name"
-        if (($(wc -l <"$LOG") > 24)); then
-            { head -n 12 "$LOG"; echo '...'; tail -n 12 "$LOG"; } | sed 's/^/#   /'
-        else
-            sed 's/^/#   /' "$LOG"
-        fi
-    fi
-    echo "#   ${took} s"
-}
 
 # Cheap key derivation: tests only, never a production default.
 LUKS_OPTS=(--batch-mode --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000)
@@ -200,5 +178,4 @@ check "multipath survives losing one path" path_failover
 check "multipath -f and iscsi logout" flush_logout
 
 stop_all
-echo "$PASSED passed, $FAILED failed"
-((FAILED == 0))
+check_summary

@@ -62,6 +62,23 @@ impl Default for ClientOptions {
     }
 }
 
+impl ClientOptions {
+    /// The default options, limited to `rate` requests per second in bursts
+    /// of up to twice as many when a rate is set; `Err(rate)` when it is not
+    /// a positive number.
+    pub fn rate_limited(rate: Option<f64>) -> Result<Self, f64> {
+        let mut options = ClientOptions::default();
+        if let Some(rate) = rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(rate);
+            }
+            options.rate_per_second = rate;
+            options.burst = (rate * 2.0).ceil().min(f64::from(u32::MAX)) as u32;
+        }
+        Ok(options)
+    }
+}
+
 /// One request to a cloud API.
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -483,6 +500,21 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limited_sets_rate_and_twice_the_burst_or_refuses_a_bad_rate() {
+        let unset = ClientOptions::rate_limited(None).unwrap();
+        assert_eq!(unset.rate_per_second, 20.0);
+        assert_eq!(unset.burst, 40);
+        let set = ClientOptions::rate_limited(Some(2.25)).unwrap();
+        assert_eq!(set.rate_per_second, 2.25);
+        assert_eq!(set.burst, 5);
+        assert_eq!(ClientOptions::rate_limited(Some(0.2)).unwrap().burst, 1);
+        for bad in [0.0, -1.0, f64::INFINITY] {
+            assert_eq!(ClientOptions::rate_limited(Some(bad)).unwrap_err(), bad);
+        }
+        assert!(ClientOptions::rate_limited(Some(f64::NAN)).is_err());
+    }
 
     #[test]
     fn retry_after_reads_seconds_only() {

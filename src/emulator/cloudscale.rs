@@ -201,6 +201,36 @@ async fn with_cloud(
     })
 }
 
+/// Runs `f` on the cloud's state with the request's JSON body; a body that
+/// is not JSON is refused before anything else.
+async fn with_body(
+    cloud: Shared,
+    headers: HeaderMap,
+    body: Option<axum::Json<Value>>,
+    f: impl FnOnce(&mut Cloud, &Value) -> Result<Response, Refusal> + Send + 'static,
+) -> Response {
+    let Some(axum::Json(body)) = body else {
+        return detail(StatusCode::BAD_REQUEST, "JSON parse error.").into_response();
+    };
+    with_cloud(cloud, headers, move |c| {
+        f(c, &body).unwrap_or_else(IntoResponse::into_response)
+    })
+    .await
+}
+
+/// Answers with the one record `find` returns, or 404 when there is none.
+async fn get_one(
+    cloud: Shared,
+    headers: HeaderMap,
+    find: impl FnOnce(&Cloud) -> Option<Value> + Send + 'static,
+) -> Response {
+    with_cloud(cloud, headers, move |c| match find(c) {
+        Some(found) => axum::Json(found).into_response(),
+        None => not_found().into_response(),
+    })
+    .await
+}
+
 impl Cloud {
     fn new_uuid(&mut self) -> String {
         let mut bytes = [0u8; 16];
@@ -314,6 +344,18 @@ fn matches_filters(
     })
 }
 
+/// The body's `name`: required and not blank.
+fn required_name(body: &Value) -> Result<String, Refusal> {
+    match body.get("name").and_then(Value::as_str) {
+        Some(name) if !name.trim().is_empty() => Ok(name.to_string()),
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            "name",
+            "This field is required.",
+        )),
+    }
+}
+
 fn parse_tags(body: &Value) -> Result<JsonMap<String, Value>, Refusal> {
     match body.get("tags") {
         None | Some(Value::Null) => Ok(JsonMap::new()),
@@ -373,9 +415,8 @@ async fn get_volume(
     headers: HeaderMap,
     Path(uuid): Path<String>,
 ) -> Response {
-    with_cloud(cloud, headers, move |c| match c.volumes.get(&uuid) {
-        Some(v) => axum::Json(c.volume_json(v)).into_response(),
-        None => not_found().into_response(),
+    get_one(cloud, headers, move |c| {
+        c.volumes.get(&uuid).map(|v| c.volume_json(v))
     })
     .await
 }
@@ -385,28 +426,12 @@ async fn create_volume(
     headers: HeaderMap,
     body: Option<axum::Json<Value>>,
 ) -> Response {
-    let Some(axum::Json(body)) = body else {
-        return detail(StatusCode::BAD_REQUEST, "JSON parse error.").into_response();
-    };
-    with_cloud(cloud, headers, move |c| match c.create_volume(&body) {
-        Ok(v) => v,
-        Err(e) => e.into_response(),
-    })
-    .await
+    with_body(cloud, headers, body, Cloud::create_volume).await
 }
 
 impl Cloud {
     fn create_volume(&mut self, body: &Value) -> Result<Response, Refusal> {
-        let name = match body.get("name").and_then(Value::as_str) {
-            Some(name) if !name.trim().is_empty() => name.to_string(),
-            _ => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    "name",
-                    "This field is required.",
-                ));
-            }
-        };
+        let name = required_name(body)?;
         let tags = parse_tags(body)?;
         let snapshot = body.get("volume_snapshot_uuid").and_then(Value::as_str);
         let (size_gb, kind, zone, from) = match snapshot {
@@ -570,14 +595,8 @@ async fn patch_volume(
     Path(uuid): Path<String>,
     body: Option<axum::Json<Value>>,
 ) -> Response {
-    let Some(axum::Json(body)) = body else {
-        return detail(StatusCode::BAD_REQUEST, "JSON parse error.").into_response();
-    };
-    with_cloud(cloud, headers, move |c| {
-        match c.patch_volume(&uuid, &body) {
-            Ok(v) => v,
-            Err(e) => e.into_response(),
-        }
+    with_body(cloud, headers, body, move |c, body| {
+        c.patch_volume(&uuid, body)
     })
     .await
 }
@@ -730,9 +749,8 @@ async fn get_snapshot(
     headers: HeaderMap,
     Path(uuid): Path<String>,
 ) -> Response {
-    with_cloud(cloud, headers, move |c| match c.snapshots.get(&uuid) {
-        Some(s) => axum::Json(c.snapshot_json(s)).into_response(),
-        None => not_found().into_response(),
+    get_one(cloud, headers, move |c| {
+        c.snapshots.get(&uuid).map(|s| c.snapshot_json(s))
     })
     .await
 }
@@ -742,28 +760,12 @@ async fn create_snapshot(
     headers: HeaderMap,
     body: Option<axum::Json<Value>>,
 ) -> Response {
-    let Some(axum::Json(body)) = body else {
-        return detail(StatusCode::BAD_REQUEST, "JSON parse error.").into_response();
-    };
-    with_cloud(cloud, headers, move |c| match c.create_snapshot(&body) {
-        Ok(v) => v,
-        Err(e) => e.into_response(),
-    })
-    .await
+    with_body(cloud, headers, body, Cloud::create_snapshot).await
 }
 
 impl Cloud {
     fn create_snapshot(&mut self, body: &Value) -> Result<Response, Refusal> {
-        let name = match body.get("name").and_then(Value::as_str) {
-            Some(name) if !name.trim().is_empty() => name.to_string(),
-            _ => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    "name",
-                    "This field is required.",
-                ));
-            }
-        };
+        let name = required_name(body)?;
         let tags = parse_tags(body)?;
         let Some(source) = body.get("source_volume").and_then(Value::as_str) else {
             return Err(error(

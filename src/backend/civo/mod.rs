@@ -73,16 +73,11 @@ pub struct Civo {
 pub async fn open(settings: &Settings) -> Result<(Arc<dyn Backend>, Arc<dyn NodeBackend>), String> {
     let civo = &settings.clouds.civo;
     let url = civo.api_url.as_deref().unwrap_or(DEFAULT_API_URL);
-    let mut options = ClientOptions::default();
-    if let Some(rate) = civo.api_requests_per_second {
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(format!(
-                "the Civo API rate limit must be a positive number of requests per second, not {rate}"
-            ));
-        }
-        options.rate_per_second = rate;
-        options.burst = (rate * 2.0).ceil().min(f64::from(u32::MAX)) as u32;
-    }
+    let options = ClientOptions::rate_limited(civo.api_requests_per_second).map_err(|rate| {
+        format!(
+            "the Civo API rate limit must be a positive number of requests per second, not {rate}"
+        )
+    })?;
     let client = |region: &str| -> Result<Option<CivoApi>, String> {
         let Some(key) = civo.api_key.clone().filter(|k| !k.is_empty()) else {
             return Ok(None);

@@ -88,16 +88,11 @@ pub async fn build(
             "the packet backend needs a project: set PACKET_PROJECT_ID (or project-id in [packet])",
         )?;
         let url = packet.api_url.as_deref().unwrap_or(DEFAULT_API_URL);
-        let mut options = ClientOptions::default();
-        if let Some(rate) = packet.requests_per_second {
-            if !(rate.is_finite() && rate > 0.0) {
-                return Err(format!(
-                    "PACKET_REQUESTS_PER_SECOND (requests-per-second in [packet]) must be positive, not {rate}"
-                ));
-            }
-            options.rate_per_second = rate;
-            options.burst = (rate * 2.0).ceil().min(f64::from(u32::MAX)) as u32;
-        }
+        let options = ClientOptions::rate_limited(packet.requests_per_second).map_err(|rate| {
+            format!(
+                "PACKET_REQUESTS_PER_SECOND (requests-per-second in [packet]) must be positive, not {rate}"
+            )
+        })?;
         let client = ApiClient::new("packet", url, Auth::Header("X-Auth-Token", key), options)?;
         Some(Api::new(client, project))
     } else {

@@ -281,6 +281,19 @@ fn started(app: App, result: Result<Option<Pending>, ApiError>) -> Response {
     }
 }
 
+/// Runs a volume action in the request's region and answers it; a transition
+/// the action starts finishes later.
+fn act(
+    app: App,
+    q: &RegionQuery,
+    body_region: Option<String>,
+    action: impl FnOnce(&mut State, &str) -> Result<Option<Pending>, ApiError>,
+) -> Response {
+    let region = put_region(q, body_region);
+    let result = action(&mut app.lock(), &region);
+    started(app, result)
+}
+
 async fn attach(
     Shared(app): Shared<App>,
     headers: HeaderMap,
@@ -293,9 +306,9 @@ async fn attach(
         Ok(b) => b,
         Err(e) => return bad_body(e),
     };
-    let region = put_region(&q, body.region);
-    let result = app.lock().attach(&id, &body.instance_id, &region);
-    started(app, result)
+    act(app, &q, body.region, |state, region| {
+        state.attach(&id, &body.instance_id, region)
+    })
 }
 
 async fn detach(
@@ -307,9 +320,9 @@ async fn detach(
 ) -> Response {
     auth!(headers);
     let body: RegionBody = serde_json::from_slice(&body).unwrap_or(RegionBody { region: None });
-    let region = put_region(&q, body.region);
-    let result = app.lock().detach(&id, &region);
-    started(app, result)
+    act(app, &q, body.region, |state, region| {
+        state.detach(&id, region)
+    })
 }
 
 async fn resize(
@@ -324,9 +337,9 @@ async fn resize(
         Ok(b) => b,
         Err(e) => return bad_body(e),
     };
-    let region = put_region(&q, body.region);
-    let result = app.lock().resize(&id, body.size_gb, &region).map(Some);
-    started(app, result)
+    act(app, &q, body.region, |state, region| {
+        state.resize(&id, body.size_gb, region).map(Some)
+    })
 }
 
 /// Finishes a transition after `transition_ms`: makes the device change on

@@ -100,6 +100,21 @@ fn unauthorized(headers: &HeaderMap) -> Option<Response> {
     }
 }
 
+/// Answers with the one record `find` returns, or 404 when there is none.
+fn get_one(
+    emu: &Emulator,
+    headers: &HeaderMap,
+    find: impl FnOnce(&Project) -> Option<Value>,
+) -> Response {
+    if let Some(denied) = unauthorized(headers) {
+        return denied;
+    }
+    match find(&emu.project()) {
+        Some(found) => ok(StatusCode::OK, found),
+        None => error(StatusCode::NOT_FOUND, "Not found"),
+    }
+}
+
 impl Emulator {
     fn project(&self) -> std::sync::MutexGuard<'_, Project> {
         self.project.lock().unwrap_or_else(|e| e.into_inner())
@@ -250,14 +265,12 @@ async fn get_volume(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(denied) = unauthorized(&headers) {
-        return denied;
-    }
-    let state = emu.project();
-    match state.volumes.get(&id) {
-        Some(v) => ok(StatusCode::OK, state.volume_json(v, emu.transition)),
-        None => error(StatusCode::NOT_FOUND, "Not found"),
-    }
+    get_one(&emu, &headers, |state| {
+        state
+            .volumes
+            .get(&id)
+            .map(|v| state.volume_json(v, emu.transition))
+    })
 }
 
 /// Updates a volume's description (the one field the driver changes;
@@ -400,13 +413,9 @@ async fn get_attachment(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(denied) = unauthorized(&headers) {
-        return denied;
-    }
-    match emu.project().attachments.get(&id) {
-        Some(a) => ok(StatusCode::OK, model::attachment_json(a)),
-        None => error(StatusCode::NOT_FOUND, "Not found"),
-    }
+    get_one(&emu, &headers, |state| {
+        state.attachments.get(&id).map(model::attachment_json)
+    })
 }
 
 async fn detach(State(emu): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
