@@ -235,16 +235,9 @@ fn api_client(settings: &Settings) -> Result<Option<Api>, String> {
         return Ok(None);
     };
     let url = cs.api_url.as_deref().unwrap_or(DEFAULT_API_URL);
-    let mut options = ClientOptions::default();
-    if let Some(rate) = cs.api_requests_per_second {
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(format!(
-                "cloudscale api-requests-per-second must be a positive number, not {rate}"
-            ));
-        }
-        options.rate_per_second = rate;
-        options.burst = (rate * 2.0).clamp(1.0, 10_000.0) as u32;
-    }
+    let options = ClientOptions::rate_limited(cs.api_requests_per_second).map_err(|rate| {
+        format!("cloudscale api-requests-per-second must be a positive number, not {rate}")
+    })?;
     let client = ApiClient::new("cloudscale", url, Auth::Bearer(token), options)?;
     Ok(Some(Api { client }))
 }
