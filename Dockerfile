@@ -9,14 +9,7 @@
 ############################ build ############################
 FROM rust:1-bookworm AS build
 
-# libcryptsetup for LUKS, libclang for the bindings generated from its headers.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends \
-      libcryptsetup-dev \
-      libclang-dev \
-      pkg-config \
- && rm -rf /var/lib/apt/lists/*
-
+# Nothing beyond Rust: libcryptsetup is loaded at run time, not linked.
 WORKDIR /src
 COPY . .
 
@@ -30,7 +23,8 @@ FROM debian:bookworm-slim
 
 # Filesystems (mkfs, fsck, grow): e2fsprogs, xfsprogs, btrfs-progs.
 # Block devices and mounts: util-linux (losetup, blkid, lsblk, findmnt), mount.
-# LUKS: cryptsetup-bin, libcryptsetup12. Kernel modules: kmod (modprobe).
+# LUKS: libcryptsetup12 (loaded by the first LUKS operation), cryptsetup-bin.
+# Kernel modules: kmod (modprobe).
 # iSCSI and multipath (packet): open-iscsi, multipath-tools.
 # Device discovery: udev (udevadm). TLS to the cloud APIs: ca-certificates.
 RUN apt-get update \

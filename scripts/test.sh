@@ -5,7 +5,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 cd "$(repo_root)"
 require_root "scripts/test.sh"
-ensure_packages "${NODE_PACKAGES[@]}" "${BUILD_PACKAGES[@]}" cryptsetup-bin jq
+ensure_packages "${NODE_PACKAGES[@]}" "${LUKS_PACKAGES[@]}" jq
 
 section() { printf '\n==> %s\n' "$*"; }
 

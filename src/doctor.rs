@@ -304,19 +304,16 @@ fn dm_crypt_check() -> Check {
 
 fn libcryptsetup_check() -> Check {
     const NAME: &str = "libcryptsetup";
-    let name = c"libcryptsetup.so.12";
-    // SAFETY: a valid C string; the handle is closed right after.
-    let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
-    if handle.is_null() {
-        Check::missing(
+    match crate::node::cryptsetup::check_loadable() {
+        Ok(()) => Check::ok(
             NAME,
-            "libcryptsetup.so.12 cannot be loaded",
+            "libcryptsetup.so.12 loads, with every call the driver makes",
+        ),
+        Err(e) => Check::missing(
+            NAME,
+            e.to_string(),
             "install libcryptsetup12 (apt-get install libcryptsetup12) in the node plugin image",
-        )
-    } else {
-        // SAFETY: `handle` came from dlopen and is closed once.
-        unsafe { libc::dlclose(handle) };
-        Check::ok(NAME, "libcryptsetup.so.12 loads")
+        ),
     }
 }
 

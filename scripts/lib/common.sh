@@ -26,5 +26,5 @@ ensure_packages() {
 
 # The node tools every test and demo needs.
 NODE_PACKAGES=(e2fsprogs xfsprogs btrfs-progs util-linux mount)
-# What building needs beyond Rust: libcryptsetup (LUKS) and libclang for its bindings.
-BUILD_PACKAGES=(pkg-config libcryptsetup-dev libclang-dev)
+# LUKS: libcryptsetup12 (loaded at run time) and cryptsetup to inspect headers.
+LUKS_PACKAGES=(libcryptsetup12 cryptsetup-bin)

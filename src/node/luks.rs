@@ -3,8 +3,8 @@
 //!
 //! The key is handed to libcryptsetup as bytes in memory: it never goes
 //! through a file, a command line or a log. Each function is one whole
-//! operation on one `CryptDevice` (which must not cross threads); callers run
-//! it inside one blocking closure.
+//! operation within one [`Session`] (the library is not thread-safe);
+//! callers run it inside one blocking closure.
 
 use std::cell::RefCell;
 use std::ffi::{CStr, c_char, c_int, c_void};
@@ -12,12 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-use libcryptsetup_rs::consts::flags::{CryptActivate, CryptDeactivate, CryptPbkdf, CryptVolumeKey};
-use libcryptsetup_rs::consts::vals::{CryptKdf, CryptLogLevel, CryptStatusInfo, EncryptionFormat};
-use libcryptsetup_rs::{
-    CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsLuks2Ref, CryptPbkdfType, Either,
-};
-
+use super::cryptsetup::{self, Argon2id, Device, LoadError, Session, Status};
 use crate::csi::params::Luks;
 
 /// Where device-mapper mappings appear.
@@ -72,6 +67,11 @@ pub enum LuksError {
         "dm-crypt is unavailable on this node: {CONTROL}: {reason}; encrypted volumes need a kernel with device-mapper and dm-crypt (modules dm_mod, dm_crypt) and a privileged node plugin; nothing was written"
     )]
     Unavailable { reason: String },
+    /// libcryptsetup is not installed on the node.
+    #[error(
+        "encrypted volumes need libcryptsetup on this node: {0}; install libcryptsetup12 in the node plugin image; nothing was written"
+    )]
+    Library(#[from] LoadError),
     /// No key slot opens with the given key.
     #[error(
         "the luksKey of the node-stage secret opens no key slot of the LUKS header on {device}; nothing was changed: check the secret", device = device.display()
@@ -97,7 +97,7 @@ pub enum LuksError {
     Crypt {
         op: &'static str,
         target: String,
-        source: libcryptsetup_rs::LibcryptErr,
+        source: std::io::Error,
         messages: String,
     },
     /// A system call failed.
@@ -128,8 +128,14 @@ pub fn mapping_path(name: &str) -> PathBuf {
 }
 
 /// Fails with [`LuksError::Unavailable`] when device-mapper cannot be used
-/// (opening the control node also loads dm_mod when it is a module).
+/// (opening the control node also loads dm_mod when it is a module), and
+/// with [`LuksError::Library`] when libcryptsetup cannot be loaded.
 pub fn check_available() -> Result<(), LuksError> {
+    check_device_mapper()?;
+    Ok(cryptsetup::check_loadable()?)
+}
+
+fn check_device_mapper() -> Result<(), LuksError> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -138,6 +144,16 @@ pub fn check_available() -> Result<(), LuksError> {
         .map_err(|e| LuksError::Unavailable {
             reason: e.to_string(),
         })
+}
+
+/// Starts an operation: the library is loaded and its messages go to this
+/// thread's collection, emptied first.
+fn begin() -> Result<Session, LuksError> {
+    let session = Session::begin()?;
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| session.set_log_callback(collect_message));
+    MESSAGES.with(|m| m.borrow_mut().clear());
+    Ok(session)
 }
 
 /// An open mapping.
@@ -151,19 +167,24 @@ pub struct Active {
 }
 
 /// The open mapping called `name`, if any. Without device-mapper nothing
-/// can be open: `None`.
+/// can be open: `None`. Without libcryptsetup nothing this driver opened
+/// can be, unless the mapping exists: then the library is needed.
 pub fn active(name: &str) -> Result<Option<Active>, LuksError> {
-    if check_available().is_err() {
+    if check_device_mapper().is_err() {
         return Ok(None);
     }
-    capture_messages();
-    let busy = match libcryptsetup_rs::status(None, name) {
-        Ok(CryptStatusInfo::Active) => false,
-        Ok(CryptStatusInfo::Busy) => true,
+    let path = mapping_path(name);
+    if cryptsetup::check_loadable().is_err() && !path.exists() {
+        return Ok(None);
+    }
+    let session = begin()?;
+    let busy = match session.status(name) {
+        Ok(Status::Active) => false,
+        Ok(Status::Busy) => true,
         Ok(_) => return Ok(None),
         Err(source) => return Err(crypt_error("status of mapping", name, source)),
     };
-    let path = mapping_path(name);
+    drop(session);
     let backing = backing_device(&path)?;
     Ok(Some(Active {
         path,
@@ -224,84 +245,41 @@ pub fn format(device: &Path, key: &[u8], luks: &Luks, pbkdf: &Pbkdf) -> Result<(
         .ok_or_else(|| LuksError::Crypt {
             op: "format",
             target: target.clone(),
-            source: libcryptsetup_rs::LibcryptErr::Other(format!(
-                "cipher {:?} is not CIPHER-MODE",
-                luks.cipher
-            )),
+            source: std::io::Error::other(format!("cipher {:?} is not CIPHER-MODE", luks.cipher)),
             messages: String::new(),
         })?;
-    capture_messages();
-    let mut cd = CryptInit::init(device).map_err(|e| fail("open device", e))?;
-    let kdf = CryptPbkdfType {
-        type_: CryptKdf::Argon2Id,
-        hash: Some("sha256".to_string()),
-        time_ms: 0,
+    let session = begin()?;
+    let mut cd = session.device(device).map_err(|e| fail("open device", e))?;
+    let kdf = Argon2id {
         iterations: pbkdf.iterations,
-        max_memory_kb: pbkdf.memory_kib,
-        parallel_threads: 1,
-        flags: CryptPbkdf::NO_BENCHMARK,
+        memory_kib: pbkdf.memory_kib,
     };
-    cd.settings_handle()
-        .set_pbkdf_type(&kdf)
-        .map_err(|e| fail("set the key derivation of", e))?;
-    let params = CryptParamsLuks2 {
-        pbkdf: Some(kdf),
-        integrity: None,
-        integrity_params: None,
-        data_alignment: 0,
-        data_device: None,
-        sector_size: 512,
-        label: None,
-        subsystem: None,
-    };
-    let mut params: CryptParamsLuks2Ref<'_> = (&params)
-        .try_into()
-        .map_err(|e| fail("prepare the LUKS2 parameters of", e))?;
-    cd.context_handle()
-        .format(
-            EncryptionFormat::Luks2,
-            (cipher, mode),
-            None,
-            Either::Right(luks.key_size_bits as usize / 8),
-            Some(&mut params),
-        )
+    cd.format_luks2(cipher, mode, luks.key_size_bits as usize / 8, &kdf)
         .map_err(|e| fail("write a LUKS2 header on", e))?;
-    cd.keyslot_handle()
-        .add_by_key(None, None, key, CryptVolumeKey::empty())
-        .map_err(|e| fail("add a key slot on", e))?;
-    Ok(())
+    cd.add_keyslot(key)
+        .map_err(|e| fail("add a key slot on", e))
 }
 
 /// Loads the LUKS header (LUKS1 or LUKS2) of `device`.
-fn load(device: &Path) -> Result<CryptDevice, LuksError> {
+fn load<'s>(session: &'s Session, device: &Path) -> Result<Device<'s>, LuksError> {
     let target = device.display().to_string();
-    let mut cd = CryptInit::init(device).map_err(|e| crypt_error("open device", &target, e))?;
-    cd.context_handle()
-        .load::<()>(None, None)
-        .map_err(|e| LuksError::NotLuks {
-            device: device.to_path_buf(),
-            detail: format!("{e}{}", take_messages()),
-        })?;
+    let mut cd = session
+        .device(device)
+        .map_err(|e| crypt_error("open device", &target, e))?;
+    cd.load_luks().map_err(|e| LuksError::NotLuks {
+        device: device.to_path_buf(),
+        detail: format!("{e}{}", take_messages()),
+    })?;
     Ok(cd)
 }
 
 /// Tries `key` against the key slots of `device`.
-fn unlock(
-    cd: &mut CryptDevice,
-    device: &Path,
-    name: Option<&str>,
-    key: &[u8],
-) -> Result<(), LuksError> {
-    match cd
-        .activate_handle()
-        .activate_by_passphrase(name, None, key, CryptActivate::empty())
-    {
-        Ok(_) => Ok(()),
-        Err(libcryptsetup_rs::LibcryptErr::IOError(e)) if e.raw_os_error() == Some(libc::EPERM) => {
-            Err(LuksError::WrongKey {
-                device: device.to_path_buf(),
-            })
-        }
+fn unlock(cd: &mut Device, device: &Path, name: Option<&str>, key: &[u8]) -> Result<(), LuksError> {
+    match cd.activate(name, key) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Err(LuksError::WrongKey {
+            device: device.to_path_buf(),
+        }),
         Err(e) => Err(crypt_error(
             if name.is_some() {
                 "open"
@@ -316,8 +294,8 @@ fn unlock(
 
 /// Checks that `key` opens `device` without opening it.
 pub fn check_key(device: &Path, key: &[u8]) -> Result<(), LuksError> {
-    capture_messages();
-    let mut cd = load(device)?;
+    let session = begin()?;
+    let mut cd = load(&session, device)?;
     unlock(&mut cd, device, None, key)
 }
 
@@ -325,10 +303,9 @@ pub fn check_key(device: &Path, key: &[u8]) -> Result<(), LuksError> {
 /// volume key is kept in the device-mapper table rather than the kernel
 /// keyring, so that the mapping can be grown without the key.
 pub fn open(device: &Path, name: &str, key: &[u8]) -> Result<PathBuf, LuksError> {
-    capture_messages();
-    let mut cd = load(device)?;
-    cd.context_handle()
-        .volume_key_keyring(false)
+    let session = begin()?;
+    let mut cd = load(&session, device)?;
+    cd.use_keyring(false)
         .map_err(|e| crypt_error("turn off the kernel keyring for", name, e))?;
     unlock(&mut cd, device, Some(name), key)?;
     Ok(mapping_path(name))
@@ -339,30 +316,26 @@ pub fn close(name: &str) -> Result<(), LuksError> {
     if active(name)?.is_none() {
         return Ok(());
     }
-    capture_messages();
-    let mut cd = CryptInit::init_by_name_and_header(name, None)
+    let session = begin()?;
+    let mut cd = session
+        .mapping(name)
         .map_err(|e| crypt_error("find mapping", name, e))?;
-    match cd
-        .activate_handle()
-        .deactivate(name, CryptDeactivate::empty())
-    {
+    match cd.deactivate(name) {
         Ok(()) => Ok(()),
-        Err(libcryptsetup_rs::LibcryptErr::IOError(e)) if e.raw_os_error() == Some(libc::EBUSY) => {
-            Err(LuksError::Busy {
-                name: name.to_string(),
-            })
-        }
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(LuksError::Busy {
+            name: name.to_string(),
+        }),
         Err(e) => Err(crypt_error("close mapping", name, e)),
     }
 }
 
 /// Grows mapping `name` to the current size of the device under it.
 pub fn resize(name: &str) -> Result<(), LuksError> {
-    capture_messages();
-    let mut cd = CryptInit::init_by_name_and_header(name, None)
+    let session = begin()?;
+    let mut cd = session
+        .mapping(name)
         .map_err(|e| crypt_error("find mapping", name, e))?;
-    cd.context_handle()
-        .resize(name, 0)
+    cd.resize(name)
         .map_err(|e| crypt_error("resize mapping", name, e))
 }
 
@@ -374,7 +347,7 @@ pub fn device_numbers(device: &Path) -> Result<(u32, u32), LuksError> {
     Ok((libc::major(rdev), libc::minor(rdev)))
 }
 
-fn crypt_error(op: &'static str, target: &str, source: libcryptsetup_rs::LibcryptErr) -> LuksError {
+fn crypt_error(op: &'static str, target: &str, source: std::io::Error) -> LuksError {
     LuksError::Crypt {
         op,
         target: target.to_string(),
@@ -390,7 +363,7 @@ thread_local! {
 }
 
 unsafe extern "C" fn collect_message(level: c_int, msg: *const c_char, _: *mut c_void) {
-    if msg.is_null() || level != CryptLogLevel::Error as c_int {
+    if msg.is_null() || level != cryptsetup::LOG_ERROR {
         return;
     }
     // SAFETY: libcryptsetup passes a NUL-terminated string valid for the call.
@@ -401,13 +374,6 @@ unsafe extern "C" fn collect_message(level: c_int, msg: *const c_char, _: *mut c
     if !text.is_empty() {
         MESSAGES.with(|m| m.borrow_mut().push(text));
     }
-}
-
-/// Starts collecting this thread's messages afresh.
-fn capture_messages() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| libcryptsetup_rs::set_log_callback::<()>(Some(collect_message), None));
-    MESSAGES.with(|m| m.borrow_mut().clear());
 }
 
 /// The collected messages as `" (libcryptsetup: a; b)"`, or nothing.
@@ -453,6 +419,56 @@ mod tests {
             .validate()
             .is_err()
         );
+    }
+
+    /// Formats a LUKS2 header on a plain file (no device-mapper needed)
+    /// and checks keys against it through the run-time binding.
+    #[test]
+    fn format_and_check_key_on_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("volume.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        let luks = Luks {
+            cipher: "aes-xts-plain64".to_string(),
+            key_size_bits: 512,
+        };
+        let cheap = Pbkdf {
+            memory_kib: 1024,
+            iterations: 4,
+        };
+        format(&image, b"right key", &luks, &cheap).unwrap();
+        check_key(&image, b"right key").unwrap();
+        match check_key(&image, b"wrong key") {
+            Err(LuksError::WrongKey { device }) => assert_eq!(device, image),
+            other => panic!("a wrong key must be refused: {other:?}"),
+        }
+        let header = std::process::Command::new("cryptsetup")
+            .arg("luksDump")
+            .arg(&image)
+            .output()
+            .expect("cryptsetup (cryptsetup-bin) is installed by scripts/test.sh");
+        let dump = String::from_utf8_lossy(&header.stdout);
+        assert!(dump.contains("Version:       \t2"), "{dump}");
+        assert!(dump.contains("aes-xts-plain64"), "{dump}");
+        assert!(dump.contains("argon2id"), "{dump}");
+        assert!(dump.contains("Memory:     1024"), "{dump}");
+    }
+
+    #[test]
+    fn a_blank_file_holds_no_luks_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("blank.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        match check_key(&image, b"key") {
+            Err(LuksError::NotLuks { device, .. }) => assert_eq!(device, image),
+            other => panic!("a blank device has no header: {other:?}"),
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub mod cryptsetup;
 pub mod discovery;
 pub mod freeze;
 pub mod fs;
