@@ -295,10 +295,7 @@ impl Settings {
                 .or(file.max_volumes_per_node)
                 .unwrap_or(0),
             log_format: args.log_format.or(file.log_format),
-            log_level: args
-                .log_level
-                .or(file.log_level)
-                .unwrap_or_else(|| "info".to_string()),
+            log_level: log_filter(args.log_level.or(file.log_level))?,
             device_dir: args
                 .device_dir
                 .or(file.device_dir)
@@ -310,6 +307,17 @@ impl Settings {
             clouds,
         })
     }
+}
+
+/// The log filter, checked: `info` by default.
+fn log_filter(level: Option<String>) -> Result<String, ConfigError> {
+    let level = level.unwrap_or_else(|| "info".to_string());
+    crate::telemetry::parse_filter(&level).map_err(|e| {
+        ConfigError::Invalid(format!(
+            "log-level {level:?} is not a log filter ({e}): use a level (error, warn, info, debug, trace) or TARGET=LEVEL pairs separated by commas, e.g. info,multicsi=debug"
+        ))
+    })?;
+    Ok(level)
 }
 
 /// The default backend and every backend served (default first): the
@@ -417,6 +425,21 @@ mod tests {
         a.config = Some(path);
         let err = Settings::resolve(a).unwrap_err().to_string();
         assert!(err.contains("modez"), "{err}");
+    }
+
+    #[test]
+    fn log_filter_is_checked() {
+        assert_eq!(Settings::resolve(args()).unwrap().log_level, "info");
+        for good in ["debug", "warn,multicsi=trace", "multicsi::backend=debug"] {
+            let mut a = args();
+            a.log_level = Some(good.to_string());
+            assert_eq!(Settings::resolve(a).unwrap().log_level, good);
+        }
+        let mut a = args();
+        a.log_level = Some("multicsi=loud".to_string());
+        let err = Settings::resolve(a).unwrap_err().to_string();
+        assert!(err.contains("log-level \"multicsi=loud\""), "{err}");
+        assert!(err.contains("info,multicsi=debug"), "{err}");
     }
 
     #[test]

@@ -4,16 +4,24 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::filter::{Targets, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, fmt};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber; logs go to stderr.
+/// Parses a log filter: a level, or `target=level` pairs separated by
+/// commas (`info,multicsi::backend=debug`).
+pub fn parse_filter(level: &str) -> Result<Targets, String> {
+    level.parse::<Targets>().map_err(|e| e.to_string())
+}
+
+/// Installs the global subscriber; logs go to stderr. `level` was checked
+/// by [`parse_filter`] when the settings were read.
 pub fn init(format: Option<LogFormat>, level: &str) {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        parse_filter(level).unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
     let format = format.unwrap_or(if std::io::stderr().is_terminal() {
         LogFormat::Text
     } else {
