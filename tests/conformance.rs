@@ -152,6 +152,9 @@ mod hostpath {
     section!(crate::harness::BackendUnderTest::hostpath, node_snapshot in node: [
         snapshot_of_a_mounted_volume_holds_unflushed_writes,
     ]);
+    section!(crate::harness::BackendUnderTest::hostpath, node_snapshot_crash in crash: [
+        crash_during_snapshot_of_a_mounted_volume,
+    ]);
 }
 
 /// Civo against its emulator. Civo has no snapshots (so no restore or

@@ -734,6 +734,36 @@ fn a_read_only_loop_device_refuses_writes_and_is_not_the_volume_device() {
     loopdev::detach(&device).unwrap();
 }
 
+/// A freeze whose owner died (no thaw) is found by its record and thawed.
+#[test]
+fn a_recorded_freeze_left_by_a_dead_owner_is_thawed() {
+    let mut scratch = Scratch::new();
+    let image = scratch.image("abandoned.img", 64 * MIB);
+    let device = loopdev::attach(&image).unwrap();
+    nodefs::mkfs(&device, "ext4", &MkfsOptions::default()).unwrap();
+    let at = scratch.dir("mnt");
+    scratch.track(&at);
+    mount::mount_fs(&device, &at, "ext4", &[], false).unwrap();
+    let records = scratch.path("frozen-records");
+    let quiesced = freeze::quiesce_image(&image, &records).unwrap().unwrap();
+    assert!(quiesced.is_frozen());
+    // Its owner dies: no thaw, and its descriptor of the mount point closes.
+    std::mem::forget(quiesced);
+    for fd in fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if fs::read_link(fd.path()).is_ok_and(|target| target == at) {
+            let fd: i32 = fd.file_name().to_str().unwrap().parse().unwrap();
+            // SAFETY: the descriptor the forgotten freeze held; nothing else uses it.
+            unsafe { libc::close(fd) };
+        }
+    }
+    assert_eq!(freeze::thaw_recorded(&records).unwrap(), vec![at.clone()]);
+    assert_eq!(fs::read_dir(&records).unwrap().count(), 0);
+    fs::write(at.join("after"), b"writable again").unwrap();
+    assert!(freeze::thaw_recorded(&records).unwrap().is_empty());
+    mount::unmount(&at).unwrap();
+    loopdev::detach(&device).unwrap();
+}
+
 #[test]
 fn quiesce_freezes_a_mounted_filesystem_until_dropped() {
     let mut scratch = Scratch::new();
@@ -744,11 +774,14 @@ fn quiesce_freezes_a_mounted_filesystem_until_dropped() {
     scratch.track(&at);
     mount::mount_fs(&device, &at, "ext4", &[], false).unwrap();
     fs::write(at.join("unflushed"), b"in the page cache").unwrap();
-    let quiesced = freeze::quiesce_image(&image)
+    let records = scratch.path("frozen-records");
+    let recorded = || fs::read_dir(&records).map_or(0, |d| d.count());
+    let quiesced = freeze::quiesce_image(&image, &records)
         .unwrap()
         .expect("the image's filesystem is mounted");
     assert!(quiesced.is_frozen(), "ext4 can be frozen");
     assert_eq!(quiesced.mount_point(), at.as_path());
+    assert_eq!(recorded(), 1, "the freeze is recorded while it lasts");
     // Frozen: the data is in the image, and a writer waits.
     let image_bytes = fs::read(&image).unwrap();
     assert!(
@@ -772,16 +805,18 @@ fn quiesce_freezes_a_mounted_filesystem_until_dropped() {
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("the write goes on after the thaw");
     writer.join().unwrap();
+    assert_eq!(recorded(), 0, "the record goes with the thaw");
     // Attached, not mounted (raw block): writes through the device reach
     // the image.
     mount::unmount(&at).unwrap();
     // Kept open: the last close of a block device would flush it anyway.
     let writer = OpenOptions::new().write(true).open(&device).unwrap();
     writer.write_all_at(b"raw block data", 8 * MIB).unwrap();
-    let flushed = freeze::quiesce_image(&image)
+    let flushed = freeze::quiesce_image(&image, &records)
         .unwrap()
         .expect("attached devices are flushed");
     assert!(!flushed.is_frozen());
+    assert_eq!(recorded(), 0, "a flush is not recorded");
     let mut back = [0u8; 14];
     File::open(&image)
         .unwrap()
@@ -792,5 +827,5 @@ fn quiesce_freezes_a_mounted_filesystem_until_dropped() {
     drop(writer);
     // Not attached: nothing to quiesce.
     loopdev::detach(&device).unwrap();
-    assert!(freeze::quiesce_image(&image).unwrap().is_none());
+    assert!(freeze::quiesce_image(&image, &records).unwrap().is_none());
 }

@@ -1,10 +1,17 @@
 //! Quiescing a mounted filesystem for a consistent copy of its device:
 //! `FIFREEZE` flushes it and blocks new writes until `FITHAW`; filesystems
 //! that cannot freeze are at least flushed with `syncfs`.
+//!
+//! A freeze outlives the process that made it: a driver killed during the
+//! copy would leave the volume's writers blocked. So each freeze is first
+//! recorded durably in a directory of the driver's state (one file per
+//! mount point, holding its path), removed after the thaw; at start
+//! [`thaw_recorded`] thaws whatever a killed driver left frozen.
 
-use std::fs::File;
-use std::io;
+use std::fs::{self, File};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::{HostError, Result, loopdev, mount};
@@ -17,7 +24,14 @@ const FITHAW: libc::Ioctl = 0xC004_5878u32 as libc::Ioctl;
 #[derive(Debug)]
 pub struct Quiesced {
     mount_point: PathBuf,
-    frozen: Option<File>,
+    frozen: Option<Frozen>,
+}
+
+/// The open mount point of a frozen filesystem and the record of the freeze.
+#[derive(Debug)]
+struct Frozen {
+    dir: File,
+    record: PathBuf,
 }
 
 impl Quiesced {
@@ -34,21 +48,104 @@ impl Quiesced {
 
 impl Drop for Quiesced {
     fn drop(&mut self) {
-        if let Some(dir) = &self.frozen {
-            // SAFETY: FITHAW takes an int argument and reads no memory.
-            if unsafe { libc::ioctl(dir.as_raw_fd(), FITHAW, 0) } != 0 {
-                let e = io::Error::last_os_error();
-                tracing::error!(mount_point = %self.mount_point.display(), error = %e, "cannot thaw the filesystem (FITHAW); thaw it with fsfreeze -u");
+        if let Some(frozen) = &self.frozen {
+            match thaw(&frozen.dir) {
+                // The record goes once the thaw is done; should that fail, the
+                // next start thaws again (thawing a thawed one is harmless).
+                Ok(_) => {
+                    let _ = fs::remove_file(&frozen.record);
+                }
+                Err(e) => {
+                    tracing::error!(mount_point = %self.mount_point.display(), error = %e, "cannot thaw the filesystem (FITHAW); thaw it with fsfreeze -u");
+                }
             }
         }
     }
 }
 
+/// `FITHAW`: `Ok(true)` when it was frozen, `Ok(false)` when it was not.
+fn thaw(dir: &File) -> io::Result<bool> {
+    // SAFETY: FITHAW takes an int argument and reads no memory.
+    if unsafe { libc::ioctl(dir.as_raw_fd(), FITHAW, 0) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// The record of a freeze of `mount_point` in `records`: named after a hash
+/// of the path, holding the path.
+fn record_path(records: &Path, mount_point: &Path) -> PathBuf {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(mount_point.as_os_str().as_bytes());
+    let hex: String = hash[..12].iter().map(|b| format!("{b:02x}")).collect();
+    records.join(format!("{hex}.frozen"))
+}
+
+/// Writes the record durably before the freeze it announces.
+fn write_record(records: &Path, mount_point: &Path) -> io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(records)?;
+    let path = record_path(records, mount_point);
+    let mut file = File::create(&path)?;
+    file.write_all(mount_point.as_os_str().as_bytes())?;
+    file.sync_all()?;
+    File::open(records)?.sync_all()?;
+    Ok(path)
+}
+
+/// Thaws every filesystem whose freeze is recorded in `records` (left by a
+/// driver killed during a copy) and removes the records. Returns the mount
+/// points that were frozen. A mount point that is gone has nothing to thaw.
+pub fn thaw_recorded(records: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(records) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut thawed = Vec::new();
+    for entry in entries {
+        let record = entry?.path();
+        let mount_point = PathBuf::from(std::ffi::OsStr::from_bytes(&fs::read(&record)?));
+        match File::open(&mount_point) {
+            Ok(dir) => {
+                if thaw(&dir).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot thaw {} (FITHAW): {e}; thaw it with fsfreeze -u",
+                            mount_point.display()
+                        ),
+                    )
+                })? {
+                    thawed.push(mount_point);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot open {} to thaw it: {e}", mount_point.display()),
+                ));
+            }
+        }
+        fs::remove_file(&record)?;
+    }
+    Ok(thawed)
+}
+
 /// Freezes (or flushes) the filesystem that is mounted from the read-write
 /// loop device of `image`; a device that is attached but not mounted (a raw
 /// block volume) has its page cache flushed into the image. `None` when the
-/// image is not attached.
-pub fn quiesce_image(image: &Path) -> Result<Option<Quiesced>> {
+/// image is not attached. A freeze is recorded in `records` while it lasts.
+pub fn quiesce_image(image: &Path, records: &Path) -> Result<Option<Quiesced>> {
     let Some(device) = loopdev::find(image)? else {
         return Ok(None);
     };
@@ -74,22 +171,32 @@ pub fn quiesce_image(image: &Path) -> Result<Option<Quiesced>> {
             frozen: None,
         }));
     };
-    quiesce(&entry.mount_point).map(Some)
+    quiesce(&entry.mount_point, records).map(Some)
 }
 
 /// Freezes the filesystem mounted at `mount_point`; one that cannot be
-/// frozen (or is frozen already by someone else) is flushed instead.
-pub fn quiesce(mount_point: &Path) -> Result<Quiesced> {
+/// frozen (or is frozen already by someone else) is flushed instead. The
+/// freeze is recorded in `records` first and until the thaw.
+pub fn quiesce(mount_point: &Path, records: &Path) -> Result<Quiesced> {
     let dir = File::open(mount_point)
         .map_err(|e| HostError::os("open", mount_point, e, "is the volume still mounted?"))?;
+    let record = write_record(records, mount_point).map_err(|e| {
+        HostError::os(
+            "record the freeze of",
+            mount_point,
+            e,
+            "check the state directory",
+        )
+    })?;
     // SAFETY: FIFREEZE takes an int argument and reads no memory.
     if unsafe { libc::ioctl(dir.as_raw_fd(), FIFREEZE, 0) } == 0 {
         return Ok(Quiesced {
             mount_point: mount_point.to_path_buf(),
-            frozen: Some(dir),
+            frozen: Some(Frozen { dir, record }),
         });
     }
     let e = io::Error::last_os_error();
+    let _ = fs::remove_file(&record);
     if !matches!(
         e.raw_os_error(),
         Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY) | Some(libc::EINVAL) | Some(libc::EBUSY)
@@ -114,4 +221,33 @@ pub fn quiesce(mount_point: &Path) -> Result<Quiesced> {
         mount_point: mount_point.to_path_buf(),
         frozen: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_named_per_mount_point_and_hold_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = dir.path().join("frozen");
+        let a = write_record(&records, Path::new("/var/lib/kubelet/a")).unwrap();
+        let b = write_record(&records, Path::new("/var/lib/kubelet/b")).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(fs::read(&a).unwrap(), b"/var/lib/kubelet/a");
+        assert_eq!(
+            write_record(&records, Path::new("/var/lib/kubelet/a")).unwrap(),
+            a
+        );
+    }
+
+    #[test]
+    fn a_record_of_a_mount_point_that_is_gone_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = dir.path().join("frozen");
+        assert!(thaw_recorded(&records).unwrap().is_empty());
+        write_record(&records, &dir.path().join("unmounted-and-removed")).unwrap();
+        assert!(thaw_recorded(&records).unwrap().is_empty());
+        assert_eq!(fs::read_dir(&records).unwrap().count(), 0);
+    }
 }

@@ -181,3 +181,112 @@ pub async fn crash_during_node_stage(b: BackendUnderTest) {
         assert!(s.stored_volumes().is_empty());
     }
 }
+
+/// Thaws `mount_point` when dropped, so that a failing test does not leave
+/// a frozen filesystem behind (thawing a thawed one only fails).
+struct ThawOnDrop(std::path::PathBuf);
+
+impl Drop for ThawOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze")
+            .arg("-u")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// SIGKILL while CreateSnapshot copies a mounted volume, its filesystem
+/// frozen for the copy: the killed driver leaves writers blocked, the
+/// restarted one thaws the filesystem before it serves, the blocked write
+/// completes, the repeated snapshot succeeds and nothing leaks.
+pub async fn crash_during_snapshot_of_a_mounted_volume(b: BackendUnderTest) {
+    require_node(&b);
+    let mut s = Server::start(&b).await;
+    let cap = mount_cap("ext4");
+    let v = s.node_volume("crash-snap", 512 << 20, cap).await;
+    s.stage(&v).await;
+    let staging = Path::new(&v.staging).to_path_buf();
+    let _thaw = ThawOnDrop(staging.clone());
+    // Data, so that the copy takes long enough to be caught under way.
+    let data: Vec<u8> = (0..192u32 << 20).map(|i| (i % 251) as u8).collect();
+    write_durably(&staging.join("data"), &data).unwrap();
+    let records = s.dir().join("state/frozen");
+    let frozen_now = || std::fs::read_dir(&records).is_ok_and(|mut d| d.next().is_some());
+
+    // A writer started while the filesystem is frozen blocks until the thaw.
+    let start_writer = |file: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg("echo written > \"$1\" && sync \"$1\"")
+            .arg("sh")
+            .arg(staging.join(file))
+            .spawn()
+            .expect("start a writer")
+    };
+    let mut caught = None;
+    for attempt in 0..20 {
+        let name = format!("crash-snap-{attempt}");
+        let request = csi::CreateSnapshotRequest {
+            name: name.clone(),
+            source_volume_id: v.volume.volume_id.clone(),
+            ..Default::default()
+        };
+        let mut controller = s.controller();
+        let call = tokio::spawn(async move { controller.create_snapshot(request).await });
+        while !call.is_finished() && !frozen_now() {
+            tokio::time::sleep(std::time::Duration::from_micros(100)).await;
+        }
+        // The record is written just before the freeze: give it a moment.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        if !frozen_now() {
+            let done = call.await.expect("task").expect("CreateSnapshot");
+            let id = done.into_inner().snapshot.expect("snapshot").snapshot_id;
+            s.delete_snapshot(&id).await;
+            continue;
+        }
+        s.kill9();
+        let _ = call.await;
+        let mut writer = start_writer(&format!("while-frozen-{attempt}"));
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if writer.try_wait().unwrap().is_none() {
+            caught = Some((name, writer));
+            break;
+        }
+        // The kill landed just after the thaw: try again.
+        s.spawn().await;
+    }
+    let (name, mut writer) =
+        caught.expect("no kill landed while a snapshot copy held the filesystem frozen");
+
+    s.spawn().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = writer.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted driver did not thaw {}",
+            staging.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "the blocked write failed after the thaw");
+    assert!(!frozen_now(), "the freeze record outlived the thaw");
+    assert!(
+        s.log_tail(200)
+            .contains("thawed a filesystem frozen by a copy that was cut off"),
+        "the thaw is not logged"
+    );
+
+    // The cut-off snapshot, asked for again, is made whole.
+    let snap = s.snapshot(&name, &v.volume.volume_id).await;
+    assert!(snap.ready_to_use);
+    assert!(!frozen_now());
+    s.delete_snapshot(&snap.snapshot_id).await;
+    s.teardown(&v).await;
+    let left = s.host_leftovers();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(s.stored_volumes().is_empty());
+}

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::error::{CsiError, CsiResult};
 use crate::locks::InFlight;
-use crate::node::loopdev;
+use crate::node::{freeze, loopdev};
 
 /// Topology key: the node a hostpath volume lives on.
 pub const TOPOLOGY_KEY: &str = "topology.multicsi.io/node";
@@ -35,6 +35,9 @@ const VOLUME_PREFIX: &str = "hp-";
 const SNAPSHOT_PREFIX: &str = "hps-";
 /// Default number of volumes a node accepts.
 const DEFAULT_MAX_VOLUMES: u64 = 256;
+/// The directory of the state where a freeze for a copy is recorded while
+/// it lasts (see [`freeze`]).
+const FREEZE_RECORDS: &str = "frozen";
 
 /// Sizes: MiB steps, 1 GiB by default, xfs needs 300 MiB.
 fn size_rules(fs_type: Option<&str>, maximum: u64) -> SizeRules {
@@ -226,6 +229,12 @@ impl HostPath {
         for (image, capacity) in repairs {
             repair_image(&image, capacity)?;
         }
+        let records = root.join(FREEZE_RECORDS);
+        for mount_point in freeze::thaw_recorded(&records)
+            .map_err(|e| format!("cannot thaw what an interrupted snapshot left frozen: {e}"))?
+        {
+            tracing::warn!(mount_point = %mount_point.display(), "thawed a filesystem frozen by a copy that was cut off");
+        }
         {
             let state = store.state();
             tracing::info!(
@@ -350,8 +359,8 @@ fn repair_image(path: &Path, capacity: u64) -> Result<(), String> {
 /// Copies a volume's image; when the volume is mounted on this host its
 /// filesystem is frozen (or at least flushed) for the copy, so the copy
 /// holds everything written before the call, consistently.
-fn copy_live(source: &Path, target: &Path, size: u64) -> std::io::Result<()> {
-    let quiesced = crate::node::freeze::quiesce_image(source).map_err(std::io::Error::other)?;
+fn copy_live(source: &Path, target: &Path, size: u64, records: &Path) -> std::io::Result<()> {
+    let quiesced = freeze::quiesce_image(source, records).map_err(std::io::Error::other)?;
     if let Some(q) = &quiesced {
         tracing::debug!(mount_point = %q.mount_point().display(), frozen = q.is_frozen(), "filesystem quiesced for the copy");
     }
@@ -456,9 +465,10 @@ impl Backend for HostPath {
         };
         let size = size::choose(rules, request.required_bytes, request.limit_bytes, floor)?;
         let what = format!("cannot create image {}", target.display());
+        let records = self.root.join(FREEZE_RECORDS);
         blocking(what, move || match source_image {
             None => image::create(&target, size),
-            Some(source) => copy_live(&source, &target, size),
+            Some(source) => copy_live(&source, &target, size, &records),
         })
         .await?;
         let record = VolumeRecord {
@@ -621,9 +631,10 @@ impl Backend for HostPath {
         let from = self.volumes.image_path(source_volume_id);
         let to = self.snapshots.image_path(&id);
         let size = source.capacity_bytes;
+        let records = self.root.join(FREEZE_RECORDS);
         blocking(
             format!("cannot copy {} to {}", from.display(), to.display()),
-            move || copy_live(&from, &to, size),
+            move || copy_live(&from, &to, size, &records),
         )
         .await?;
         let record = SnapshotRecord {
