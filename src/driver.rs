@@ -30,16 +30,13 @@ pub struct Driver {
 /// The controller and node halves of one backend.
 type Halves = (Arc<dyn Backend>, Arc<dyn NodeBackend>);
 
-/// Builds one backend by name.
-async fn build(
-    name: &str,
-    settings: &Settings,
-    cloudscale_node: Option<(String, String)>,
-) -> Result<Halves, String> {
+/// Builds one backend by name. Hostpath volumes live on the node called
+/// `node_id`.
+async fn build(name: &str, settings: &Settings, node_id: &str) -> Result<Halves, String> {
     Ok(match name {
         "hostpath" => {
             let state_dir = settings.state_dir.clone();
-            let node_id = settings.node_id.clone();
+            let node_id = node_id.to_string();
             let max = settings.max_volumes_per_node;
             let hostpath =
                 tokio::task::spawn_blocking(move || HostPath::open(&state_dir, &node_id, max))
@@ -49,7 +46,16 @@ async fn build(
             (hostpath.clone(), hostpath)
         }
         "cloudscale" => {
-            let (backend, node) = cloudscale::open(settings, cloudscale_node)?;
+            // A cloudscale node is the server the metadata service names:
+            // its UUID is the node ID the controller attaches volumes to.
+            let identity = if settings.mode.serves_node() {
+                let (uuid, zone) = cloudscale::node_identity(settings).await?;
+                tracing::info!(node_id = %uuid, zone = %zone, "cloudscale server identity read from the metadata service");
+                Some((uuid, zone))
+            } else {
+                None
+            };
+            let (backend, node) = cloudscale::open(settings, identity)?;
             (backend, node)
         }
         "civo" => crate::backend::civo::open(settings).await?,
@@ -66,20 +72,31 @@ async fn build(
 impl Driver {
     /// Builds the driver for the configured backends (a router in front
     /// when there are several).
+    ///
+    /// The node has one ID for every backend: the first cloud backend's own
+    /// (a server ID from its metadata service), else `--node-id`. Cloud
+    /// backends are built first to learn it; hostpath then records its
+    /// volumes on that node, so that ControllerPublish with the ID that
+    /// NodeGetInfo reports reaches every backend.
     pub async fn new(settings: &Settings) -> Result<Self, String> {
         let mut settings = settings.clone();
-        // A cloudscale node is the server the metadata service names: its
-        // UUID is the node ID the controller attaches volumes to.
-        let mut cloudscale_node = None;
-        if settings.backends.iter().any(|b| b == "cloudscale") && settings.mode.serves_node() {
-            let (uuid, zone) = cloudscale::node_identity(&settings).await?;
-            tracing::info!(node_id = %uuid, zone = %zone, "cloudscale server identity read from the metadata service");
-            settings.node_id = uuid.clone();
-            cloudscale_node = Some((uuid, zone));
+        let mut built: Vec<Option<Halves>> = Vec::new();
+        for name in &settings.backends {
+            built.push(if name == "hostpath" {
+                None
+            } else {
+                Some(build(name, &settings, &settings.node_id).await?)
+            });
+        }
+        if let Some(own) = built.iter().flatten().find_map(|(_, node)| node.node_id()) {
+            settings.node_id = own;
         }
         let mut routes = Vec::new();
-        for name in &settings.backends {
-            let (backend, node) = build(name, &settings, cloudscale_node.clone()).await?;
+        for (name, halves) in settings.backends.iter().zip(built) {
+            let (backend, node) = match halves {
+                Some(halves) => halves,
+                None => build(name, &settings, &settings.node_id).await?,
+            };
             routes.push(Route { backend, node });
         }
         let (backend, node_backend): Halves = if routes.len() == 1 {

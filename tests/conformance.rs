@@ -191,6 +191,7 @@ mod civo {
     ]);
     section!(crate::harness::BackendUnderTest::civo, civo_own in civo_backend: [
         node_identity_sources,
+        one_node_id_for_every_backend,
         offline_expansion_keeps_data,
         quota_limits_creates,
     ]);

@@ -305,11 +305,6 @@ impl Backend for Router {
 
 #[async_trait]
 impl NodeBackend for Router {
-    /// The first backend's own idea of this node's id, default backend first.
-    fn node_id(&self) -> Option<String> {
-        self.routes.iter().find_map(|r| r.node.node_id())
-    }
-
     /// Every backend's segments: a volume's topology names one backend's
     /// keys, and this node offers all of them.
     fn topology(&self) -> Map {

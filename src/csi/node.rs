@@ -273,10 +273,8 @@ impl Driver {
             self.node_backend.max_volumes()
         };
         pb::NodeGetInfoResponse {
-            node_id: self
-                .node_backend
-                .node_id()
-                .unwrap_or_else(|| self.settings.node_id.clone()),
+            // One ID for every backend, settled in `Driver::new`.
+            node_id: self.settings.node_id.clone(),
             max_volumes_per_node: max as i64,
             accessible_topology: Some(pb::Topology {
                 segments: self.node_backend.topology().into_iter().collect(),

@@ -260,6 +260,68 @@ pub async fn node_identity_sources(b: BackendUnderTest) {
     );
 }
 
+/// Civo and hostpath in one driver, started with the Kubernetes node name:
+/// the node has one ID, the Civo instance's. NodeGetInfo reports it, a
+/// hostpath volume lives on it (topology), and ControllerPublish with it
+/// reaches the hostpath volume (a hostpath backend left with the node name
+/// would answer NOT_FOUND).
+pub async fn one_node_id_for_every_backend(b: BackendUnderTest) {
+    let (instance_id, hostname) = INSTANCES[0];
+    let mut mixed = b.clone();
+    mixed.node_id = hostname;
+    mixed.args = vec![
+        "--backends",
+        "civo,hostpath",
+        "--state-dir",
+        "{dir}/state",
+        "--device-dir",
+        "{dir}/links",
+    ];
+    let s = Server::start(&mixed).await;
+    let info = ok(
+        "NodeGetInfo",
+        s.node().node_get_info(csi::NodeGetInfoRequest {}).await,
+    );
+    assert_eq!(
+        info.node_id, instance_id,
+        "the Civo instance, found by hostname"
+    );
+    let mut request = create_request("one-node-local", 64 << 20, mount_cap("ext4"));
+    request.parameters = params(&[("multicsi.io/backend", "hostpath")]);
+    let local = s.create_with(request).await;
+    let segments = &local.accessible_topology[0].segments;
+    assert_eq!(
+        segments
+            .get("topology.multicsi.io/node")
+            .map(String::as_str),
+        Some(instance_id),
+        "{segments:?}"
+    );
+    let mut c = s.controller();
+    for _ in 0..2 {
+        ok(
+            "ControllerPublishVolume of a hostpath volume to the reported node",
+            c.controller_publish_volume(csi::ControllerPublishVolumeRequest {
+                volume_id: local.volume_id.clone(),
+                node_id: info.node_id.clone(),
+                volume_capability: Some(mount_cap("ext4")),
+                ..Default::default()
+            })
+            .await,
+        );
+    }
+    ok(
+        "ControllerUnpublishVolume from the reported node",
+        c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+            volume_id: local.volume_id.clone(),
+            node_id: info.node_id.clone(),
+            ..Default::default()
+        })
+        .await,
+    );
+    s.delete(&local.volume_id).await;
+}
+
 fn expand_request(v: &NodeVolume, bytes: u64) -> csi::ControllerExpandVolumeRequest {
     csi::ControllerExpandVolumeRequest {
         volume_id: v.volume.volume_id.clone(),

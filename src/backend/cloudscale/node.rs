@@ -89,6 +89,12 @@ impl CloudscaleNode {
 
 #[async_trait]
 impl NodeBackend for CloudscaleNode {
+    /// The server's UUID from the metadata service: the ID the controller
+    /// attaches volumes to.
+    fn node_id(&self) -> Option<String> {
+        Some(self.server_uuid.clone()).filter(|id| !id.is_empty())
+    }
+
     fn topology(&self) -> Map {
         Map::from([(TOPOLOGY_KEY.to_string(), self.zone.clone())])
     }
