@@ -452,6 +452,23 @@ def node_packet(docs):
         ensure(mount_for_host_path(ds, "multicsi", p)["mountPath"] == p, f"{p} mounted elsewhere")
 
 
+def civo_statsd(path):
+    def check(docs):
+        node = get_node(docs)
+        ensure(volumes_of(node)["civostatsd"]["hostPath"] == {"path": path, "type": "File"},
+               f"{volumes_of(node).get('civostatsd')}")
+        m = mount_for_host_path(node, "multicsi", path)
+        ensure(m["mountPath"] == "/etc/civostatsd" and m.get("readOnly") is True, f"{m}")
+        ensure("/etc/civostatsd" not in host_paths(get_controller(docs)), "the controller mounts civostatsd")
+    check.__doc__ = f"civo node: the host's {path} mounted read-only at /etc/civostatsd, where the driver reads it"
+    return check
+
+
+def no_civo_statsd(docs):
+    """no civostatsd mount (another backend, or civo.statsdFile empty)"""
+    ensure("civostatsd" not in volumes_of(get_node(docs)), "civostatsd mounted")
+
+
 def node_not_host_network(docs):
     """node plugin stays off the host network and has no iSCSI mounts"""
     ds = get_node(docs)
@@ -873,7 +890,7 @@ def main():
     r.scenario("defaults (hostpath)", asserts=[
         a_csidriver, controller_shape(True), driver_env, node_common, node_not_host_network, state_dir_shared,
         storage_classes({"multicsi-hostpath": {}}, "multicsi-hostpath"), snapshot_objects(True), rbac_scoped,
-        metrics_services, observability_off, no_credentials_needed, no_config, image_versions])
+        metrics_services, observability_off, no_credentials_needed, no_config, image_versions, no_civo_statsd])
 
     r.scenario("values-hostpath.yaml", [ex("hostpath")], asserts=[
         controller_shape(True), node_common, node_not_host_network, state_dir_shared, snapshot_objects(True),
@@ -891,10 +908,11 @@ def main():
         controller_shape(False), driver_env, node_common, node_not_host_network, node_state_dir_only, snapshot_objects(False),
         credentials_ref("multicsi-civo", "CIVO_API_KEY", created=False),
         plain_env({"CIVO_REGION": "LON1", "CIVO_CLUSTER_ID": "00000000-0000-0000-0000-000000000000"}),
+        civo_statsd("/etc/civostatsd"),
         storage_classes({"civo-volume": {}, "civo-volume-luks": LUKS()}, "civo-volume")])
     r.scenario("values-packet.yaml", [ex("packet")], asserts=[
         controller_shape(False), driver_env, node_common, node_packet, node_state_dir_only, snapshot_objects(False),
-        credentials_ref("multicsi-packet", "PACKET_API_KEY", created=False),
+        credentials_ref("multicsi-packet", "PACKET_API_KEY", created=False), no_civo_statsd,
         plain_env({"PACKET_PROJECT_ID": "00000000-0000-0000-0000-000000000000"}),
         storage_classes({"packet-standard": {"multicsi.io/plan": "standard"},
                          "packet-performance": {"multicsi.io/plan": "performance"}}, "packet-standard")])
@@ -909,6 +927,12 @@ def main():
     r.scenario("civo, credentials created by the chart", sets=[
         "backend=civo", "credentials.create=true", f"credentials.civoApiKey={SECRET_VALUE}", "civo.region=FRA1",
         "civo.clusterId=abc"], asserts=[credentials_ref("multicsi-credentials", "CIVO_API_KEY", created=True)])
+    r.scenario("civo, civostatsd elsewhere on the host", sets=[
+        "backend=civo", "credentials.existingSecret=civo", "civo.region=FRA1", "civo.clusterId=abc",
+        "civo.statsdFile=/opt/civo/statsd"], asserts=[civo_statsd("/opt/civo/statsd")])
+    r.scenario("civo without civostatsd", sets=[
+        "backend=civo", "credentials.existingSecret=civo", "civo.region=FRA1", "civo.clusterId=abc",
+        "civo.statsdFile="], asserts=[no_civo_statsd, node_common])
     r.scenario("packet defaults", sets=["backend=packet", "credentials.existingSecret=metal", "packet.projectId=p1"],
                asserts=[node_packet, controller_shape(False), snapshot_objects(False),
                         credentials_ref("metal", "PACKET_API_KEY", created=False),
