@@ -409,7 +409,7 @@ fn http_reachable(url: &str, timeout: Duration) -> Result<u16, String> {
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let client = reqwest::Client::builder()
+        let client = crate::cloud::http::client_builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()

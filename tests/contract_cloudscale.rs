@@ -83,7 +83,7 @@ impl Emulator {
         ));
         Emulator {
             url,
-            http: reqwest::Client::new(),
+            http: multicsi::cloud::http::client_builder().build().unwrap(),
             _runtime_guard: task,
         }
     }

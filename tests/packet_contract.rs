@@ -97,7 +97,7 @@ impl Emu {
         ));
         Emu {
             url,
-            http: reqwest::Client::new(),
+            http: multicsi::cloud::http::client_builder().build().unwrap(),
         }
     }
 

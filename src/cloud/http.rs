@@ -213,6 +213,18 @@ impl ApiError {
     }
 }
 
+/// The start of every HTTP client of the driver: rustls with the ring
+/// crypto provider (installed as the process default once) and the system's
+/// trusted roots, and the driver's user agent.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        // Fails only when a provider is installed already: that one is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder().user_agent(concat!("multicsi/", env!("CARGO_PKG_VERSION")))
+}
+
 /// A client of one cloud API.
 pub struct ApiClient {
     provider: &'static str,
@@ -245,8 +257,7 @@ impl ApiClient {
                 "{provider} API URL {base_url:?} must start with https:// or http://"
             ));
         }
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("multicsi/", env!("CARGO_PKG_VERSION")))
+        let http = client_builder()
             .timeout(options.attempt_timeout)
             .connect_timeout(options.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))

@@ -18,7 +18,9 @@ const TOKEN: &str = "conformance-token";
 /// earlier driver, would have done).
 async fn cloud(s: &Server, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
     let url = format!("{}{path}", s.api_url().expect("emulator"));
-    let mut request = reqwest::Client::new()
+    let mut request = multicsi::cloud::http::client_builder()
+        .build()
+        .expect("HTTP client")
         .request(method, url)
         .bearer_auth(TOKEN);
     if let Some(body) = body {

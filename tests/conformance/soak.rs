@@ -74,7 +74,8 @@ async fn node_id(s: &Server) -> String {
 /// The emulator's fault counters, if the backend has an emulator.
 async fn emulator_stats(s: &Server) -> Option<serde_json::Value> {
     let url = format!("{}{}", s.api_url()?, multicsi::emulator::STATS_PATH);
-    let body = reqwest::get(url).await.ok()?.text().await.ok()?;
+    let client = multicsi::cloud::http::client_builder().build().ok()?;
+    let body = client.get(url).send().await.ok()?.text().await.ok()?;
     serde_json::from_str(&body).ok()
 }
 
