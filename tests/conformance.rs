@@ -148,9 +148,11 @@ mod hostpath {
     section!(crate::harness::BackendUnderTest::hostpath, soak: [soak_cycles]);
     node_sections!(crate::harness::BackendUnderTest::hostpath);
     // The hostpath controller copies images on the node's host itself, so
-    // it can quiesce a mounted volume for the copy.
-    section!(crate::harness::BackendUnderTest::hostpath, node_snapshot in node: [
+    // it can quiesce a mounted volume for the copy; and only hostpath grows
+    // a raw block volume online, read-only views included.
+    section!(crate::harness::BackendUnderTest::hostpath, hostpath_node in node: [
         snapshot_of_a_mounted_volume_holds_unflushed_writes,
+        expand_grows_read_only_block_views,
     ]);
     section!(crate::harness::BackendUnderTest::hostpath, node_snapshot_crash in crash: [
         crash_during_snapshot_of_a_mounted_volume,

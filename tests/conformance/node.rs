@@ -1724,3 +1724,73 @@ pub async fn snapshot_of_a_mounted_volume_holds_unflushed_writes(b: BackendUnder
     s.delete_snapshot(&snap.snapshot_id).await;
     assert_no_leftovers(&s);
 }
+
+/// The size a block device (or a file bound onto it) reports.
+fn block_size(path: &str) -> u64 {
+    use std::io::{Seek, SeekFrom};
+    std::fs::File::open(path)
+        .and_then(|mut f| f.seek(SeekFrom::End(0)))
+        .unwrap_or_else(|e| panic!("size of {path}: {e}"))
+}
+
+/// Online expansion of a raw block volume published read-write and
+/// read-only: NodeExpandVolume grows the device and every read-only view
+/// of it, and the views still read what was written at the new end.
+pub async fn expand_grows_read_only_block_views(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let v = s
+        .node_volume("conf-ro-grow", b.sizes.small, block_cap())
+        .await;
+    s.stage(&v).await;
+    let rw = s.path_str("grow-rw");
+    let ro = s.path_str("grow-ro");
+    s.publish(&v, &rw, false).await;
+    s.publish(&v, &ro, true).await;
+    let before = v.volume.capacity_bytes as u64;
+    assert_eq!(block_size(&ro), before);
+    let wanted = 2 * before;
+    ok(
+        "ControllerExpandVolume",
+        s.controller()
+            .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+                volume_id: v.volume.volume_id.clone(),
+                capacity_range: range(wanted, 0),
+                volume_capability: Some(v.cap.clone()),
+                ..Default::default()
+            })
+            .await,
+    );
+    for _ in 0..2 {
+        ok(
+            "NodeExpandVolume of a raw block volume",
+            s.node()
+                .node_expand_volume(csi::NodeExpandVolumeRequest {
+                    volume_id: v.volume.volume_id.clone(),
+                    volume_path: rw.clone(),
+                    capacity_range: range(wanted, 0),
+                    volume_capability: Some(v.cap.clone()),
+                    ..Default::default()
+                })
+                .await,
+        );
+    }
+    assert_eq!(block_size(&rw), wanted, "the read-write device grew");
+    assert_eq!(block_size(&ro), wanted, "the read-only view grew with it");
+    let tail = b"written past the old end";
+    {
+        let dev = std::fs::OpenOptions::new().write(true).open(&rw).unwrap();
+        dev.write_all_at(tail, wanted - 4096).unwrap();
+        dev.sync_all().unwrap();
+    }
+    let mut back = vec![0u8; tail.len()];
+    std::fs::File::open(&ro)
+        .unwrap()
+        .read_exact_at(&mut back, wanted - 4096)
+        .unwrap();
+    assert_eq!(back, tail, "the read-only view reads the grown part");
+    s.unpublish(&v, &ro).await;
+    s.unpublish(&v, &rw).await;
+    s.teardown(&v).await;
+    assert_no_leftovers(&s);
+}
