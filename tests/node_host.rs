@@ -734,16 +734,22 @@ fn a_read_only_loop_device_refuses_writes_and_is_not_the_volume_device() {
     loopdev::detach(&device).unwrap();
 }
 
-/// A freeze whose owner died (no thaw) is found by its record and thawed.
-#[test]
-fn a_recorded_freeze_left_by_a_dead_owner_is_thawed() {
+/// A 64 MiB ext4 image attached and mounted at `<scratch>/mnt`.
+fn mounted_ext4(image_name: &str) -> (Scratch, PathBuf, PathBuf, PathBuf) {
     let mut scratch = Scratch::new();
-    let image = scratch.image("abandoned.img", 64 * MIB);
+    let image = scratch.image(image_name, 64 * MIB);
     let device = loopdev::attach(&image).unwrap();
     nodefs::mkfs(&device, "ext4", &MkfsOptions::default()).unwrap();
     let at = scratch.dir("mnt");
     scratch.track(&at);
     mount::mount_fs(&device, &at, "ext4", &[], false).unwrap();
+    (scratch, image, device, at)
+}
+
+/// A freeze whose owner died (no thaw) is found by its record and thawed.
+#[test]
+fn a_recorded_freeze_left_by_a_dead_owner_is_thawed() {
+    let (scratch, image, device, at) = mounted_ext4("abandoned.img");
     let records = scratch.path("frozen-records");
     let quiesced = freeze::quiesce_image(&image, &records).unwrap().unwrap();
     assert!(quiesced.is_frozen());
@@ -766,13 +772,7 @@ fn a_recorded_freeze_left_by_a_dead_owner_is_thawed() {
 
 #[test]
 fn quiesce_freezes_a_mounted_filesystem_until_dropped() {
-    let mut scratch = Scratch::new();
-    let image = scratch.image("frozen.img", 64 * MIB);
-    let device = loopdev::attach(&image).unwrap();
-    nodefs::mkfs(&device, "ext4", &MkfsOptions::default()).unwrap();
-    let at = scratch.dir("mnt");
-    scratch.track(&at);
-    mount::mount_fs(&device, &at, "ext4", &[], false).unwrap();
+    let (scratch, image, device, at) = mounted_ext4("frozen.img");
     fs::write(at.join("unflushed"), b"in the page cache").unwrap();
     let records = scratch.path("frozen-records");
     let recorded = || fs::read_dir(&records).map_or(0, |d| d.count());
