@@ -26,7 +26,7 @@ impl Driver {
         r: pb::NodeStageVolumeRequest,
     ) -> CsiResult<pb::NodeStageVolumeResponse> {
         let id = validate::identifier("volume_id", &r.volume_id)?;
-        let staging = validate::target_path("staging_target_path", &r.staging_target_path)?;
+        let staging = node_path("staging_target_path", &r.staging_target_path)?;
         let capability = validate::capability("volume_capability", r.volume_capability.as_ref())?;
         let context = to_map(&r.volume_context);
         volume::mkfs_options(&context)?;
@@ -65,7 +65,7 @@ impl Driver {
         r: pb::NodeUnstageVolumeRequest,
     ) -> CsiResult<pb::NodeUnstageVolumeResponse> {
         let id = validate::identifier("volume_id", &r.volume_id)?;
-        let staging = validate::target_path("staging_target_path", &r.staging_target_path)?;
+        let staging = node_path("staging_target_path", &r.staging_target_path)?;
         let _guard = self.locks.acquire(&[id])?;
         volume::unstage_filesystem(staging).await?;
         // Read-only views hold the device open: they go first.
@@ -82,7 +82,7 @@ impl Driver {
         r: pb::NodePublishVolumeRequest,
     ) -> CsiResult<pb::NodePublishVolumeResponse> {
         let id = validate::identifier("volume_id", &r.volume_id)?;
-        let target = validate::target_path("target_path", &r.target_path)?;
+        let target = node_path("target_path", &r.target_path)?;
         let capability = validate::capability("volume_capability", r.volume_capability.as_ref())?;
         if r.staging_target_path.is_empty() {
             // CSI: with STAGE_UNSTAGE_VOLUME, a missing staging path is
@@ -91,7 +91,7 @@ impl Driver {
                 "staging_target_path is not set: this plugin stages volumes; call NodeStageVolume and pass its staging_target_path".into(),
             ));
         }
-        let staging = validate::target_path("staging_target_path", &r.staging_target_path)?;
+        let staging = node_path("staging_target_path", &r.staging_target_path)?;
         if target == staging {
             return Err(CsiError::InvalidArgument(
                 "target_path must differ from staging_target_path".into(),
@@ -147,7 +147,7 @@ impl Driver {
         r: pb::NodeUnpublishVolumeRequest,
     ) -> CsiResult<pb::NodeUnpublishVolumeResponse> {
         let id = validate::identifier("volume_id", &r.volume_id)?;
-        let target = validate::target_path("target_path", &r.target_path)?;
+        let target = node_path("target_path", &r.target_path)?;
         let _guard = self.locks.acquire(&[id, &r.target_path])?;
         let at = target.clone();
         let view = blocking::run(move || Ok(readonly::view_at(&at)?)).await?;
@@ -164,7 +164,7 @@ impl Driver {
     ) -> CsiResult<pb::NodeGetVolumeStatsResponse> {
         use pb::volume_usage::Unit;
         let id = validate::identifier("volume_id", &r.volume_id)?;
-        let path = validate::target_path("volume_path", &r.volume_path)?;
+        let path = node_path("volume_path", &r.volume_path)?;
         let device = self.staged_device(id).await?;
         let usage = volume::usage(path, device.clone()).await?;
         let healthy = |usage: Vec<pb::VolumeUsage>| pb::NodeGetVolumeStatsResponse {
@@ -219,7 +219,7 @@ impl Driver {
         r: pb::NodeExpandVolumeRequest,
     ) -> CsiResult<pb::NodeExpandVolumeResponse> {
         let id = validate::identifier("volume_id", &r.volume_id)?;
-        let path = validate::target_path("volume_path", &r.volume_path)?;
+        let path = node_path("volume_path", &r.volume_path)?;
         validate::capacity_range(r.capacity_range.as_ref())?;
         if r.volume_capability.is_some() {
             validate::capability("volume_capability", r.volume_capability.as_ref())?;
@@ -249,7 +249,7 @@ impl Driver {
         let grow_at = if r.staging_target_path.is_empty() {
             path
         } else {
-            validate::target_path("staging_target_path", &r.staging_target_path)?
+            node_path("staging_target_path", &r.staging_target_path)?
         };
         volume::grow_filesystem(device, grow_at).await?;
         Ok(pb::NodeExpandVolumeResponse {
@@ -369,4 +369,11 @@ impl node_server::Node for Driver {
     ) -> Reply<pb::NodeGetInfoResponse> {
         Ok(Response::new(self.node_info()))
     }
+}
+
+/// A staging, target or volume path of a node request: checked (absolute,
+/// no `..`, no NUL) and resolved through trusted symlinks only.
+fn node_path(field: &str, value: &str) -> CsiResult<std::path::PathBuf> {
+    let path = validate::target_path(field, value)?;
+    crate::node::trusted_path::resolve(field, &path)
 }

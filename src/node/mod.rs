@@ -17,6 +17,7 @@ pub mod loopdev;
 pub mod luks;
 pub mod mount;
 pub mod readonly;
+pub mod trusted_path;
 pub mod volume;
 
 /// What can go wrong while touching the host. Every message names the operation and the path,

@@ -53,25 +53,6 @@ fn same_device(entry: &MountEntry, device: &Path, numbers: (u32, u32)) -> bool {
             .is_ok_and(|source| std::fs::canonicalize(device).is_ok_and(|d| d == source))
 }
 
-/// A path none of whose components is a symlink: one would lead the mount
-/// (or unmount) out of the kubelet's directory, to wherever it points.
-fn refuse_symlink(field: &str, path: &Path) -> CsiResult<()> {
-    for component in path.ancestors() {
-        if let Ok(meta) = std::fs::symlink_metadata(component)
-            && meta.file_type().is_symlink()
-        {
-            let to = std::fs::read_link(component).unwrap_or_default();
-            return Err(CsiError::InvalidArgument(format!(
-                "{field} {}: {} is a symlink (to {}); refusing to mount through it: pass the real path",
-                path.display(),
-                component.display(),
-                to.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// A device to format, mount or bind must be a block device: a regular
 /// file or a character device is refused before anything touches it.
 fn require_block_device(device: &Path) -> CsiResult<()> {
@@ -139,7 +120,6 @@ pub async fn stage_filesystem(
     options
         .validate(fs_type)
         .map_err(|e| CsiError::InvalidArgument(e.to_string()))?;
-    refuse_symlink("staging_target_path", &staging)?;
     let (fs_type, flags) = (fs_type.clone(), flags.clone());
     let read_only = capability.read_only_mode();
     let staged = staging.clone();
@@ -389,7 +369,6 @@ async fn grow_to_device(
 
 /// Unmounts the staging path if something is mounted there.
 pub async fn unstage_filesystem(staging: PathBuf) -> CsiResult<()> {
-    refuse_symlink("staging_target_path", &staging)?;
     blocking::run(move || {
         if mount::mount_at(&staging)?.is_some() {
             mount::unmount(&staging)?;
@@ -408,11 +387,8 @@ pub async fn publish(
     read_only: bool,
     flags: Vec<String>,
 ) -> CsiResult<()> {
-    refuse_symlink("target_path", &target)?;
     if block {
         require_block_device(&source)?;
-    } else {
-        refuse_symlink("staging_target_path", &source)?;
     }
     blocking::run(move || {
         let table = mount::mounts()?;
@@ -485,7 +461,6 @@ fn create_target(target: &Path, block: bool) -> Result<(), HostError> {
 
 /// Unmounts `target` and removes the directory or file the publish made.
 pub async fn unpublish(target: PathBuf) -> CsiResult<()> {
-    refuse_symlink("target_path", &target)?;
     blocking::run(move || {
         while mount::mount_at(&target)?.is_some() {
             mount::unmount(&target)?;

@@ -1258,8 +1258,10 @@ pub async fn symlinked_paths_are_invalid(b: BackendUnderTest) {
         .await;
     let outside = s.path("outside");
     std::fs::create_dir_all(outside.join("staging")).unwrap();
+    // Links an unprivileged user made (a root-owned link in a root-only
+    // directory is the node's own set-up: see symlinked_kubelet_root_is_followed).
     let link = s.path("link");
-    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    untrusted_symlink(&outside, &link);
     let ia = Code::InvalidArgument;
 
     let mut r = s.stage_request(&v);
@@ -1271,7 +1273,7 @@ pub async fn symlinked_paths_are_invalid(b: BackendUnderTest) {
     );
     assert!(status.message().contains("symlink"), "{}", status.message());
     let staging_link = s.path("staging-link");
-    std::os::unix::fs::symlink(outside.join("staging"), &staging_link).unwrap();
+    untrusted_symlink(&outside.join("staging"), &staging_link);
     r.staging_target_path = staging_link.display().to_string();
     fails(
         "NodeStageVolume at a symlink",
@@ -1327,6 +1329,68 @@ pub async fn symlinked_paths_are_invalid(b: BackendUnderTest) {
     );
     s.unpublish(&v, &real).await;
     s.teardown(&v).await;
+    assert_no_leftovers(&s);
+}
+
+/// A symlink at `link` to `to`, owned by an unprivileged user (nobody).
+fn untrusted_symlink(to: &Path, link: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    std::os::unix::fs::symlink(to, link).unwrap();
+    let c = std::ffi::CString::new(link.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::lchown(c.as_ptr(), 65534, 65534) }, 0);
+}
+
+/// A kubelet root that is a symlink made by root (moved to another disk):
+/// stage, publish, stats, expand-free repeats and teardown all work through
+/// it, the mounts are made once at the real paths, and nothing is left.
+pub async fn symlinked_kubelet_root_is_followed(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let real_root = s.path("disk/kubelet");
+    std::fs::create_dir_all(real_root.join("plugins")).unwrap();
+    std::fs::create_dir_all(real_root.join("pods/p1")).unwrap();
+    let root_link = s.path("kubelet");
+    std::os::unix::fs::symlink(&real_root, &root_link).unwrap();
+    let mut v = s
+        .node_volume("conf-kubelet-link", b.fs_bytes("ext4"), mount_cap("ext4"))
+        .await;
+    v.staging = root_link.join("plugins/staging").display().to_string();
+    let real_staging = real_root.join("plugins/staging");
+    for _ in 0..3 {
+        s.stage(&v).await;
+    }
+    assert_eq!(
+        mount_count(&real_staging),
+        1,
+        "staged once, at the real path"
+    );
+    let target = root_link.join("pods/p1/mount").display().to_string();
+    let real_target = real_root.join("pods/p1/mount");
+    for _ in 0..3 {
+        s.publish(&v, &target, false).await;
+    }
+    assert_eq!(
+        mount_count(&real_target),
+        1,
+        "published once, at the real path"
+    );
+    write_durably(&Path::new(&target).join("through-the-link"), b"kept").unwrap();
+    assert_eq!(
+        std::fs::read(real_target.join("through-the-link")).unwrap(),
+        b"kept"
+    );
+    let stats = s.stats(&v.volume.volume_id, &target).await;
+    assert!(
+        stats.volume_condition.as_ref().is_none_or(|c| !c.abnormal),
+        "stats through the link: {stats:?}"
+    );
+    for _ in 0..2 {
+        s.unpublish(&v, &target).await;
+    }
+    assert!(mount_at(&real_target).is_none(), "unpublished");
+    s.teardown(&v).await;
+    assert!(mount_at(&real_staging).is_none(), "unstaged");
     assert_no_leftovers(&s);
 }
 
