@@ -33,7 +33,7 @@ pub enum ContentSource {
 #[derive(Clone, Debug)]
 pub struct CreateVolume {
     pub name: String,
-    /// Smallest acceptable size in bytes (already defaulted and rounded by the caller? no: raw).
+    /// Smallest acceptable size in bytes, as requested (not rounded).
     pub required_bytes: u64,
     /// Largest acceptable size in bytes; 0 = no limit.
     pub limit_bytes: u64,
@@ -48,6 +48,24 @@ pub struct CreateVolume {
     /// Requested topology (requisite, preferred), empty = anywhere.
     pub requisite: Vec<Map>,
     pub preferred: Vec<Map>,
+}
+
+#[cfg(test)]
+impl CreateVolume {
+    /// A plain request for unit tests: no source, parameters or topology.
+    pub(crate) fn sized(name: &str, required_bytes: u64, limit_bytes: u64) -> Self {
+        CreateVolume {
+            name: name.into(),
+            required_bytes,
+            limit_bytes,
+            source: None,
+            parameters: Map::new(),
+            node_context: Map::new(),
+            fs_type: None,
+            requisite: vec![],
+            preferred: vec![],
+        }
+    }
 }
 
 /// A volume as the controller sees it.

@@ -530,18 +530,11 @@ mod tests {
 
     fn request(name: &str, parameters: &[(&str, &str)]) -> CreateVolume {
         CreateVolume {
-            name: name.into(),
-            required_bytes: 1,
-            limit_bytes: 0,
-            source: None,
             parameters: parameters
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            node_context: Map::new(),
-            fs_type: None,
-            requisite: vec![],
-            preferred: vec![],
+            ..CreateVolume::sized(name, 1, 0)
         }
     }
 

@@ -233,21 +233,7 @@ async fn get_one(
 
 impl Cloud {
     fn new_uuid(&mut self) -> String {
-        let mut bytes = [0u8; 16];
-        for b in &mut bytes {
-            *b = self.rng.u8(..);
-        }
-        bytes[6] = (bytes[6] & 0x0f) | 0x40;
-        bytes[8] = (bytes[8] & 0x3f) | 0x80;
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        )
+        super::random_uuid(&mut self.rng)
     }
 
     /// Forgets snapshots whose deletion has finished.

@@ -650,17 +650,7 @@ mod tests {
             volume_type: Some("standard".into()),
             created_at: None,
         };
-        let request = |required, limit| CreateVolume {
-            name: "pvc-1".into(),
-            required_bytes: required,
-            limit_bytes: limit,
-            source: None,
-            parameters: Map::new(),
-            node_context: Map::new(),
-            fs_type: None,
-            requisite: vec![],
-            preferred: vec![],
-        };
+        let request = |required, limit| CreateVolume::sized("pvc-1", required, limit);
         assert!(Civo::compatible(&v, &request(GIB, 0), None).is_ok());
         assert!(Civo::compatible(&v, &request(11 * GIB, 0), None).is_err());
         assert!(Civo::compatible(&v, &request(GIB, 5 * GIB), None).is_err());

@@ -104,6 +104,24 @@ pub struct PacketNode {
     iscsi: Arc<IscsiHost>,
 }
 
+/// Runs `work` with the lookup of a linked (not iSCSI) volume: its link in
+/// `dir` is named after its alias, its serial is its id.
+fn linked_lookup<T>(
+    dir: &std::path::Path,
+    alias: &str,
+    id: &str,
+    work: impl FnOnce(&Lookup) -> T,
+) -> T {
+    let matches = |name: &str| name == alias;
+    let what = format!("packet volume {id}");
+    work(&Lookup {
+        dir,
+        link_matches: &matches,
+        serial: id,
+        what: &what,
+    })
+}
+
 impl PacketNode {
     /// Reads this server's identity when the node is served.
     pub async fn build(settings: &Settings) -> Result<Self, String> {
@@ -230,15 +248,9 @@ impl NodeBackend for PacketNode {
             AttachMode::Linked => {
                 let (dir, id) = (self.device_dir.clone(), volume_id.to_string());
                 crate::blocking::run(move || {
-                    let matches = |name: &str| name == alias;
-                    let what = format!("packet volume {id}");
-                    let lookup = Lookup {
-                        dir: &dir,
-                        link_matches: &matches,
-                        serial: &id,
-                        what: &what,
-                    };
-                    discovery::wait(&lookup, DEVICE_TIMEOUT)
+                    linked_lookup(&dir, &alias, &id, |lookup| {
+                        discovery::wait(lookup, DEVICE_TIMEOUT)
+                    })
                 })
                 .await
             }
@@ -257,20 +269,10 @@ impl NodeBackend for PacketNode {
         let (dir, id, mode) = (self.device_dir.clone(), volume_id.to_string(), self.mode);
         let mapper = self.iscsi.mapper_dir.clone();
         crate::blocking::run(move || match mode {
-            AttachMode::Linked => {
-                let matches = |name: &str| name == alias;
-                let what = format!("packet volume {id}");
-                let lookup = Lookup {
-                    dir: &dir,
-                    link_matches: &matches,
-                    serial: &id,
-                    what: &what,
-                };
-                match discovery::find(&lookup)? {
-                    Found::Device(device) => Ok(Some(device)),
-                    Found::Missing | Found::Mismatch(_) => Ok(None),
-                }
-            }
+            AttachMode::Linked => match linked_lookup(&dir, &alias, &id, discovery::find)? {
+                Found::Device(device) => Ok(Some(device)),
+                Found::Missing | Found::Mismatch(_) => Ok(None),
+            },
             AttachMode::Iscsi => {
                 let device = mapper.join(&alias);
                 Ok(device.exists().then_some(device))

@@ -119,17 +119,7 @@ mod tests {
     }
 
     fn request(required: u64, limit: u64) -> CreateVolume {
-        CreateVolume {
-            name: "pvc-1".into(),
-            required_bytes: required,
-            limit_bytes: limit,
-            source: None,
-            parameters: Map::new(),
-            node_context: Map::new(),
-            fs_type: None,
-            requisite: vec![],
-            preferred: vec![],
-        }
+        CreateVolume::sized("pvc-1", required, limit)
     }
 
     #[test]

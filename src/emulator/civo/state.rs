@@ -386,18 +386,7 @@ impl State {
 
 /// A random version-4 UUID.
 pub fn uuid() -> String {
-    let mut bytes = fastrand::u128(..).to_be_bytes();
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    crate::emulator::random_uuid(&mut fastrand::Rng::new())
 }
 
 /// Now as `YYYY-MM-DDTHH:MM:SSZ`.

@@ -121,7 +121,7 @@ impl Emulator {
     }
 
     fn new_id(&self) -> String {
-        model::new_uuid(&mut self.rng.lock().unwrap_or_else(|e| e.into_inner()))
+        super::random_uuid(&mut self.rng.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
