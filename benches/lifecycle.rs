@@ -83,6 +83,8 @@ impl Server {
             .arg("bench-node")
             .arg("--state-dir")
             .arg(dir.join("state"))
+            .arg("--kubelet-dir")
+            .arg(dir.join("work"))
             .env("MULTICSI_LOG_FORMAT", "json")
             .env("MULTICSI_LOG_LEVEL", "warn")
             .stdin(Stdio::null())

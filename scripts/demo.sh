@@ -148,7 +148,7 @@ build() {
 }
 
 serve() {
-  "$BIN" serve --endpoint "$ENDPOINT" --node-id "$NODE" --state-dir "$STATE" \
+  "$BIN" serve --endpoint "$ENDPOINT" --node-id "$NODE" --state-dir "$STATE" --kubelet-dir "$WORK" \
     --log-format json >"$LOG" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 100); do

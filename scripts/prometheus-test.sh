@@ -92,7 +92,7 @@ client() { "$BIN" client --endpoint "$ENDPOINT" --timeout 30 "$@"; }
 # --- the driver ----------------------------------------------------------------
 METRICS_PORT=$(free_port)
 METRICS=http://127.0.0.1:$METRICS_PORT
-"$BIN" serve --endpoint "$ENDPOINT" --node-id prom-node --state-dir "$STATE" \
+"$BIN" serve --endpoint "$ENDPOINT" --node-id prom-node --state-dir "$STATE" --kubelet-dir "$WORK" \
   --metrics-address "127.0.0.1:$METRICS_PORT" --log-format json --log-level info \
   >"$WORK/driver.log" 2>&1 &
 DRIVER_PID=$!

@@ -16,6 +16,8 @@ use crate::node::luks::Pbkdf;
 pub const DEFAULT_DRIVER_NAME: &str = "multicsi.io";
 /// Default state directory of the hostpath backend.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/multicsi";
+/// Default kubelet directory: every node path must lie inside it.
+pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet";
 /// Default directory where attached cloud disks appear.
 pub const DEFAULT_DEVICE_DIR: &str = "/dev/disk/by-id";
 
@@ -69,6 +71,10 @@ pub struct ServeArgs {
     /// Directory where the hostpath backend keeps its images and state.
     #[arg(long, env = "MULTICSI_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The kubelet's directory: staging, target and volume paths of node
+    /// requests must lie inside it (default /var/lib/kubelet).
+    #[arg(long, env = "MULTICSI_KUBELET_DIR")]
+    pub kubelet_dir: Option<PathBuf>,
     /// TOML config file; its values are overridden by environment and flags.
     #[arg(long, env = "MULTICSI_CONFIG")]
     pub config: Option<PathBuf>,
@@ -115,6 +121,7 @@ pub struct FileConfig {
     pub mode: Option<Mode>,
     pub driver_name: Option<String>,
     pub state_dir: Option<PathBuf>,
+    pub kubelet_dir: Option<PathBuf>,
     pub backend: Option<String>,
     pub backends: Option<Vec<String>>,
     pub max_volumes_per_node: Option<u64>,
@@ -137,6 +144,8 @@ pub struct Settings {
     pub mode: Mode,
     pub driver_name: String,
     pub state_dir: PathBuf,
+    /// Node paths must resolve to a place inside this directory.
+    pub kubelet_dir: PathBuf,
     /// The default backend.
     pub backend: String,
     /// Every backend served, the default first.
@@ -261,6 +270,16 @@ impl Settings {
                 state_dir.display()
             )));
         }
+        let kubelet_dir = args
+            .kubelet_dir
+            .or(file.kubelet_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_KUBELET_DIR));
+        if !kubelet_dir.is_absolute() {
+            return Err(ConfigError::Invalid(format!(
+                "kubelet dir {} must be an absolute path: pass --kubelet-dir (or MULTICSI_KUBELET_DIR) with the kubelet's root directory",
+                kubelet_dir.display()
+            )));
+        }
         let mut clouds = CloudSettings {
             cloudscale: file.cloudscale.unwrap_or_default(),
             civo: file.civo.unwrap_or_default(),
@@ -288,6 +307,7 @@ impl Settings {
             mode: args.mode.or(file.mode).unwrap_or(Mode::All),
             driver_name,
             state_dir,
+            kubelet_dir,
             backend,
             backends,
             max_volumes_per_node: args
@@ -395,6 +415,7 @@ mod tests {
         assert_eq!(s.mode, Mode::All);
         assert_eq!(s.driver_name, DEFAULT_DRIVER_NAME);
         assert_eq!(s.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(s.kubelet_dir, PathBuf::from(DEFAULT_KUBELET_DIR));
         assert_eq!(s.backend, "hostpath");
     }
 
@@ -404,7 +425,7 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(
             &path,
-            "mode = \"node\"\ndriver-name = \"from.file\"\nstate-dir = \"/srv/state\"\n",
+            "mode = \"node\"\ndriver-name = \"from.file\"\nstate-dir = \"/srv/state\"\nkubelet-dir = \"/srv/kubelet\"\n",
         )
         .unwrap();
         let mut a = args();
@@ -414,6 +435,7 @@ mod tests {
         assert_eq!(s.mode, Mode::Node);
         assert_eq!(s.driver_name, "from.flag");
         assert_eq!(s.state_dir, PathBuf::from("/srv/state"));
+        assert_eq!(s.kubelet_dir, PathBuf::from("/srv/kubelet"));
     }
 
     #[test]

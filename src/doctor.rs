@@ -18,11 +18,10 @@ use crate::node::mount::{self, MountEntry};
 /// The flags of `multicsi doctor`.
 #[derive(Args, Debug, Clone)]
 pub struct DoctorArgs {
+    /// The serve settings; `--kubelet-dir` among them names the kubelet's
+    /// root directory, where volumes are staged and published.
     #[command(flatten)]
     pub serve: ServeArgs,
-    /// The kubelet's root directory, where volumes are staged and published.
-    #[arg(long, default_value = "/var/lib/kubelet")]
-    pub kubelet_dir: PathBuf,
     /// This node never stages encrypted (LUKS) volumes: dm-crypt and
     /// libcryptsetup are then optional.
     #[arg(long)]
@@ -492,7 +491,7 @@ pub fn run_checks(settings: &Settings, args: &DoctorArgs) -> Vec<Check> {
     }
     checks.push(metadata_check(backend, settings));
     let mounts = mount::mounts().unwrap_or_default();
-    checks.push(kubelet_check(&args.kubelet_dir, &mounts));
+    checks.push(kubelet_check(&settings.kubelet_dir, &mounts));
     checks.push(socket_dir_check(&settings.endpoint));
     checks
 }

@@ -31,6 +31,8 @@ impl Server {
             .args(["serve", "--endpoint", &endpoint, "--node-id", "n1"])
             .arg("--state-dir")
             .arg(dir.path().join("state"))
+            .arg("--kubelet-dir")
+            .arg(dir.path())
             .args(["--log-format", "json", "--log-level", "debug"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))

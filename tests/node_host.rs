@@ -644,6 +644,7 @@ fn publishing_a_raw_block_volume_from_a_regular_file_binds_nothing() {
         true,
         false,
         Vec::new(),
+        multicsi::node::ownership::Owner::of(&file).unwrap(),
     ));
     assert!(
         matches!(&result, Err(CsiError::FailedPrecondition(m)) if m.contains("not a block device")),

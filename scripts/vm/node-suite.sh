@@ -68,7 +68,7 @@ expect_error() {
 # Cheap key derivation for the suite; the defaults are checked separately.
 start_driver() {
     MULTICSI_LUKS_PBKDF_MEMORY_KIB=16384 MULTICSI_LUKS_PBKDF_ITERATIONS=4 \
-        "$BIN" serve --endpoint "unix://$SOCK" --node-id "$NODE" --state-dir "$STATE" \
+        "$BIN" serve --endpoint "unix://$SOCK" --node-id "$NODE" --state-dir "$STATE" --kubelet-dir "$W" \
         --log-format json --log-level debug >>"$DRIVER_LOG" 2>&1 &
     DRIVER_PID=$!
     local i
@@ -389,7 +389,7 @@ key_never_leaks() {
 default_pbkdf_fits_a_small_memory_limit() {
     # The default cost, as a DaemonSet gets it: argon2id, 64 MiB, 4 iterations.
     local sock=$W/default.sock state=$W/default-state log=$OUT/driver-default.log pid json id
-    "$BIN" serve --endpoint "unix://$sock" --node-id "$NODE" --state-dir "$state" --log-format json >"$log" 2>&1 &
+    "$BIN" serve --endpoint "unix://$sock" --node-id "$NODE" --state-dir "$state" --kubelet-dir "$W" --log-format json >"$log" 2>&1 &
     pid=$!
     local c=("$BIN" client --endpoint "unix://$sock" --timeout 120)
     mkdir -p "$W/dflt"

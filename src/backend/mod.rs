@@ -161,6 +161,19 @@ pub trait Backend: Send + Sync + 'static {
     async fn list_snapshots(&self) -> CsiResult<Vec<Snapshot>>;
 }
 
+/// What the node side knows of a volume from the backend's own record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// The node cannot tell (a cloud volume is known to the provider, not
+    /// to the node): the request's volume context is used.
+    Unknowable,
+    /// The volume does not exist.
+    Missing,
+    /// The volume exists; its context as recorded at create (encryption,
+    /// filesystem, access type), which wins over the request's.
+    Context(Map),
+}
+
 /// The node side of a storage provider: how a volume becomes a block device.
 #[async_trait]
 pub trait NodeBackend: Send + Sync + 'static {
@@ -175,6 +188,14 @@ pub trait NodeBackend: Send + Sync + 'static {
     fn max_volumes(&self) -> u64;
     /// Ok when the node can stage volumes.
     async fn ready(&self) -> CsiResult<()>;
+    /// Whether the node grows a volume's filesystem (NodeExpandVolume).
+    fn expands(&self) -> bool {
+        true
+    }
+    /// What the backend's own record says of the volume.
+    async fn recorded(&self, _volume_id: &str) -> CsiResult<Recorded> {
+        Ok(Recorded::Unknowable)
+    }
     /// Makes the volume's block device present on this node; idempotent.
     async fn attach_device(&self, volume_id: &str, publish_context: &Map) -> CsiResult<PathBuf>;
     /// The volume's block device if it is present.

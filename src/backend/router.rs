@@ -11,8 +11,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{
-    Backend, Capacity, ContentSource, CreateVolume, Features, Map, NodeBackend, Snapshot, Volume,
-    VolumeStatus,
+    Backend, Capacity, ContentSource, CreateVolume, Features, Map, NodeBackend, Recorded, Snapshot,
+    Volume, VolumeStatus,
 };
 use crate::csi::params::BACKEND;
 use crate::error::{CsiError, CsiResult};
@@ -330,6 +330,17 @@ impl NodeBackend for Router {
             route.node.ready().await?;
         }
         Ok(())
+    }
+
+    /// Expansion is offered when any backend grows volumes; a volume of
+    /// one that does not is refused by that backend.
+    fn expands(&self) -> bool {
+        self.routes.iter().any(|r| r.node.expands())
+    }
+
+    async fn recorded(&self, volume_id: &str) -> CsiResult<Recorded> {
+        let (index, own) = self.route(volume_id);
+        self.node(index).recorded(own).await
     }
 
     async fn attach_device(&self, volume_id: &str, publish_context: &Map) -> CsiResult<PathBuf> {

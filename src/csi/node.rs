@@ -3,7 +3,9 @@
 
 use tonic::{Request, Response, Status};
 
-use crate::backend::Map;
+use std::path::{Path, PathBuf};
+
+use crate::backend::{Map, Recorded};
 use crate::blocking;
 use crate::csi::params;
 use crate::csi::validate::{self, Access};
@@ -11,8 +13,9 @@ use crate::csi::{self as pb, node_server, node_service_capability};
 use crate::driver::Driver;
 use crate::error::{CsiError, CsiResult};
 use crate::node::luks;
-use crate::node::readonly;
+use crate::node::ownership::Owner;
 use crate::node::volume::{self, Usage};
+use crate::node::{mount, readonly, trusted_path};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -20,25 +23,76 @@ fn to_map(map: &std::collections::HashMap<String, String>) -> Map {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
+/// The volume context key under which the controller records what a volume
+/// was made as (`block` or `mount`).
+pub const ACCESS_TYPE_KEY: &str = "multicsi.io/access-type";
+
 impl Driver {
     async fn node_stage(
         &self,
         r: pb::NodeStageVolumeRequest,
     ) -> CsiResult<pb::NodeStageVolumeResponse> {
         let id = validate::identifier("volume_id", &r.volume_id)?;
-        let staging = node_path("staging_target_path", &r.staging_target_path)?;
+        let staging = validate::target_path("staging_target_path", &r.staging_target_path)?;
         let capability = validate::capability("volume_capability", r.volume_capability.as_ref())?;
-        let context = to_map(&r.volume_context);
+        check_mount_flags(&capability)?;
+        let recorded = self.known_volume(id).await?;
+        let staging = self.inside_kubelet_dir("staging_target_path", &staging)?;
+        let context = volume_context(recorded, &r.volume_context);
+        require_made_as(id, &context, &capability)?;
         volume::mkfs_options(&context)?;
+        if matches!(capability.access, Access::Mount { .. }) {
+            volume::check_mount_point("staging_target_path", &staging, false)?;
+        }
         let encryption = match params::luks(&context)? {
             Some(settings) => {
                 let key = volume::luks_key(&r.secrets)?;
                 blocking::run(|| Ok(luks::check_available()?)).await?;
                 Some((settings, key))
             }
+            None if r.secrets.contains_key(volume::LUKS_KEY_SECRET) => {
+                return Err(CsiError::InvalidArgument(format!(
+                    "the node-stage secret has a {} but the volume context lacks the encryption settings ({}); nothing was touched: pass the volume_context the volume was created with",
+                    volume::LUKS_KEY_SECRET,
+                    params::LUKS_ENCRYPTED
+                )));
+            }
             None => None,
         };
         let _guard = self.locks.acquire(&[id])?;
+        let attached_before = self.node_backend.find_device(id).await?.is_some();
+        let mapping = luks::mapping_name(id);
+        let open_before = match encryption {
+            Some(_) => volume::encrypted_device(mapping.clone()).await?.is_some(),
+            None => true,
+        };
+        let staged = self
+            .stage_steps(id, &r, staging, &capability, &context, encryption)
+            .await;
+        if staged.is_err() {
+            // Undo what this call did, so that a failed stage holds nothing
+            // (DeleteVolume would be refused while a device stays attached).
+            if !open_before && let Err(e) = volume::close_encrypted(mapping).await {
+                tracing::warn!(volume_id = %id, error = %e, "cannot close the LUKS mapping of a failed stage");
+            }
+            if !attached_before && let Err(e) = self.node_backend.detach_device(id).await {
+                tracing::warn!(volume_id = %id, error = %e, "cannot detach the device of a failed stage");
+            }
+        }
+        staged?;
+        Ok(pb::NodeStageVolumeResponse {})
+    }
+
+    /// Attaches, opens (when encrypted), formats (when blank) and mounts.
+    async fn stage_steps(
+        &self,
+        id: &str,
+        r: &pb::NodeStageVolumeRequest,
+        staging: PathBuf,
+        capability: &validate::Capability,
+        context: &Map,
+        encryption: Option<(params::Luks, volume::LuksKey)>,
+    ) -> CsiResult<()> {
         let mut device = self
             .node_backend
             .attach_device(id, &to_map(&r.publish_context))
@@ -56,8 +110,7 @@ impl Driver {
             .await?;
         }
         let marker = markers.join(format!("{id}.mkfs"));
-        volume::stage_filesystem(device, staging, &capability, &context, marker).await?;
-        Ok(pb::NodeStageVolumeResponse {})
+        volume::stage_filesystem(device, staging, capability, context, marker).await
     }
 
     async fn node_unstage(
@@ -65,11 +118,33 @@ impl Driver {
         r: pb::NodeUnstageVolumeRequest,
     ) -> CsiResult<pb::NodeUnstageVolumeResponse> {
         let id = validate::identifier("volume_id", &r.volume_id)?;
-        let staging = node_path("staging_target_path", &r.staging_target_path)?;
+        let staging = validate::target_path("staging_target_path", &r.staging_target_path)?;
+        self.known_volume(id).await?;
+        let staging = self.inside_kubelet_dir("staging_target_path", &staging)?;
         let _guard = self.locks.acquire(&[id])?;
-        volume::unstage_filesystem(staging).await?;
+        let owner = self.owner(id).await?;
+        if let Some(owner) = owner.clone() {
+            let (root, at) = (self.kubelet_root(), staging.clone());
+            let targets = blocking::run(move || {
+                let table = crate::node::mount::mounts()?;
+                Ok(owner.targets(&table, &root, &at))
+            })
+            .await?;
+            if !targets.is_empty() {
+                return Err(CsiError::FailedPrecondition(format!(
+                    "volume {id} is still published at {}; nothing was unstaged: call NodeUnpublishVolume for each target first",
+                    targets
+                        .iter()
+                        .map(|t| t.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        volume::unstage_filesystem(staging, owner.clone()).await?;
         // Read-only views hold the device open: they go first.
-        if let Some(device) = self.staged_device(id).await? {
+        if let Some(owner) = owner {
+            let device = owner.device().to_path_buf();
             blocking::run(move || Ok(readonly::release_all(&device)?)).await?;
         }
         volume::close_encrypted(luks::mapping_name(id)).await?;
@@ -82,7 +157,7 @@ impl Driver {
         r: pb::NodePublishVolumeRequest,
     ) -> CsiResult<pb::NodePublishVolumeResponse> {
         let id = validate::identifier("volume_id", &r.volume_id)?;
-        let target = node_path("target_path", &r.target_path)?;
+        let target = validate::target_path("target_path", &r.target_path)?;
         let capability = validate::capability("volume_capability", r.volume_capability.as_ref())?;
         if r.staging_target_path.is_empty() {
             // CSI: with STAGE_UNSTAGE_VOLUME, a missing staging path is
@@ -91,33 +166,52 @@ impl Driver {
                 "staging_target_path is not set: this plugin stages volumes; call NodeStageVolume and pass its staging_target_path".into(),
             ));
         }
-        let staging = node_path("staging_target_path", &r.staging_target_path)?;
+        let staging = validate::target_path("staging_target_path", &r.staging_target_path)?;
+        check_mount_flags(&capability)?;
+        let recorded = self.known_volume(id).await?;
+        let knowable = recorded != Recorded::Unknowable;
+        let target = self.inside_kubelet_dir("target_path", &target)?;
+        let staging = self.inside_kubelet_dir("staging_target_path", &staging)?;
         if target == staging {
             return Err(CsiError::InvalidArgument(
                 "target_path must differ from staging_target_path".into(),
             ));
         }
+        let context = volume_context(recorded, &r.volume_context);
+        require_made_as(id, &context, &capability)?;
+        let block = matches!(capability.access, Access::Block);
+        volume::check_mount_point("target_path", &target, block)?;
         let read_only = r.readonly || capability.read_only_mode();
         let _guard = self.locks.acquire(&[id, &r.target_path])?;
-        // CSI: a volume that does not exist (here: has no device on this
-        // node) is NOT_FOUND.
-        let missing = || {
-            CsiError::NotFound(format!(
-                "volume {id} does not exist on this node: call NodeStageVolume first"
-            ))
+        let encrypted = params::luks(&context)?.is_some();
+        let owner = if encrypted {
+            // An encrypted volume is published through its mapping only.
+            match volume::encrypted_device(luks::mapping_name(id)).await? {
+                Some(mapping) => Some(blocking::run(move || Ok(Owner::of(&mapping)?)).await?),
+                None => None,
+            }
+        } else {
+            self.owner(id).await?
         };
+        let Some(owner) = owner else {
+            if encrypted || knowable {
+                return Err(CsiError::FailedPrecondition(format!(
+                    "volume {id} is not staged on this node: call NodeStageVolume first"
+                )));
+            }
+            // CSI: a volume that does not exist (here: has no device on
+            // this node) is NOT_FOUND.
+            return Err(CsiError::NotFound(format!(
+                "volume {id} does not exist on this node: call NodeStageVolume first"
+            )));
+        };
+        if single_writer(&capability) {
+            self.require_no_other_target(id, &owner, &staging, &target)
+                .await?;
+        }
         match capability.access {
             Access::Block => {
-                let device = self.staged_device(id).await?;
-                let device = match device {
-                    // An encrypted volume is published through its mapping only.
-                    None if params::luks(&r.volume_context)?.is_some() => {
-                        return Err(CsiError::FailedPrecondition(format!(
-                            "encrypted volume {id} is not open on this node: call NodeStageVolume first"
-                        )));
-                    }
-                    other => other.ok_or_else(missing)?,
-                };
+                let device = owner.device().to_path_buf();
                 // A bind mount does not stop writes to a device: a
                 // read-only publish gets a device the kernel keeps read-only.
                 let device = if read_only {
@@ -125,21 +219,44 @@ impl Driver {
                 } else {
                     device
                 };
-                volume::publish(device, target, true, read_only, Vec::new()).await?;
+                volume::publish(device, target, true, read_only, Vec::new(), owner).await?;
             }
             Access::Mount { flags, .. } => {
-                match volume::publish(staging, target, false, read_only, flags).await {
-                    // Not staged: tell a volume without a device apart.
-                    Err(CsiError::FailedPrecondition(_))
-                        if self.node_backend.find_device(id).await?.is_none() =>
-                    {
-                        return Err(missing());
-                    }
-                    result => result?,
-                }
+                volume::publish(staging, target, false, read_only, flags, owner).await?;
             }
         }
         Ok(pb::NodePublishVolumeResponse {})
+    }
+
+    /// A single-writer volume is published at one target at a time (CSI:
+    /// a second target is FAILED_PRECONDITION).
+    async fn require_no_other_target(
+        &self,
+        id: &str,
+        owner: &Owner,
+        staging: &Path,
+        target: &Path,
+    ) -> CsiResult<()> {
+        let (owner, root, staging, target) = (
+            owner.clone(),
+            self.kubelet_root(),
+            staging.to_path_buf(),
+            target.to_path_buf(),
+        );
+        let others = blocking::run(move || {
+            let table = crate::node::mount::mounts()?;
+            let mut found = owner.targets(&table, &root, &staging);
+            found.retain(|t| *t != target);
+            Ok(found)
+        })
+        .await?;
+        match others.first() {
+            None => Ok(()),
+            Some(other) => Err(CsiError::FailedPrecondition(format!(
+                "volume {id} has a single-writer access mode and is already published at {}; unpublish it there first, or use SINGLE_NODE_MULTI_WRITER",
+                other.display()
+            ))),
+        }
     }
 
     async fn node_unpublish(
@@ -147,11 +264,14 @@ impl Driver {
         r: pb::NodeUnpublishVolumeRequest,
     ) -> CsiResult<pb::NodeUnpublishVolumeResponse> {
         let id = validate::identifier("volume_id", &r.volume_id)?;
-        let target = node_path("target_path", &r.target_path)?;
+        let target = validate::target_path("target_path", &r.target_path)?;
+        self.known_volume(id).await?;
+        let target = self.inside_kubelet_dir("target_path", &target)?;
         let _guard = self.locks.acquire(&[id, &r.target_path])?;
+        let owner = self.owner(id).await?;
         let at = target.clone();
         let view = blocking::run(move || Ok(readonly::view_at(&at)?)).await?;
-        volume::unpublish(target).await?;
+        volume::unpublish(target, owner).await?;
         if let Some(view) = view {
             blocking::run(move || Ok(readonly::release_if_unused(&view)?)).await?;
         }
@@ -164,7 +284,9 @@ impl Driver {
     ) -> CsiResult<pb::NodeGetVolumeStatsResponse> {
         use pb::volume_usage::Unit;
         let id = validate::identifier("volume_id", &r.volume_id)?;
-        let path = node_path("volume_path", &r.volume_path)?;
+        let path = validate::target_path("volume_path", &r.volume_path)?;
+        self.known_volume(id).await?;
+        let path = self.inside_kubelet_dir("volume_path", &path)?;
         let device = self.staged_device(id).await?;
         let usage = volume::usage(path, device.clone()).await?;
         let healthy = |usage: Vec<pb::VolumeUsage>| pb::NodeGetVolumeStatsResponse {
@@ -218,12 +340,26 @@ impl Driver {
         &self,
         r: pb::NodeExpandVolumeRequest,
     ) -> CsiResult<pb::NodeExpandVolumeResponse> {
+        if !self.node_backend.expands() {
+            return Err(CsiError::Unimplemented(
+                "NodeExpandVolume: this backend's volumes do not grow".into(),
+            ));
+        }
         let id = validate::identifier("volume_id", &r.volume_id)?;
-        let path = node_path("volume_path", &r.volume_path)?;
+        let path = validate::target_path("volume_path", &r.volume_path)?;
         validate::capacity_range(r.capacity_range.as_ref())?;
         if r.volume_capability.is_some() {
             validate::capability("volume_capability", r.volume_capability.as_ref())?;
         }
+        let staging = match r.staging_target_path.as_str() {
+            "" => None,
+            given => Some(validate::target_path("staging_target_path", given)?),
+        };
+        self.known_volume(id).await?;
+        let path = self.inside_kubelet_dir("volume_path", &path)?;
+        let staging = staging
+            .map(|s| self.inside_kubelet_dir("staging_target_path", &s))
+            .transpose()?;
         if !path.exists() {
             return Err(CsiError::NotFound(format!(
                 "volume_path {} does not exist",
@@ -246,15 +382,41 @@ impl Driver {
         };
         let views_of = device.clone();
         blocking::run(move || Ok(readonly::refresh_all(&views_of)?)).await?;
-        let grow_at = if r.staging_target_path.is_empty() {
-            path
-        } else {
-            node_path("staging_target_path", &r.staging_target_path)?
-        };
+        let grow_at = staging.unwrap_or(path);
         volume::grow_filesystem(device, grow_at).await?;
         Ok(pb::NodeExpandVolumeResponse {
             capacity_bytes: size as i64,
         })
+    }
+
+    /// What the backend records of a volume; a volume it knows not to
+    /// exist is NOT_FOUND, before any path of the request is looked at.
+    async fn known_volume(&self, id: &str) -> CsiResult<Recorded> {
+        match self.node_backend.recorded(id).await? {
+            Recorded::Missing => Err(CsiError::NotFound(format!(
+                "volume {id} does not exist: check the volume_id"
+            ))),
+            known => Ok(known),
+        }
+    }
+
+    /// The kubelet directory as node paths resolve.
+    fn kubelet_root(&self) -> PathBuf {
+        trusted_path::resolve_root(&self.settings.kubelet_dir)
+    }
+
+    /// A checked node path, resolved through trusted symlinks only and
+    /// confined to the kubelet directory.
+    fn inside_kubelet_dir(&self, field: &str, path: &Path) -> CsiResult<PathBuf> {
+        trusted_path::resolve_inside(field, path, &self.kubelet_root())
+    }
+
+    /// The volume's device as its mounts show it, if it is on this node.
+    async fn owner(&self, id: &str) -> CsiResult<Option<Owner>> {
+        match self.staged_device(id).await? {
+            Some(device) => Ok(Some(blocking::run(move || Ok(Owner::of(&device)?)).await?)),
+            None => Ok(None),
+        }
     }
 
     /// The device a staged volume is used through: its LUKS mapping when
@@ -352,6 +514,7 @@ impl node_server::Node for Driver {
             Rpc::SingleNodeMultiWriter,
         ]
         .into_iter()
+        .filter(|rpc| *rpc != Rpc::ExpandVolume || self.node_backend.expands())
         .map(|t| pb::NodeServiceCapability {
             r#type: Some(node_service_capability::Type::Rpc(
                 node_service_capability::Rpc { r#type: t as i32 },
@@ -371,9 +534,46 @@ impl node_server::Node for Driver {
     }
 }
 
-/// A staging, target or volume path of a node request: checked (absolute,
-/// no `..`, no NUL) and resolved through trusted symlinks only.
-fn node_path(field: &str, value: &str) -> CsiResult<std::path::PathBuf> {
-    let path = validate::target_path(field, value)?;
-    crate::node::trusted_path::resolve(field, &path)
+/// Mount flags that can never be passed to mount(2) are the caller's
+/// mistake, found before anything is touched.
+fn check_mount_flags(capability: &validate::Capability) -> CsiResult<()> {
+    if let Access::Mount { flags, .. } = &capability.access {
+        mount::parse_options(flags, false).map_err(|e| {
+            CsiError::InvalidArgument(format!("volume_capability.mount.mount_flags: {e}"))
+        })?;
+    }
+    Ok(())
+}
+
+/// The context a node call acts on: the backend's own record where there is
+/// one (the request cannot drop encryption from it), else the request's.
+fn volume_context(recorded: Recorded, request: &std::collections::HashMap<String, String>) -> Map {
+    match recorded {
+        Recorded::Context(context) => context,
+        Recorded::Unknowable | Recorded::Missing => to_map(request),
+    }
+}
+
+/// A volume recorded as made for one access type is staged and published
+/// only as that type.
+fn require_made_as(id: &str, context: &Map, capability: &validate::Capability) -> CsiResult<()> {
+    let asked = match capability.access {
+        Access::Block => "block",
+        Access::Mount { .. } => "mount",
+    };
+    match context.get(ACCESS_TYPE_KEY) {
+        Some(made) if made != asked => Err(CsiError::FailedPrecondition(format!(
+            "volume {id} was created for {made} access, not {asked}; nothing was touched: use a volume_capability with {made} access"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the access mode allows one publish on the node at a time.
+fn single_writer(capability: &validate::Capability) -> bool {
+    use pb::volume_capability::access_mode::Mode;
+    matches!(
+        capability.mode,
+        Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter
+    )
 }

@@ -102,6 +102,36 @@ pub fn probe(device: &Path) -> Result<Signature> {
     }
 }
 
+/// Bytes at each end of a device that must read as zero before it counts
+/// as blank.
+pub const BLANK_CHECK_BYTES: u64 = 1 << 20;
+
+/// The offset of the first byte that is not zero in the first or last
+/// [`BLANK_CHECK_BYTES`] of `device`; `None` when both read all zero. Data
+/// that no signature names (a raw block volume's) shows here.
+pub fn data_at_ends(device: &Path) -> Result<Option<u64>> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+    let fail = |e| HostError::os("read", device, e, "check the device and dmesg");
+    let mut file = File::open(device).map_err(fail)?;
+    let size = file.seek(SeekFrom::End(0)).map_err(fail)?;
+    let head = BLANK_CHECK_BYTES.min(size);
+    let tail = size.saturating_sub(BLANK_CHECK_BYTES).max(head);
+    let mut buffer = vec![0u8; 64 << 10];
+    for (start, end) in [(0, head), (tail, size)] {
+        let mut at = start;
+        while at < end {
+            let len = (end - at).min(buffer.len() as u64) as usize;
+            file.read_exact_at(&mut buffer[..len], at).map_err(fail)?;
+            if let Some(i) = buffer[..len].iter().position(|b| *b != 0) {
+                return Ok(Some(at + i as u64));
+            }
+            at += len as u64;
+        }
+    }
+    Ok(None)
+}
+
 /// Options for creating a filesystem; `None` leaves the tool's default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MkfsOptions {
@@ -420,6 +450,28 @@ fn tool_failed(tool: &'static str, path: &Path, output: &Output, hint: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_at_either_end_is_found() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("img");
+        let file = File::create(&image).unwrap();
+        file.set_len(8 * BLANK_CHECK_BYTES).unwrap();
+        assert_eq!(data_at_ends(&image).unwrap(), None);
+        // The middle is not looked at.
+        file.write_all_at(b"x", 4 * BLANK_CHECK_BYTES).unwrap();
+        assert_eq!(data_at_ends(&image).unwrap(), None);
+        let last = 8 * BLANK_CHECK_BYTES - 1;
+        file.write_all_at(b"y", last).unwrap();
+        assert_eq!(data_at_ends(&image).unwrap(), Some(last));
+        file.write_all_at(b"z", 4096).unwrap();
+        assert_eq!(data_at_ends(&image).unwrap(), Some(4096));
+        // Smaller than both ends together.
+        let small = dir.path().join("small");
+        std::fs::write(&small, [0, 0, 1]).unwrap();
+        assert_eq!(data_at_ends(&small).unwrap(), Some(2));
+    }
 
     #[test]
     fn blkid_output_is_classified() {

@@ -16,6 +16,7 @@ pub mod iscsi_cmd;
 pub mod loopdev;
 pub mod luks;
 pub mod mount;
+pub mod ownership;
 pub mod readonly;
 pub mod trusted_path;
 pub mod volume;

@@ -38,6 +38,14 @@ pub fn view_at(target: &Path) -> Result<Option<PathBuf>> {
         .filter(|device| loopdev::is_read_only_loop(device)))
 }
 
+/// Whether `entry` binds a read-only view of `device`.
+pub fn is_view_of(entry: &mount::MountEntry, device: &Path) -> bool {
+    bound_device(entry).is_some_and(|view| {
+        loopdev::is_read_only_loop(&view)
+            && loopdev::backing_file(&view).is_some_and(|b| b == view_source(device))
+    })
+}
+
 /// Detaches `view` unless another target still has it bound.
 pub fn release_if_unused(view: &Path) -> Result<()> {
     let in_use = mount::mounts()?

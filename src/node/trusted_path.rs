@@ -77,6 +77,42 @@ pub fn resolve(field: &str, path: &Path) -> CsiResult<PathBuf> {
     Ok(resolved)
 }
 
+/// The longest name of one path component (NAME_MAX).
+const MAX_NAME: usize = 255;
+
+/// `path` resolved as [`resolve`] does, and confined: it must end up
+/// strictly inside `root` (the kubelet directory, itself resolved by
+/// [`resolve_root`]). Anything else is INVALID_ARGUMENT naming `field`.
+pub fn resolve_inside(field: &str, path: &Path, root: &Path) -> CsiResult<PathBuf> {
+    if let Some(long) = names(path).iter().find(|n| n.len() > MAX_NAME) {
+        return Err(CsiError::InvalidArgument(format!(
+            "{field} {}: the component {:?}... is longer than {MAX_NAME} bytes; pass a path whose every name fits",
+            path.display(),
+            long.to_string_lossy().chars().take(32).collect::<String>()
+        )));
+    }
+    let resolved = resolve(field, path)?;
+    if resolved.starts_with(root) && resolved != root {
+        return Ok(resolved);
+    }
+    let through = if resolved == path {
+        String::new()
+    } else {
+        format!(" (resolved to {})", resolved.display())
+    };
+    Err(CsiError::InvalidArgument(format!(
+        "{field} {}{through} is not inside the kubelet directory {}; nothing was created or mounted: pass a path under it, or set --kubelet-dir (MULTICSI_KUBELET_DIR) to the kubelet's root directory",
+        path.display(),
+        root.display()
+    )))
+}
+
+/// The kubelet directory as node paths resolve to it: every symlink in it
+/// followed (it is the operator's setting, not a request's).
+pub fn resolve_root(root: &Path) -> PathBuf {
+    std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf())
+}
+
 /// The names of `path`'s components (`..` kept, `.` and `/` dropped).
 fn names(path: &Path) -> Vec<OsString> {
     path.components()
@@ -141,6 +177,57 @@ mod tests {
         std::fs::create_dir(real.join("a")).unwrap();
         let wanted = real.join("a/not/yet");
         assert_eq!(resolve("target_path", &wanted).unwrap(), wanted);
+    }
+
+    #[test]
+    fn paths_outside_the_root_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        let root = real.join("kubelet");
+        std::fs::create_dir_all(root.join("pods")).unwrap();
+        let inside = root.join("pods/p1/mount");
+        assert_eq!(
+            resolve_inside("target_path", &inside, &root).unwrap(),
+            inside
+        );
+        for outside in [
+            real.join("elsewhere"),
+            real.join("kubelet-sibling/pods"),
+            root.clone(),
+            PathBuf::from("/etc"),
+        ] {
+            let err = resolve_inside("target_path", &outside, &root).unwrap_err();
+            assert!(matches!(err, CsiError::InvalidArgument(_)), "{err:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("target_path") && text.contains("not inside the kubelet directory"),
+                "{text}"
+            );
+        }
+        let long = root.join("x".repeat(256));
+        let text = resolve_inside("staging_target_path", &long, &root)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("staging_target_path") && text.contains("longer than 255"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_root_owned_link_out_of_the_root_is_refused() {
+        assert!(root(), "run the unit tests as root (scripts/test.sh does)");
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        chmod(&real, 0o755);
+        let root = real.join("kubelet");
+        std::fs::create_dir_all(&root).unwrap();
+        chmod(&root, 0o755);
+        symlink("/etc", root.join("etc")).unwrap();
+        let text = resolve_inside("target_path", &root.join("etc/x"), &root)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("resolved to /etc/x"), "{text}");
     }
 
     #[test]

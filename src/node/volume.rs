@@ -4,12 +4,13 @@
 //! or a call after a driver or kubelet restart, finds its own work and
 //! returns OK; anything unexpected is refused, never overwritten.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use super::fs::{self as nodefs, MkfsOptions, Signature};
 use super::luks::{self, LuksError, Pbkdf};
 use super::mount::{self, MountEntry};
+use super::ownership::Owner;
 use super::{HostError, loopdev};
 use crate::backend::Map;
 use crate::blocking;
@@ -35,22 +36,6 @@ impl From<LuksError> for CsiError {
             LuksError::Crypt { .. } | LuksError::Host(_) => CsiError::Internal(e.to_string()),
         }
     }
-}
-
-/// Major and minor number of a block device node.
-fn device_numbers(device: &Path) -> Result<(u32, u32), HostError> {
-    let meta = std::fs::metadata(device)
-        .map_err(|e| HostError::os("stat", device, e, "is the device present?"))?;
-    let rdev = meta.rdev();
-    Ok((libc::major(rdev), libc::minor(rdev)))
-}
-
-/// Whether `entry` mounts `device`. btrfs shows an anonymous device number
-/// in mountinfo, so the mount source is compared as well.
-fn same_device(entry: &MountEntry, device: &Path, numbers: (u32, u32)) -> bool {
-    (entry.major, entry.minor) == numbers
-        || std::fs::canonicalize(&entry.source)
-            .is_ok_and(|source| std::fs::canonicalize(device).is_ok_and(|d| d == source))
 }
 
 /// A device to format, mount or bind must be a block device: a regular
@@ -125,9 +110,9 @@ pub async fn stage_filesystem(
     let staged = staging.clone();
     let existing = blocking::run(move || Ok(mount::mount_at(&staged)?)).await?;
     let dev = device.clone();
-    let numbers = blocking::run(move || Ok(device_numbers(&dev)?)).await?;
+    let owner = blocking::run(move || Ok(Owner::of(&dev)?)).await?;
     if let Some(entry) = existing {
-        if !same_device(&entry, &device, numbers) {
+        if !owner.holds_filesystem(&entry) {
             return Err(CsiError::AlreadyExists(format!(
                 "staging_target_path {} already has {} mounted, not this volume's device {}",
                 staging.display(),
@@ -149,6 +134,10 @@ pub async fn stage_filesystem(
     let marker = mkfs_marker.clone();
     let (signature, interrupted) =
         blocking::run(move || Ok((nodefs::probe(&dev)?, marker.exists()))).await?;
+    // Only a filesystem (or nothing) is taken for what an mkfs cut off
+    // left: a LUKS header or anything else is never formatted over.
+    let interrupted =
+        interrupted && matches!(signature, Signature::Blank | Signature::Filesystem(_));
     if interrupted && signature != Signature::Blank {
         tracing::warn!(device = %device.display(), ?signature, "an earlier mkfs was cut off; making the filesystem again");
     }
@@ -157,6 +146,9 @@ pub async fn stage_filesystem(
     } else {
         signature
     };
+    if signature == Signature::Blank && !interrupted {
+        require_blank(&device).await?;
+    }
     let existed = signature != Signature::Blank;
     match signature {
         Signature::Blank => {
@@ -176,10 +168,17 @@ pub async fn stage_filesystem(
                 device.display()
             )));
         }
+        Signature::Luks => {
+            return Err(CsiError::FailedPrecondition(format!(
+                "device {} carries a LUKS header but the volume context has no encryption settings; an encrypted volume is never formatted or mounted in plaintext: stage it with the volume context of its StorageClass (multicsi.io/luks-encrypted)",
+                device.display()
+            )));
+        }
         other => {
             return Err(CsiError::FailedPrecondition(format!(
-                "device {} holds {other:?}; refusing to format or mount it",
-                device.display()
+                "device {} holds {}; refusing to format or mount it",
+                device.display(),
+                describe(&other)
             )));
         }
     }
@@ -190,12 +189,24 @@ pub async fn stage_filesystem(
         flags.push("nouuid".to_string());
     }
     let (dev, at, fs) = (device.clone(), staging.clone(), fs_type.clone());
+    let requested_flags = !capability_flags(capability).is_empty();
     blocking::run(move || {
-        if !at.exists() {
+        let made = !at.exists();
+        if made {
             std::fs::create_dir(&at)
                 .map_err(|e| HostError::os("mkdir", &at, e, "does the parent directory exist?"))?;
         }
-        Ok(mount::mount_fs(&dev, &at, &fs, &flags, read_only)?)
+        mount::mount_fs(&dev, &at, &fs, &flags, read_only).map_err(|e| {
+            if made {
+                let _ = std::fs::remove_dir(&at);
+            }
+            match e.raw_os_error() {
+                Some(libc::EINVAL) if requested_flags => CsiError::InvalidArgument(format!(
+                    "volume_capability.mount.mount_flags: {fs} refused the mount ({e}); remove or correct the flags the filesystem does not know"
+                )),
+                _ => e.into(),
+            }
+        })
     })
     .await?;
     if !existed {
@@ -205,10 +216,65 @@ pub async fn stage_filesystem(
     // (CSI CreateVolume): grow the filesystem to the device. On failure the
     // mount is undone so that a retry starts over.
     if let Err(e) = grow_to_device(device, staging.clone(), fs_type, read_only).await {
-        let _ = unstage_filesystem(staging).await;
+        let _ = unstage_filesystem(staging, Some(owner)).await;
         return Err(e);
     }
     Ok(())
+}
+
+/// The mount flags a capability asks for.
+fn capability_flags(capability: &Capability) -> &[String] {
+    match &capability.access {
+        Access::Mount { flags, .. } => flags,
+        Access::Block => &[],
+    }
+}
+
+/// Refuses a device that shows data in its first or last MiB: no
+/// signature recognised is not blank (a raw block volume's data has none).
+async fn require_blank(device: &Path) -> CsiResult<()> {
+    let dev = device.to_path_buf();
+    match blocking::run(move || Ok(nodefs::data_at_ends(&dev)?)).await? {
+        None => Ok(()),
+        Some(offset) => Err(CsiError::FailedPrecondition(format!(
+            "device {} has no filesystem signature but holds data (a byte at offset {offset} is not zero); it is not formatted, to keep that data: if it was used as a raw block volume, stage it as one, or copy its data off and zero it",
+            device.display()
+        ))),
+    }
+}
+
+/// Where a mount will be made: an existing directory (a file for a raw
+/// block publish), or a missing one whose parent directory exists. Wrong
+/// kinds are the caller's mistake: INVALID_ARGUMENT naming `field`.
+pub fn check_mount_point(field: &str, path: &Path, file: bool) -> CsiResult<()> {
+    let (want, hint) = if file {
+        ("a file", "a raw block volume is published on a file")
+    } else {
+        ("a directory", "a filesystem is mounted on a directory")
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() == file => Err(CsiError::InvalidArgument(format!(
+            "{field} {} exists and is not {want}: {hint}; pass a path that does not exist or is {want}",
+            path.display()
+        ))),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = path.parent().unwrap_or(Path::new("/"));
+            if parent.is_dir() {
+                Ok(())
+            } else {
+                Err(CsiError::InvalidArgument(format!(
+                    "{field} {}: its parent directory {} does not exist; create it first",
+                    path.display(),
+                    parent.display()
+                )))
+            }
+        }
+        Err(e) => Err(CsiError::InvalidArgument(format!(
+            "{field} {} cannot be inspected: {e}",
+            path.display()
+        ))),
+    }
 }
 
 /// The LUKS key of a volume, from the node-stage secret's `luksKey`.
@@ -278,6 +344,15 @@ pub async fn open_encrypted(
                     describe(&other)
                 )));
             }
+        }
+        if signature == Signature::Blank
+            && !interrupted
+            && let Some(offset) = nodefs::data_at_ends(&device)?
+        {
+            return Err(CsiError::FailedPrecondition(format!(
+                "device {} has no signature but holds data (a byte at offset {offset} is not zero); an encrypted volume is never formatted over existing data",
+                device.display()
+            )));
         }
         if signature == Signature::Blank || interrupted {
             set_marker(&marker, true)?;
@@ -367,10 +442,12 @@ async fn grow_to_device(
     blocking::run(move || Ok(nodefs::grow(&device, &staging, &fs_type)?)).await
 }
 
-/// Unmounts the staging path if something is mounted there.
-pub async fn unstage_filesystem(staging: PathBuf) -> CsiResult<()> {
+/// Unmounts the staging path if the volume's filesystem is mounted there;
+/// anything else mounted there is refused and left alone.
+pub async fn unstage_filesystem(staging: PathBuf, owner: Option<Owner>) -> CsiResult<()> {
     blocking::run(move || {
-        if mount::mount_at(&staging)?.is_some() {
+        if let Some(entry) = mount::mount_at(&staging)? {
+            require_own("staging_target_path", &staging, &entry, owner.as_ref())?;
             mount::unmount(&staging)?;
         }
         Ok(())
@@ -378,22 +455,45 @@ pub async fn unstage_filesystem(staging: PathBuf) -> CsiResult<()> {
     .await
 }
 
+/// Refuses to act on a mount that is not the volume's own.
+fn require_own(field: &str, at: &Path, entry: &MountEntry, owner: Option<&Owner>) -> CsiResult<()> {
+    match owner {
+        Some(owner) if owner.owns(entry) => Ok(()),
+        Some(owner) => Err(CsiError::FailedPrecondition(format!(
+            "{field} {} has {} mounted, not this volume's device {}; nothing was unmounted: check the volume_id, or unmount it yourself if it is stale",
+            at.display(),
+            entry.source,
+            owner.device().display()
+        ))),
+        None => Err(CsiError::FailedPrecondition(format!(
+            "{field} {} has {} mounted but this volume's device is not on this node, so it cannot be told as the volume's; nothing was unmounted: check the volume_id, or unmount it yourself if it is stale",
+            at.display(),
+            entry.source
+        ))),
+    }
+}
+
 /// Bind-mounts a staged filesystem (`source` = staging path) or a block
 /// device (`source` = device) at `target`.
+///
+/// `owner` is the volume's device: a staging path that holds anything
+/// else is refused.
 pub async fn publish(
     source: PathBuf,
     target: PathBuf,
     block: bool,
     read_only: bool,
     flags: Vec<String>,
+    owner: Owner,
 ) -> CsiResult<()> {
     if block {
         require_block_device(&source)?;
     }
     blocking::run(move || {
         let table = mount::mounts()?;
-        let wanted = if block {
-            device_numbers(&source)?
+        let bound = if block { Some(Owner::of(&source)?) } else { None };
+        let wanted = if let Some(bound) = &bound {
+            bound.numbers()
         } else {
             let staged = mount::lookup(&table, &source)?.ok_or_else(|| {
                 CsiError::FailedPrecondition(format!(
@@ -401,11 +501,19 @@ pub async fn publish(
                     source.display()
                 ))
             })?;
+            if !owner.holds_filesystem(&staged) {
+                return Err(CsiError::FailedPrecondition(format!(
+                    "staging_target_path {} holds {}, not this volume's device {}; nothing was published: pass the staging path this volume was staged at",
+                    source.display(),
+                    staged.source,
+                    owner.device().display()
+                )));
+            }
             (staged.major, staged.minor)
         };
         if let Some(entry) = mount::lookup(&table, &target)? {
             let ours =
-                (entry.major, entry.minor) == wanted || (block && entry_is_device(&entry, &source));
+                (entry.major, entry.minor) == wanted || bound.is_some_and(|b| b.is_bound_device(&entry));
             if !ours {
                 return Err(CsiError::AlreadyExists(format!(
                     "target_path {} already has {} mounted; unpublish it first",
@@ -426,14 +534,6 @@ pub async fn publish(
         Ok(mount::bind(&source, &target, read_only, &flags)?)
     })
     .await
-}
-
-/// A bind mount of a device node shows the devtmpfs's numbers, not the
-/// device's: match it by the device's name instead.
-fn entry_is_device(entry: &MountEntry, device: &Path) -> bool {
-    device
-        .file_name()
-        .is_some_and(|name| entry.root.file_name() == Some(name))
 }
 
 fn create_target(target: &Path, block: bool) -> Result<(), HostError> {
@@ -459,10 +559,13 @@ fn create_target(target: &Path, block: bool) -> Result<(), HostError> {
     })
 }
 
-/// Unmounts `target` and removes the directory or file the publish made.
-pub async fn unpublish(target: PathBuf) -> CsiResult<()> {
+/// Unmounts the volume's mounts at `target` and removes the directory or
+/// file the publish made; a mount that is not the volume's is refused and
+/// left alone.
+pub async fn unpublish(target: PathBuf, owner: Option<Owner>) -> CsiResult<()> {
     blocking::run(move || {
-        while mount::mount_at(&target)?.is_some() {
+        while let Some(entry) = mount::mount_at(&target)? {
+            require_own("target_path", &target, &entry, owner.as_ref())?;
             mount::unmount(&target)?;
         }
         match std::fs::symlink_metadata(&target) {
@@ -507,16 +610,15 @@ pub async fn usage(path: PathBuf, device: Option<PathBuf>) -> CsiResult<Usage> {
                 path.display()
             )));
         };
-        if let Some(device) = device {
-            let numbers = device_numbers(&device)?;
-            if !same_device(&entry, &device, numbers) && !entry_is_device(&entry, &device) {
-                return Ok(Usage::NotMounted(format!(
-                    "{} has {} mounted, not the volume's device {}",
-                    path.display(),
-                    entry.source,
-                    device.display()
-                )));
-            }
+        if let Some(device) = device
+            && !Owner::of(&device)?.owns(&entry)
+        {
+            return Ok(Usage::NotMounted(format!(
+                "{} has {} mounted, not the volume's device {}",
+                path.display(),
+                entry.source,
+                device.display()
+            )));
         }
         if meta.is_file() {
             return Ok(Usage::Block(loopdev::device_size(&path)?));

@@ -73,6 +73,17 @@ pub fn block_cap() -> VolumeCapability {
     capability(block_access(), Mode::SingleNodeWriter)
 }
 
+/// A mounted capability that may be published at several targets of the
+/// node (SINGLE_NODE_MULTI_WRITER).
+pub fn shared_mount_cap(fs: &str) -> VolumeCapability {
+    capability(mount_access(fs), Mode::SingleNodeMultiWriter)
+}
+
+/// A raw block capability that may be published at several targets.
+pub fn shared_block_cap() -> VolumeCapability {
+    capability(block_access(), Mode::SingleNodeMultiWriter)
+}
+
 pub fn range(required: u64, limit: u64) -> Option<csi::CapacityRange> {
     Some(csi::CapacityRange {
         required_bytes: required as i64,

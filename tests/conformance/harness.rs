@@ -623,7 +623,9 @@ impl Server {
         for (key, value) in &self.backend.env {
             cmd.env(key, expand(value));
         }
-        cmd.env("MULTICSI_LOG_FORMAT", "text")
+        // Node paths of the tests live under work/: the kubelet directory.
+        cmd.env("MULTICSI_KUBELET_DIR", self.root.join("work"))
+            .env("MULTICSI_LOG_FORMAT", "text")
             .env("MULTICSI_LOG_LEVEL", "info")
             .env("NO_COLOR", "1");
         cmd

@@ -500,7 +500,7 @@ pub async fn node_publish_requires_staging(b: BackendUnderTest) {
 async fn node_cycle(b: BackendUnderTest, fs: &str) {
     require_node(&b);
     let s = Server::start(&b).await;
-    let cap = mount_cap(fs);
+    let cap = shared_mount_cap(fs);
     let v = s
         .node_volume(&format!("conf-cycle-{fs}"), b.fs_bytes(fs), cap.clone())
         .await;
@@ -656,7 +656,7 @@ pub async fn read_only_publish_refuses_writes(b: BackendUnderTest) {
     require_node(&b);
     let s = Server::start(&b).await;
     let v = s
-        .node_volume("conf-ro", b.fs_bytes("ext4"), mount_cap("ext4"))
+        .node_volume("conf-ro", b.fs_bytes("ext4"), shared_mount_cap("ext4"))
         .await;
     s.stage(&v).await;
     let rw = s.path_str("rw");
@@ -706,7 +706,7 @@ pub async fn raw_block_round_trip(b: BackendUnderTest) {
     require_node(&b);
     let s = Server::start(&b).await;
     let v = s
-        .node_volume("conf-block", b.sizes.small * 2, block_cap())
+        .node_volume("conf-block", b.sizes.small * 2, shared_block_cap())
         .await;
     for _ in 0..3 {
         s.stage(&v).await;
@@ -1656,7 +1656,7 @@ pub async fn read_only_block_publish_refuses_writes(b: BackendUnderTest) {
     require_node(&b);
     let s = Server::start(&b).await;
     let v = s
-        .node_volume("conf-ro-block", b.sizes.small, block_cap())
+        .node_volume("conf-ro-block", b.sizes.small, shared_block_cap())
         .await;
     s.stage(&v).await;
     let rw = s.path_str("block-rw");

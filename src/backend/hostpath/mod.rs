@@ -20,8 +20,8 @@ use self::files::ImageDir;
 use self::journal::{Journal, Replay};
 use super::size::{self, GIB, MIB, SizeRules};
 use super::{
-    Backend, Capacity, ContentSource, CreateVolume, Features, Map, NodeBackend, Snapshot, Volume,
-    VolumeStatus,
+    Backend, Capacity, ContentSource, CreateVolume, Features, Map, NodeBackend, Recorded, Snapshot,
+    Volume, VolumeStatus,
 };
 use crate::error::{CsiError, CsiResult};
 use crate::locks::InFlight;
@@ -698,6 +698,20 @@ impl NodeBackend for HostPath {
                 "/dev/loop-control is missing: load the loop module (modprobe loop)".into(),
             ))
         }
+    }
+
+    /// The record when there is one; an image without one (a record this
+    /// process has not read) is left to the request's context.
+    async fn recorded(&self, volume_id: &str) -> CsiResult<Recorded> {
+        if let Some(record) = self.state().volumes.get(volume_id) {
+            return Ok(Recorded::Context(record.node_context.clone()));
+        }
+        let image = self.volumes.image_path(volume_id);
+        Ok(if image.exists() {
+            Recorded::Unknowable
+        } else {
+            Recorded::Missing
+        })
     }
 
     async fn attach_device(&self, volume_id: &str, _publish_context: &Map) -> CsiResult<PathBuf> {

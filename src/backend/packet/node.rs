@@ -239,6 +239,12 @@ impl NodeBackend for PacketNode {
         self.identity().map(|_| ())
     }
 
+    /// Packet volumes do not grow (the controller has no expansion), so
+    /// the node does not offer NodeExpandVolume either.
+    fn expands(&self) -> bool {
+        false
+    }
+
     async fn attach_device(&self, volume_id: &str, _publish_context: &Map) -> CsiResult<PathBuf> {
         // The alias follows from the id; the publish context (the earlier
         // driver's keys) adds nothing the metadata service does not say.
