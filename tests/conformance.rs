@@ -124,6 +124,15 @@ macro_rules! node_sections {
             stage_onto_a_foreign_mount_is_already_exists,
             mkfs_options_and_mount_flags_reach_the_filesystem,
             luks_without_key_or_dm_crypt_touches_nothing,
+            node_paths_outside_the_kubelet_dir_are_invalid,
+            publish_from_another_volumes_staging_is_refused,
+            unstage_while_published_is_failed_precondition,
+            foreign_mounts_are_never_unmounted,
+            second_publish_of_a_single_writer_volume_is_failed_precondition,
+            block_data_is_never_formatted,
+            luks_key_without_encryption_context_is_refused,
+            a_luks_device_is_never_formatted_in_plaintext,
+            node_input_errors_are_invalid_argument,
         ]);
         section!($backend, node_crash in crash: [
             crash_during_node_stage,
@@ -154,6 +163,9 @@ mod hostpath {
     section!(crate::harness::BackendUnderTest::hostpath, hostpath_node in node: [
         snapshot_of_a_mounted_volume_holds_unflushed_writes,
         expand_grows_read_only_block_views,
+        unknown_volumes_are_not_found_on_every_node_call,
+        encryption_comes_from_the_hostpath_record,
+        failed_stage_leaves_no_loop_device,
     ]);
     section!(crate::harness::BackendUnderTest::hostpath, node_snapshot_crash in crash: [
         crash_during_snapshot_of_a_mounted_volume,
@@ -186,6 +198,15 @@ mod civo {
         stage_onto_a_foreign_mount_is_already_exists,
         mkfs_options_and_mount_flags_reach_the_filesystem,
         luks_without_key_or_dm_crypt_touches_nothing,
+        node_paths_outside_the_kubelet_dir_are_invalid,
+        publish_from_another_volumes_staging_is_refused,
+        unstage_while_published_is_failed_precondition,
+        foreign_mounts_are_never_unmounted,
+        second_publish_of_a_single_writer_volume_is_failed_precondition,
+        block_data_is_never_formatted,
+        luks_key_without_encryption_context_is_refused,
+        a_luks_device_is_never_formatted_in_plaintext,
+        node_input_errors_are_invalid_argument,
     ]);
     section!(crate::harness::BackendUnderTest::civo, node_crash in crash: [
         crash_during_node_stage,

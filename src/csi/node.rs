@@ -205,6 +205,9 @@ impl Driver {
                 "volume {id} does not exist on this node: call NodeStageVolume first"
             )));
         };
+        if matches!(capability.access, Access::Mount { .. }) {
+            volume::require_staged(staging.clone(), owner.clone()).await?;
+        }
         if single_writer(&capability) {
             self.require_no_other_target(id, &owner, &staging, &target)
                 .await?;

@@ -491,29 +491,20 @@ pub async fn publish(
     }
     blocking::run(move || {
         let table = mount::mounts()?;
-        let bound = if block { Some(Owner::of(&source)?) } else { None };
+        let bound = if block {
+            Some(Owner::of(&source)?)
+        } else {
+            None
+        };
         let wanted = if let Some(bound) = &bound {
             bound.numbers()
         } else {
-            let staged = mount::lookup(&table, &source)?.ok_or_else(|| {
-                CsiError::FailedPrecondition(format!(
-                    "the volume is not staged at {}: call NodeStageVolume first",
-                    source.display()
-                ))
-            })?;
-            if !owner.holds_filesystem(&staged) {
-                return Err(CsiError::FailedPrecondition(format!(
-                    "staging_target_path {} holds {}, not this volume's device {}; nothing was published: pass the staging path this volume was staged at",
-                    source.display(),
-                    staged.source,
-                    owner.device().display()
-                )));
-            }
+            let staged = staged_at(&table, &source, &owner)?;
             (staged.major, staged.minor)
         };
         if let Some(entry) = mount::lookup(&table, &target)? {
-            let ours =
-                (entry.major, entry.minor) == wanted || bound.is_some_and(|b| b.is_bound_device(&entry));
+            let ours = (entry.major, entry.minor) == wanted
+                || bound.is_some_and(|b| b.is_bound_device(&entry));
             if !ours {
                 return Err(CsiError::AlreadyExists(format!(
                     "target_path {} already has {} mounted; unpublish it first",
@@ -557,6 +548,31 @@ fn create_target(target: &Path, block: bool) -> Result<(), HostError> {
             "the parent directory must exist and be writable",
         )
     })
+}
+
+/// The mount of the volume's filesystem at `staging`; anything else there
+/// (or nothing) is FAILED_PRECONDITION.
+fn staged_at(table: &[MountEntry], staging: &Path, owner: &Owner) -> CsiResult<MountEntry> {
+    let staged = mount::lookup(table, staging)?.ok_or_else(|| {
+        CsiError::FailedPrecondition(format!(
+            "the volume is not staged at {}: call NodeStageVolume first",
+            staging.display()
+        ))
+    })?;
+    if !owner.holds_filesystem(&staged) {
+        return Err(CsiError::FailedPrecondition(format!(
+            "staging_target_path {} holds {}, not this volume's device {}; nothing was published: pass the staging path this volume was staged at",
+            staging.display(),
+            staged.source,
+            owner.device().display()
+        )));
+    }
+    Ok(staged)
+}
+
+/// Checks that `staging` holds the volume's filesystem.
+pub async fn require_staged(staging: PathBuf, owner: Owner) -> CsiResult<()> {
+    blocking::run(move || staged_at(&mount::mounts()?, &staging, &owner).map(|_| ())).await
 }
 
 /// Unmounts the volume's mounts at `target` and removes the directory or

@@ -41,6 +41,13 @@ fn assert_no_leftovers(s: &Server) {
 pub async fn node_capabilities_and_info(b: BackendUnderTest) {
     let s = Server::start(&b).await;
     let adv = s.advertised().await;
+    // Expansion only where the backend grows volumes (packet's do not).
+    assert_eq!(
+        adv.node(NodeRpc::ExpandVolume),
+        b.node_rpcs.contains(&NodeRpc::ExpandVolume),
+        "EXPAND_VOLUME advertised: {:?}",
+        adv.node
+    );
     for rpc in &adv.node {
         assert!(
             NodeRpc::try_from(*rpc).is_ok_and(|r| r != NodeRpc::Unknown),
@@ -74,6 +81,9 @@ pub async fn node_capabilities_and_info(b: BackendUnderTest) {
 /// Missing required fields: INVALID_ARGUMENT for every node RPC.
 pub async fn node_missing_fields_are_invalid(b: BackendUnderTest) {
     let s = Server::start(&b).await;
+    // A backend that does not grow volumes answers UNIMPLEMENTED first.
+    let expands = s.advertised().await.node(NodeRpc::ExpandVolume);
+    let expand = |code: Code| if expands { code } else { Code::Unimplemented };
     let mut n = s.node();
     let ia = Code::InvalidArgument;
     let id = b.unknown_volume_id.to_string();
@@ -210,7 +220,7 @@ pub async fn node_missing_fields_are_invalid(b: BackendUnderTest) {
             ..Default::default()
         })
         .await,
-        ia,
+        expand(ia),
     );
     fails(
         "NodeExpandVolume without volume_path",
@@ -220,7 +230,7 @@ pub async fn node_missing_fields_are_invalid(b: BackendUnderTest) {
             ..Default::default()
         })
         .await,
-        ia,
+        expand(ia),
     );
     assert!(s.host_leftovers().is_empty());
 }
@@ -229,6 +239,9 @@ pub async fn node_missing_fields_are_invalid(b: BackendUnderTest) {
 /// created or mounted.
 pub async fn node_hostile_input_is_invalid(b: BackendUnderTest) {
     let s = Server::start(&b).await;
+    // A backend that does not grow volumes answers UNIMPLEMENTED first.
+    let expands = s.advertised().await.node(NodeRpc::ExpandVolume);
+    let expand = |code: Code| if expands { code } else { Code::Unimplemented };
     let mut n = s.node();
     let ia = Code::InvalidArgument;
     let staging = s.path_str("staging");
@@ -302,7 +315,7 @@ pub async fn node_hostile_input_is_invalid(b: BackendUnderTest) {
                 ..Default::default()
             })
             .await,
-            ia,
+            expand(ia),
         );
     }
     let id = b.unknown_volume_id.to_string();
@@ -386,7 +399,7 @@ pub async fn node_hostile_input_is_invalid(b: BackendUnderTest) {
                 ..Default::default()
             })
             .await,
-            ia,
+            expand(ia),
         );
     }
     assert!(!s.dir().join("escape").exists() && !Path::new("relative").exists());
@@ -398,6 +411,9 @@ pub async fn node_hostile_input_is_invalid(b: BackendUnderTest) {
 pub async fn node_unknown_volume_is_not_found(b: BackendUnderTest) {
     require_node(&b);
     let s = Server::start(&b).await;
+    // A backend that does not grow volumes answers UNIMPLEMENTED first.
+    let expands = s.advertised().await.node(NodeRpc::ExpandVolume);
+    let expand = |code: Code| if expands { code } else { Code::Unimplemented };
     let mut n = s.node();
     let staging = s.path_str("staging");
     std::fs::create_dir_all(&staging).unwrap();
@@ -448,7 +464,7 @@ pub async fn node_unknown_volume_is_not_found(b: BackendUnderTest) {
             ..Default::default()
         })
         .await,
-        Code::NotFound,
+        expand(Code::NotFound),
     );
     // Unpublish and unstage of what is not there are OK (and repeatable).
     for _ in 0..3 {
@@ -1804,7 +1820,7 @@ pub async fn expand_grows_read_only_block_views(b: BackendUnderTest) {
     require_node(&b);
     let s = Server::start(&b).await;
     let v = s
-        .node_volume("conf-ro-grow", b.sizes.small, block_cap())
+        .node_volume("conf-ro-grow", b.sizes.small, shared_block_cap())
         .await;
     s.stage(&v).await;
     let rw = s.path_str("grow-rw");
@@ -1856,5 +1872,651 @@ pub async fn expand_grows_read_only_block_views(b: BackendUnderTest) {
     s.unpublish(&v, &ro).await;
     s.unpublish(&v, &rw).await;
     s.teardown(&v).await;
+    assert_no_leftovers(&s);
+}
+
+/// A NodeVolume of the same volume, asked for with another capability.
+fn with_cap(v: &NodeVolume, cap: csi::VolumeCapability) -> NodeVolume {
+    NodeVolume {
+        volume: v.volume.clone(),
+        cap,
+        publish_context: v.publish_context.clone(),
+        staging: v.staging.clone(),
+    }
+}
+
+/// A mount capability with mount flags.
+fn mount_cap_with_flags(fs: &str, flags: &[&str]) -> csi::VolumeCapability {
+    use multicsi::csi::volume_capability::{AccessType, MountVolume};
+    capability(
+        AccessType::Mount(MountVolume {
+            fs_type: fs.into(),
+            mount_flags: flags.iter().map(|f| f.to_string()).collect(),
+            volume_mount_group: String::new(),
+        }),
+        csi::volume_capability::access_mode::Mode::SingleNodeWriter,
+    )
+}
+
+/// Writes `data` at `offset` of the volume through a raw block stage and
+/// publish, and undoes both.
+async fn write_through_block(s: &Server, v: &NodeVolume, offset: u64, data: &[u8]) {
+    let block = with_cap(v, block_cap());
+    s.stage(&block).await;
+    let target = s.path_str("writer-block");
+    s.publish(&block, &target, false).await;
+    {
+        let dev = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&target)
+            .unwrap();
+        dev.write_all_at(data, offset).unwrap();
+        dev.sync_all().unwrap();
+    }
+    s.unpublish(&block, &target).await;
+    s.unstage(&block).await;
+}
+
+/// Reads `len` bytes at `offset` of the volume through a raw block stage.
+async fn read_through_block(s: &Server, v: &NodeVolume, offset: u64, len: usize) -> Vec<u8> {
+    let block = with_cap(v, block_cap());
+    s.stage(&block).await;
+    let target = s.path_str("reader-block");
+    s.publish(&block, &target, false).await;
+    let mut back = vec![0u8; len];
+    std::fs::File::open(&target)
+        .unwrap()
+        .read_exact_at(&mut back, offset)
+        .unwrap();
+    s.unpublish(&block, &target).await;
+    s.unstage(&block).await;
+    back
+}
+
+/// Staging, target and volume paths outside the kubelet directory (here:
+/// the server's work/ directory) are INVALID_ARGUMENT naming the field,
+/// also when a root-owned symlink inside leads out; nothing is created or
+/// mounted there.
+pub async fn node_paths_outside_the_kubelet_dir_are_invalid(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let v = s
+        .node_volume("conf-confined", b.fs_bytes("ext4"), mount_cap("ext4"))
+        .await;
+    let attached = s.host_leftovers();
+    let outside = s.dir().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    // A link the node's root made, leading out of the kubelet directory.
+    let escape = s.path("escape");
+    std::os::unix::fs::symlink(&outside, &escape).unwrap();
+    let ia = Code::InvalidArgument;
+    for (how, staging) in [
+        ("outside", outside.join("staging")),
+        ("through a link out", escape.join("staging")),
+    ] {
+        let mut r = s.stage_request(&v);
+        r.staging_target_path = staging.display().to_string();
+        let status = fails(
+            &format!("NodeStageVolume {how} the kubelet dir"),
+            s.node().node_stage_volume(r).await,
+            ia,
+        );
+        assert!(
+            status.message().contains("staging_target_path")
+                && status.message().contains("kubelet"),
+            "{}",
+            status.message()
+        );
+        assert!(!outside.join("staging").exists(), "created outside");
+        assert_eq!(s.host_leftovers(), attached, "something was attached");
+    }
+    s.stage(&v).await;
+    for (how, target) in [
+        ("outside", outside.join("target")),
+        ("through a link out", escape.join("target")),
+    ] {
+        let target = target.display().to_string();
+        let status = fails(
+            &format!("NodePublishVolume {how} the kubelet dir"),
+            s.node()
+                .node_publish_volume(s.publish_request(&v, &target, false))
+                .await,
+            ia,
+        );
+        assert!(
+            status.message().contains("target_path"),
+            "{}",
+            status.message()
+        );
+        assert!(!outside.join("target").exists(), "created outside");
+    }
+    // A foreign mount outside: unpublish there is refused, the mount stays.
+    let foreign = outside.join("foreign");
+    mount_foreign(&foreign, "tmpfs-outside-kubelet");
+    fails(
+        "NodeUnpublishVolume outside the kubelet dir",
+        s.node()
+            .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+                volume_id: v.volume.volume_id.clone(),
+                target_path: foreign.display().to_string(),
+            })
+            .await,
+        ia,
+    );
+    assert!(mount_at(&foreign).is_some(), "unmounted outside");
+    unmount_foreign(&foreign);
+    fails(
+        "NodeGetVolumeStats outside the kubelet dir",
+        s.node()
+            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_id: v.volume.volume_id.clone(),
+                volume_path: outside.display().to_string(),
+                ..Default::default()
+            })
+            .await,
+        ia,
+    );
+    fails(
+        "NodeUnstageVolume outside the kubelet dir",
+        s.node()
+            .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+                volume_id: v.volume.volume_id.clone(),
+                staging_target_path: "/etc".into(),
+            })
+            .await,
+        ia,
+    );
+    s.teardown(&v).await;
+    assert_no_leftovers(&s);
+}
+
+/// A publish whose staging path holds another volume is refused and
+/// mounts nothing.
+pub async fn publish_from_another_volumes_staging_is_refused(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let size = b.fs_bytes("ext4");
+    let mine = s.node_volume("conf-mine", size, mount_cap("ext4")).await;
+    let theirs = s.node_volume("conf-theirs", size, mount_cap("ext4")).await;
+    s.stage(&mine).await;
+    s.stage(&theirs).await;
+    write_durably(&Path::new(&theirs.staging).join("theirs"), b"private").unwrap();
+    let target = s.path_str("stolen");
+    let mut r = s.publish_request(&mine, &target, false);
+    r.staging_target_path = theirs.staging.clone();
+    let status = fails(
+        "NodePublishVolume from another volume's staging path",
+        s.node().node_publish_volume(r).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        status.message().contains("staging_target_path"),
+        "{}",
+        status.message()
+    );
+    assert!(mount_at(Path::new(&target)).is_none(), "published");
+    s.teardown(&mine).await;
+    s.teardown(&theirs).await;
+    assert_no_leftovers(&s);
+}
+
+/// NodeUnstage while a target still has the volume is FAILED_PRECONDITION
+/// and leaves both mounts; after the unpublish it succeeds.
+pub async fn unstage_while_published_is_failed_precondition(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let v = s
+        .node_volume("conf-busy", b.fs_bytes("ext4"), mount_cap("ext4"))
+        .await;
+    s.stage(&v).await;
+    let target = s.path_str("busy-target");
+    s.publish(&v, &target, false).await;
+    let status = fails(
+        "NodeUnstageVolume while published",
+        s.node()
+            .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+                volume_id: v.volume.volume_id.clone(),
+                staging_target_path: v.staging.clone(),
+            })
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(status.message().contains(&target), "{}", status.message());
+    assert!(mount_at(Path::new(&v.staging)).is_some(), "unstaged");
+    write_durably(&Path::new(&target).join("still"), b"here").unwrap();
+    s.unpublish(&v, &target).await;
+    s.teardown(&v).await;
+    assert_no_leftovers(&s);
+}
+
+/// Unpublish and unstage never unmount what is not the volume's: a
+/// foreign mount at the target or staging path is FAILED_PRECONDITION and
+/// stays, whether the volume is staged or not.
+pub async fn foreign_mounts_are_never_unmounted(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let v = s
+        .node_volume("conf-not-mine", b.fs_bytes("ext4"), mount_cap("ext4"))
+        .await;
+    let target = s.path("someone-elses-target");
+    let staging = s.path("someone-elses-staging");
+    mount_foreign(&target, "tmpfs-target-of-another");
+    mount_foreign(&staging, "tmpfs-staging-of-another");
+    for staged in [false, true] {
+        if staged {
+            s.stage(&v).await;
+        }
+        let status = fails(
+            &format!("NodeUnpublishVolume of a foreign mount (staged: {staged})"),
+            s.node()
+                .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+                    volume_id: v.volume.volume_id.clone(),
+                    target_path: target.display().to_string(),
+                })
+                .await,
+            Code::FailedPrecondition,
+        );
+        assert!(
+            status.message().contains("tmpfs-target-of-another"),
+            "{}",
+            status.message()
+        );
+        fails(
+            &format!("NodeUnstageVolume of a foreign mount (staged: {staged})"),
+            s.node()
+                .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+                    volume_id: v.volume.volume_id.clone(),
+                    staging_target_path: staging.display().to_string(),
+                })
+                .await,
+            Code::FailedPrecondition,
+        );
+        for at in [&target, &staging] {
+            assert_eq!(mount_count(at), 1, "{} was unmounted", at.display());
+            assert_eq!(
+                std::fs::read(at.join("foreign")).unwrap(),
+                b"not the volume"
+            );
+        }
+    }
+    unmount_foreign(&target);
+    unmount_foreign(&staging);
+    s.teardown(&v).await;
+    assert_no_leftovers(&s);
+}
+
+/// A SINGLE_NODE_WRITER or SINGLE_NODE_SINGLE_WRITER volume published at
+/// one target: a publish at a second target is FAILED_PRECONDITION and
+/// mounts nothing; the first target stays idempotent.
+pub async fn second_publish_of_a_single_writer_volume_is_failed_precondition(b: BackendUnderTest) {
+    use csi::volume_capability::access_mode::Mode;
+    require_node(&b);
+    let s = Server::start(&b).await;
+    for (n, mode) in [Mode::SingleNodeWriter, Mode::SingleNodeSingleWriter]
+        .into_iter()
+        .enumerate()
+    {
+        let cap = capability(mount_access("ext4"), mode);
+        let v = s
+            .node_volume(&format!("conf-single-{n}"), b.fs_bytes("ext4"), cap)
+            .await;
+        s.stage(&v).await;
+        let first = s.path_str(&format!("single-{n}-first"));
+        let second = s.path_str(&format!("single-{n}-second"));
+        s.publish(&v, &first, false).await;
+        let status = fails(
+            &format!("a second NodePublishVolume of a {mode:?} volume"),
+            s.node()
+                .node_publish_volume(s.publish_request(&v, &second, false))
+                .await,
+            Code::FailedPrecondition,
+        );
+        assert!(status.message().contains(&first), "{}", status.message());
+        assert!(mount_at(Path::new(&second)).is_none(), "published twice");
+        s.publish(&v, &first, false).await;
+        s.unpublish(&v, &first).await;
+        s.publish(&v, &second, false).await;
+        s.unpublish(&v, &second).await;
+        s.teardown(&v).await;
+    }
+    assert_no_leftovers(&s);
+}
+
+/// A volume written as raw block (data in its first MiB, no signature) is
+/// never formatted by a filesystem stage: FAILED_PRECONDITION, the data
+/// stays and nothing is left attached by the refused stage.
+pub async fn block_data_is_never_formatted(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let v = s
+        .node_volume("conf-raw-data", b.fs_bytes("ext4"), block_cap())
+        .await;
+    let attached = s.host_leftovers();
+    let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8 + 1).collect();
+    write_through_block(&s, &v, 4096, &data).await;
+    let status = fails(
+        "NodeStageVolume as a filesystem of a volume with raw data",
+        s.node()
+            .node_stage_volume(s.stage_request(&with_cap(&v, mount_cap("ext4"))))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(!status.message().is_empty(), "the refusal must say why");
+    assert!(mount_at(Path::new(&v.staging)).is_none(), "mounted");
+    assert_eq!(
+        s.host_leftovers(),
+        attached,
+        "the refused stage left a device"
+    );
+    assert_eq!(
+        read_through_block(&s, &v, 4096, data.len()).await,
+        data,
+        "the raw data was overwritten"
+    );
+    s.teardown(&v).await;
+    assert_no_leftovers(&s);
+}
+
+/// A `luksKey` in the node-stage secrets with a volume context that lacks
+/// the encryption settings is INVALID_ARGUMENT, and nothing is formatted
+/// or attached.
+pub async fn luks_key_without_encryption_context_is_refused(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let v = s
+        .node_volume("conf-key-no-context", b.fs_bytes("ext4"), mount_cap("ext4"))
+        .await;
+    let attached = s.host_leftovers();
+    let mut r = s.stage_request(&v);
+    r.secrets = params(&[("luksKey", "conformance-key-no-context")]);
+    let status = fails(
+        "NodeStageVolume with luksKey but no encryption context",
+        s.node().node_stage_volume(r).await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        status.message().contains("encryption"),
+        "{}",
+        status.message()
+    );
+    assert!(mount_at(Path::new(&v.staging)).is_none(), "mounted");
+    assert_eq!(s.host_leftovers(), attached, "something was attached");
+    // Nothing was formatted: the volume still reads as zeros.
+    assert!(
+        read_through_block(&s, &v, 0, 64 << 10)
+            .await
+            .iter()
+            .all(|b| *b == 0),
+        "the volume was formatted in plaintext"
+    );
+    s.teardown(&v).await;
+    assert_no_leftovers(&s);
+}
+
+/// A LUKS1 header (as blkid recognises it) of 208 bytes.
+fn luks_header() -> Vec<u8> {
+    let mut h = b"LUKS\xba\xbe".to_vec();
+    h.extend_from_slice(&1u16.to_be_bytes());
+    for (text, len) in [("aes", 32), ("xts-plain64", 32), ("sha256", 32)] {
+        let mut field = text.as_bytes().to_vec();
+        field.resize(len, 0);
+        h.extend(field);
+    }
+    h.extend_from_slice(&4096u32.to_be_bytes());
+    h.extend_from_slice(&64u32.to_be_bytes());
+    h.extend([0x11; 20]);
+    h.extend([0x22; 32]);
+    h.extend_from_slice(&1000u32.to_be_bytes());
+    let mut uuid = b"6f1c2f5e-0000-4000-8000-000000000001".to_vec();
+    uuid.resize(40, 0);
+    h.extend(uuid);
+    h
+}
+
+/// A device that carries a LUKS header is never formatted or mounted in
+/// plaintext by a stage without encryption context; the refusal comes
+/// before any device-mapper call.
+pub async fn a_luks_device_is_never_formatted_in_plaintext(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let v = s
+        .node_volume("conf-luks-header", b.fs_bytes("ext4"), mount_cap("ext4"))
+        .await;
+    let header = luks_header();
+    write_through_block(&s, &v, 0, &header).await;
+    let attached = s.host_leftovers();
+    let status = fails(
+        "NodeStageVolume without encryption of a LUKS device",
+        s.node().node_stage_volume(s.stage_request(&v)).await,
+        Code::FailedPrecondition,
+    );
+    assert!(status.message().contains("LUKS"), "{}", status.message());
+    assert_eq!(s.host_leftovers(), attached);
+    assert_eq!(
+        read_through_block(&s, &v, 0, header.len()).await,
+        header,
+        "the LUKS header was overwritten"
+    );
+    s.teardown(&v).await;
+    assert_no_leftovers(&s);
+}
+
+/// Input errors are INVALID_ARGUMENT naming the field, and touch nothing:
+/// mount flags the filesystem refuses or that change the kind of mount, a
+/// target that is a file where a directory is needed (and the reverse), a
+/// missing parent, an over-long name.
+pub async fn node_input_errors_are_invalid_argument(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let v = s
+        .node_volume("conf-input", b.fs_bytes("ext4"), mount_cap("ext4"))
+        .await;
+    let attached = s.host_leftovers();
+    let ia = Code::InvalidArgument;
+    for flags in [&["bind"][..], &["no_such_ext4_option_xyz"][..]] {
+        let status = fails(
+            &format!("NodeStageVolume with mount flags {flags:?}"),
+            s.node()
+                .node_stage_volume(
+                    s.stage_request(&with_cap(&v, mount_cap_with_flags("ext4", flags))),
+                )
+                .await,
+            ia,
+        );
+        assert!(
+            status.message().contains("mount_flags"),
+            "{}",
+            status.message()
+        );
+        assert!(mount_at(Path::new(&v.staging)).is_none(), "mounted");
+        assert_eq!(s.host_leftovers(), attached, "a failed stage left a device");
+    }
+    let file = s.path("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let mut r = s.stage_request(&v);
+    r.staging_target_path = file.display().to_string();
+    let status = fails(
+        "NodeStageVolume at a file",
+        s.node().node_stage_volume(r).await,
+        ia,
+    );
+    assert!(
+        status.message().contains("staging_target_path"),
+        "{}",
+        status.message()
+    );
+    let mut r = s.stage_request(&v);
+    r.staging_target_path = s.path("no/such/parent/staging").display().to_string();
+    let status = fails(
+        "NodeStageVolume without a parent directory",
+        s.node().node_stage_volume(r).await,
+        ia,
+    );
+    assert!(status.message().contains("parent"), "{}", status.message());
+    let mut r = s.stage_request(&v);
+    r.staging_target_path = s.path(&"n".repeat(300)).display().to_string();
+    let status = fails(
+        "NodeStageVolume with a name over 255 bytes",
+        s.node().node_stage_volume(r).await,
+        ia,
+    );
+    assert!(status.message().contains("255"), "{}", status.message());
+    assert_eq!(s.host_leftovers(), attached);
+
+    s.stage(&v).await;
+    let status = fails(
+        "NodePublishVolume of a filesystem at a file",
+        s.node()
+            .node_publish_volume(s.publish_request(&v, &file.display().to_string(), false))
+            .await,
+        ia,
+    );
+    assert!(
+        status.message().contains("target_path"),
+        "{}",
+        status.message()
+    );
+    let status = fails(
+        "NodePublishVolume without a parent directory",
+        s.node()
+            .node_publish_volume(s.publish_request(&v, &s.path_str("gone/target"), false))
+            .await,
+        ia,
+    );
+    assert!(status.message().contains("parent"), "{}", status.message());
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    s.teardown(&v).await;
+    assert_no_leftovers(&s);
+}
+
+/// Every node call on a volume that does not exist is NOT_FOUND, before
+/// its paths are looked at: a foreign mount at the target or staging path
+/// stays, and no path is created.
+pub async fn unknown_volumes_are_not_found_on_every_node_call(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let mut n = s.node();
+    let id = b.unknown_volume_id.to_string();
+    let target = s.path("foreign-target");
+    let staging = s.path("foreign-staging");
+    mount_foreign(&target, "tmpfs-foreign-target");
+    mount_foreign(&staging, "tmpfs-foreign-staging");
+    let nf = Code::NotFound;
+    let (target_s, staging_s) = (target.display().to_string(), staging.display().to_string());
+    fails(
+        "NodeUnpublishVolume of an unknown volume",
+        n.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            target_path: target_s.clone(),
+        })
+        .await,
+        nf,
+    );
+    fails(
+        "NodeUnstageVolume of an unknown volume",
+        n.node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: staging_s.clone(),
+        })
+        .await,
+        nf,
+    );
+    fails(
+        "NodeGetVolumeStats of an unknown volume",
+        n.node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: target_s.clone(),
+            ..Default::default()
+        })
+        .await,
+        nf,
+    );
+    // Outside the kubelet directory too: the volume is looked up first.
+    fails(
+        "NodeStageVolume of an unknown volume outside the kubelet dir",
+        n.node_stage_volume(csi::NodeStageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: "/etc/never".into(),
+            volume_capability: Some(mount_cap("ext4")),
+            ..Default::default()
+        })
+        .await,
+        nf,
+    );
+    assert!(!Path::new("/etc/never").exists());
+    for at in [&target, &staging] {
+        assert_eq!(mount_count(at), 1, "{} was unmounted", at.display());
+        unmount_foreign(at);
+    }
+    assert_no_leftovers(&s);
+}
+
+/// hostpath keeps each volume's encryption in its own record: a stage
+/// without the volume context (and without a key) is refused as an
+/// encrypted volume's, and nothing is formatted in plaintext.
+pub async fn encryption_comes_from_the_hostpath_record(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let cap = mount_cap("ext4");
+    let mut request = create_request("conf-luks-record", b.fs_bytes("ext4"), cap.clone());
+    request.parameters = params(&[("multicsi.io/luks-encrypted", "true")]);
+    let volume = s.create_with(request).await;
+    let mut v = s.attach(volume, cap, "conf-luks-record").await;
+    v.volume.volume_context.clear();
+    let status = fails(
+        "NodeStageVolume of an encrypted volume without its context",
+        s.node().node_stage_volume(s.stage_request(&v)).await,
+        Code::InvalidArgument,
+    );
+    assert!(status.message().contains("luksKey"), "{}", status.message());
+    assert!(
+        mount_at(Path::new(&v.staging)).is_none(),
+        "mounted in plaintext"
+    );
+    let image = s
+        .dir()
+        .join(format!("state/volumes/{}.img", v.volume.volume_id));
+    let mut head = vec![0u8; 1 << 20];
+    std::fs::File::open(&image)
+        .unwrap()
+        .read_exact_at(&mut head, 0)
+        .unwrap();
+    assert!(head.iter().all(|b| *b == 0), "the image was formatted");
+    s.teardown(&v).await;
+    assert_no_leftovers(&s);
+}
+
+/// A stage that fails at the mount (a mount option ext4 refuses) or at
+/// mkfs (xfs on a volume too small for it) leaves no loop device on the
+/// image (`losetup -j`), and DeleteVolume then succeeds.
+pub async fn failed_stage_leaves_no_loop_device(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    for (n, (what, cap, code)) in [
+        (
+            "a mount option ext4 refuses",
+            mount_cap_with_flags("ext4", &["no_such_ext4_option_xyz"]),
+            Code::InvalidArgument,
+        ),
+        ("mkfs.xfs on 8 MiB", mount_cap("xfs"), Code::Internal),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let v = s
+            .node_volume(&format!("conf-leak-{n}"), b.sizes.small, mount_cap("ext4"))
+            .await;
+        let image = s
+            .dir()
+            .join(format!("state/volumes/{}.img", v.volume.volume_id));
+        let r = s.stage_request(&with_cap(&v, cap));
+        let status = s.node().node_stage_volume(r).await.unwrap_err();
+        assert_eq!(status.code(), code, "{what}: {}", status.message());
+        let loops = tool_stdout("losetup", &["-j", &image.display().to_string()]);
+        assert_eq!(loops.trim(), "", "{what}: a loop device stayed attached");
+        assert!(mount_at(Path::new(&v.staging)).is_none());
+        s.controller_unpublish(&v.volume.volume_id).await;
+        s.delete(&v.volume.volume_id).await;
+    }
     assert_no_leftovers(&s);
 }

@@ -172,14 +172,23 @@ async fn lifecycle_with_secrets(b: BackendUnderTest, format: &'static str) {
         secrets: node_secrets.clone(),
         volume_context: volume.volume_context.clone(),
     };
-    ok(
-        "NodeStageVolume with a LUKS key",
+    // The volume is not encrypted: a LUKS key with it is refused (and
+    // kept out of the error).
+    fails(
+        "NodeStageVolume of a plain volume with a LUKS key",
         n.node_stage_volume(stage.clone()).await,
+        Code::InvalidArgument,
     );
-    let mut unknown = stage.clone();
+    let mut plain = stage.clone();
+    plain.secrets.remove("luksKey");
+    ok(
+        "NodeStageVolume with secrets",
+        n.node_stage_volume(plain.clone()).await,
+    );
+    let mut unknown = plain;
     unknown.volume_id = b.unknown_volume_id.into();
     fails(
-        "NodeStageVolume of an unknown volume with a LUKS key",
+        "NodeStageVolume of an unknown volume with secrets",
         n.node_stage_volume(unknown).await,
         Code::NotFound,
     );
