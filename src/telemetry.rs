@@ -2,9 +2,13 @@
 //! an RPC carries its spans: `request` (request id, node id) and the RPC's own
 //! span (named after the method, with the volume id).
 
+use std::borrow::Cow;
 use std::io::IsTerminal;
 
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::filter::{Targets, filter_fn};
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, fmt};
@@ -38,7 +42,7 @@ pub fn init(format: Option<LogFormat>, level: &str) {
             .with_span_list(true)
             .with_filter(filter)
             .boxed(),
-        LogFormat::Text => output.with_filter(filter).boxed(),
+        LogFormat::Text => output.fmt_fields(EscapedFields).with_filter(filter).boxed(),
     };
     let _ = tracing_subscriber::registry()
         .with(output)
@@ -54,3 +58,84 @@ pub fn init(format: Option<LogFormat>, level: &str) {
 struct RpcSpans;
 
 impl<S: tracing::Subscriber> Layer<S> for RpcSpans {}
+
+/// Fields of text logs as the default formatter writes them, with control
+/// characters escaped (`\n`, `\u{1b}`): a request field (a volume name
+/// with a newline) cannot end its line and forge another. JSON logs escape
+/// by their format.
+pub struct EscapedFields;
+
+impl<'writer> FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut plain = String::new();
+        DefaultFields::new().format_fields(Writer::new(&mut plain), fields)?;
+        writer.write_str(&escape_controls(&plain))
+    }
+}
+
+/// `text` with every control character written as its escape.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    Cow::Owned(escaped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn control_characters_in_fields_cannot_forge_a_line() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            fmt::layer()
+                .with_ansi(false)
+                .fmt_fields(EscapedFields)
+                .with_writer(move || writer.clone()),
+        );
+        let name = "pvc-1\n2026-01-01T00:00:00Z  INFO forged: volume deleted\u{1b}[2J";
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("CreateVolume", volume_name = %name);
+            let _entered = span.enter();
+            tracing::info!(error = %format!("bad name {name}"), "failed");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(text.contains("pvc-1\\n2026-01-01"), "{text}");
+    }
+
+    #[test]
+    fn plain_text_is_kept() {
+        assert!(matches!(escape_controls("plain text"), Cow::Borrowed(_)));
+        assert_eq!(escape_controls("a\tb\r"), "a\\tb\\r");
+    }
+}

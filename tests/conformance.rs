@@ -91,6 +91,9 @@ macro_rules! api_sections {
         section!($backend, crash: [
             crash_during_create_volume,
         ]);
+        section!($backend, logs in observability: [
+            control_characters_cannot_forge_log_lines,
+        ]);
     };
 }
 

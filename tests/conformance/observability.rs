@@ -346,3 +346,47 @@ async fn lifecycle_with_secrets(b: BackendUnderTest, format: &'static str) {
     let (health, _) = http_get(metrics, "/healthz");
     assert!(health.contains(" 200 "), "/healthz: {health}");
 }
+
+/// A request field with control characters (a volume name or id with a
+/// newline and an escape sequence) cannot forge a line of the text log:
+/// the driver's log keeps it on the request's own line, escaped.
+pub async fn control_characters_cannot_forge_log_lines(b: BackendUnderTest) {
+    let s = Server::start(&b).await;
+    let forged = "2026-01-01T00:00:00.000000Z  INFO forged: volume deleted";
+    let hostile = format!("pvc-1\n{forged}\u{1b}[2J");
+    fails(
+        "CreateVolume with a newline in the name",
+        s.controller()
+            .create_volume(csi::CreateVolumeRequest {
+                name: hostile.clone(),
+                capacity_range: range(b.sizes.small, 0),
+                volume_capabilities: vec![mount_cap("ext4")],
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    fails(
+        "NodeUnpublishVolume with a newline in the volume id",
+        s.node()
+            .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+                volume_id: hostile.clone(),
+                target_path: s.path_str("target"),
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    let log = s.log_tail(10_000);
+    assert!(
+        log.lines().all(|line| !line.starts_with(forged)),
+        "a request forged a log line:\n{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "an escape sequence reached the log"
+    );
+    assert!(
+        log.contains("pvc-1\\n2026-01-01"),
+        "the hostile name is not in the log, escaped:\n{log}"
+    );
+}
