@@ -580,3 +580,88 @@ fn single_writer(capability: &validate::Capability) -> bool {
         Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::volume_capability::access_mode::Mode;
+
+    fn capability(access: Access, mode: Mode) -> validate::Capability {
+        validate::Capability { access, mode }
+    }
+
+    fn mount() -> Access {
+        Access::Mount {
+            fs_type: "ext4".into(),
+            flags: vec![],
+        }
+    }
+
+    #[test]
+    fn a_volume_is_used_only_as_it_was_made() {
+        let block = Map::from([(ACCESS_TYPE_KEY.to_string(), "block".to_string())]);
+        let err =
+            require_made_as("v", &block, &capability(mount(), Mode::SingleNodeWriter)).unwrap_err();
+        assert!(
+            matches!(&err, CsiError::FailedPrecondition(m) if m.contains("created for block access")),
+            "{err:?}"
+        );
+        require_made_as(
+            "v",
+            &block,
+            &capability(Access::Block, Mode::SingleNodeWriter),
+        )
+        .unwrap();
+        // Volumes made before the access type was recorded: no refusal.
+        require_made_as(
+            "v",
+            &Map::new(),
+            &capability(mount(), Mode::SingleNodeWriter),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_backends_record_wins_over_the_request() {
+        let request = std::collections::HashMap::from([("k".to_string(), "request".to_string())]);
+        let recorded = Map::from([("k".to_string(), "record".to_string())]);
+        assert_eq!(
+            volume_context(Recorded::Context(recorded.clone()), &request),
+            recorded
+        );
+        assert_eq!(
+            volume_context(Recorded::Unknowable, &request)["k"],
+            "request"
+        );
+    }
+
+    #[test]
+    fn only_single_writer_modes_limit_publishes() {
+        assert!(single_writer(&capability(mount(), Mode::SingleNodeWriter)));
+        assert!(single_writer(&capability(
+            mount(),
+            Mode::SingleNodeSingleWriter
+        )));
+        assert!(!single_writer(&capability(
+            mount(),
+            Mode::SingleNodeMultiWriter
+        )));
+        assert!(!single_writer(&capability(
+            mount(),
+            Mode::MultiNodeReaderOnly
+        )));
+    }
+
+    #[test]
+    fn mount_flags_that_change_the_mount_are_invalid_with_the_field() {
+        let flags = Access::Mount {
+            fs_type: "ext4".into(),
+            flags: vec!["rbind".into()],
+        };
+        let err = check_mount_flags(&capability(flags, Mode::SingleNodeWriter)).unwrap_err();
+        assert!(
+            matches!(&err, CsiError::InvalidArgument(m) if m.contains("mount_flags")),
+            "{err:?}"
+        );
+    }
+}

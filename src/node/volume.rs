@@ -521,8 +521,15 @@ pub async fn publish(
             }
             return Ok(());
         }
+        let made = !target.exists();
         create_target(&target, block)?;
-        Ok(mount::bind(&source, &target, read_only, &flags)?)
+        mount::bind(&source, &target, read_only, &flags).map_err(|e| {
+            // Undo the target this call made, so a failed publish leaves nothing.
+            if made {
+                let _ = std::fs::remove_dir(&target).or_else(|_| std::fs::remove_file(&target));
+            }
+            CsiError::from(e)
+        })
     })
     .await
 }
