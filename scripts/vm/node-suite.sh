@@ -356,6 +356,21 @@ no_filesystem_over_a_partition_table_or_luks() {
     unstage sig && remove_volume sig
 }
 
+failed_encrypted_stage_leaves_nothing() {
+    # A stage that fails after the LUKS format and open (a mount option ext4
+    # refuses) closes the mapping and detaches the loop device it made.
+    new_volume undo 64Mi "--fs ext4" --param multicsi.io/luks-encrypted=true || return
+    local ctx
+    mapfile -t ctx < <(context_args undo)
+    mkdir -p "$(staging undo)"
+    expect_error InvalidArgument cli node stage "$(vol_id undo)" --staging "$(staging undo)" \
+        --fs ext4 --mount-flag no_such_ext4_option "${ctx[@]}" --secret-file "luksKey=$KEYFILE" || return
+    [[ ! -e $(mapping undo) ]] || { fail "the mapping of the failed stage is still open"; return 1; }
+    [[ -z $(loop_of undo) ]] || { fail "the loop device of the failed stage is still attached"; return 1; }
+    cryptsetup isLuks "$(image undo)" || { fail "no LUKS header was written"; return 1; }
+    remove_volume undo
+}
+
 stale_mapping_is_replaced_or_refused() {
     new_volume stale 64Mi "--fs ext4" --param multicsi.io/luks-encrypted=true || return
     # Another device opened under the volume's mapping name.
@@ -442,6 +457,7 @@ check "ext4 and xfs without LUKS: stage, publish, grow, restage" plain_ext4_and_
 check "a LUKS format cut off half way (marker left) is done again" cut_off_format_is_redone
 check "an encrypted volume is never formatted over an existing filesystem" no_luks_over_a_filesystem
 check "a plain volume over a partition table or a LUKS header is refused, kept" no_filesystem_over_a_partition_table_or_luks
+check "a failed encrypted stage closes its mapping and detaches its loop device" failed_encrypted_stage_leaves_nothing
 check "a stale mapping of the same name is refused in use, replaced when unused" stale_mapping_is_replaced_or_refused
 check "the key is in no log, argv, environment or state file" key_never_leaks
 check "default key derivation (argon2id 64 MiB, 4 iterations) and driver memory" default_pbkdf_fits_a_small_memory_limit

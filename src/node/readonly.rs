@@ -40,9 +40,11 @@ pub fn view_at(target: &Path) -> Result<Option<PathBuf>> {
 
 /// Whether `entry` binds a read-only view of `device`.
 pub fn is_view_of(entry: &mount::MountEntry, device: &Path) -> bool {
+    // A device given by a link (/dev/disk/by-id/...) shows as its target.
+    let real = |path: PathBuf| std::fs::canonicalize(&path).unwrap_or(path);
     bound_device(entry).is_some_and(|view| {
         loopdev::is_read_only_loop(&view)
-            && loopdev::backing_file(&view).is_some_and(|b| b == view_source(device))
+            && loopdev::backing_file(&view).is_some_and(|b| real(b) == real(view_source(device)))
     })
 }
 
