@@ -98,6 +98,7 @@ impl Driver {
             .attach_device(id, &to_map(&r.publish_context))
             .await?;
         let markers = self.settings.state_dir.join("node");
+        let mkfs_marker = markers.join(format!("{id}.mkfs"));
         if let Some((settings, key)) = encryption {
             device = volume::open_encrypted(
                 device,
@@ -106,11 +107,11 @@ impl Driver {
                 settings,
                 self.settings.luks_pbkdf,
                 markers.join(format!("{id}.luks-format")),
+                mkfs_marker.clone(),
             )
             .await?;
         }
-        let marker = markers.join(format!("{id}.mkfs"));
-        volume::stage_filesystem(device, staging, capability, context, marker).await
+        volume::stage_filesystem(device, staging, capability, context, mkfs_marker).await
     }
 
     async fn node_unstage(

@@ -109,19 +109,60 @@ pub const BLANK_CHECK_BYTES: u64 = 1 << 20;
 /// The offset of the first byte that is not zero in the first or last
 /// [`BLANK_CHECK_BYTES`] of `device`; `None` when both read all zero. Data
 /// that no signature names (a raw block volume's) shows here.
+///
+/// A device-mapper device over one other device (a LUKS mapping, a
+/// multipath map) is judged by what it is made of: a mapping that was
+/// never written reads as noise through dm-crypt, but its ciphertext on the
+/// device below is still zero. Its data starts where the mapping's size,
+/// counted from the end, begins.
 pub fn data_at_ends(device: &Path) -> Result<Option<u64>> {
+    let size = device_bytes(device)?;
+    match single_slave(device) {
+        Some(below) => {
+            let below_size = device_bytes(&below)?;
+            let start = below_size.saturating_sub(size);
+            Ok(data_in_ends(&below, start, below_size)?.map(|at| at - start))
+        }
+        None => data_in_ends(device, 0, size),
+    }
+}
+
+fn device_bytes(device: &Path) -> Result<u64> {
     use std::io::{Seek, SeekFrom};
+    File::open(device)
+        .and_then(|mut f| f.seek(SeekFrom::End(0)))
+        .map_err(|e| HostError::os("read the size of", device, e, "check the device and dmesg"))
+}
+
+/// The one device below a device-mapper device, if it has exactly one.
+fn single_slave(device: &Path) -> Option<PathBuf> {
+    let name = std::fs::canonicalize(device)
+        .ok()?
+        .file_name()?
+        .to_os_string();
+    let mut slaves = std::fs::read_dir(Path::new("/sys/class/block").join(name).join("slaves"))
+        .ok()?
+        .flatten();
+    let first = slaves.next()?;
+    slaves
+        .next()
+        .is_none()
+        .then(|| Path::new("/dev").join(first.file_name()))
+}
+
+/// The first byte that is not zero in `[start, start + 1 MiB)` or the last
+/// MiB before `end` of `device`.
+fn data_in_ends(device: &Path, start: u64, end: u64) -> Result<Option<u64>> {
     use std::os::unix::fs::FileExt;
     let fail = |e| HostError::os("read", device, e, "check the device and dmesg");
-    let mut file = File::open(device).map_err(fail)?;
-    let size = file.seek(SeekFrom::End(0)).map_err(fail)?;
-    let head = BLANK_CHECK_BYTES.min(size);
-    let tail = size.saturating_sub(BLANK_CHECK_BYTES).max(head);
+    let file = File::open(device).map_err(fail)?;
+    let head = (start + BLANK_CHECK_BYTES).min(end);
+    let tail = end.saturating_sub(BLANK_CHECK_BYTES).max(head);
     let mut buffer = vec![0u8; 64 << 10];
-    for (start, end) in [(0, head), (tail, size)] {
-        let mut at = start;
-        while at < end {
-            let len = (end - at).min(buffer.len() as u64) as usize;
+    for (from, to) in [(start, head), (tail, end)] {
+        let mut at = from;
+        while at < to {
+            let len = (to - at).min(buffer.len() as u64) as usize;
             file.read_exact_at(&mut buffer[..len], at).map_err(fail)?;
             if let Some(i) = buffer[..len].iter().position(|b| *b != 0) {
                 return Ok(Some(at + i as u64));

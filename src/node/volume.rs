@@ -98,7 +98,14 @@ pub async fn stage_filesystem(
 ) -> CsiResult<()> {
     require_block_device(&device)?;
     let Access::Mount { fs_type, flags } = &capability.access else {
-        return Ok(());
+        // Handed out as a raw device: from now on it may hold data.
+        return blocking::run(move || {
+            if mkfs_marker.exists() {
+                set_marker(&mkfs_marker, false)?;
+            }
+            Ok(())
+        })
+        .await;
     };
     let options = mkfs_options(context)?;
     options
@@ -300,6 +307,10 @@ pub fn luks_key(secrets: &std::collections::HashMap<String, String>) -> CsiResul
 ///
 /// `marker` exists (durably) while the header is being written, so that a
 /// format cut off half way is done again rather than taken for a volume.
+/// `mkfs_marker` (see [`stage_filesystem`]) is set before a new header is
+/// written: the mapping of a new volume reads as noise, not zeros, and this
+/// marker is what says it is blank until the filesystem is made on it (or
+/// it is handed out as a raw block device).
 pub async fn open_encrypted(
     device: PathBuf,
     name: String,
@@ -307,6 +318,7 @@ pub async fn open_encrypted(
     settings: params::Luks,
     pbkdf: Pbkdf,
     marker: PathBuf,
+    mkfs_marker: PathBuf,
 ) -> CsiResult<PathBuf> {
     blocking::run(move || {
         luks::check_available()?;
@@ -354,6 +366,7 @@ pub async fn open_encrypted(
             )));
         }
         if signature == Signature::Blank || interrupted {
+            set_marker(&mkfs_marker, true)?;
             set_marker(&marker, true)?;
             crate::metrics::node_op("luks_format", || {
                 luks::format(&device, &key, &settings, &pbkdf)
