@@ -371,6 +371,25 @@ failed_encrypted_stage_leaves_nothing() {
     remove_volume undo
 }
 
+encrypted_block_data_is_never_formatted() {
+    # An encrypted volume written as raw block reads as noise through its
+    # mapping either way: its ciphertext below tells data from blank, and
+    # a filesystem stage is refused, the data kept.
+    new_volume rawdata 64Mi --block --param multicsi.io/luks-encrypted=true || return
+    stage rawdata "$KEYFILE" && publish rawdata || return
+    printf 'raw data to keep %05d' "$RANDOM" >"$W/rawdata.expected"
+    dd if="$W/rawdata.expected" of="$(target rawdata)" bs=4096 conv=sync,fsync status=none || return
+    unpublish rawdata && unstage rawdata || return
+    local ctx
+    mapfile -t ctx < <(context_args rawdata)
+    mkdir -p "$(staging rawdata)"
+    expect_error FailedPrecondition cli node stage "$(vol_id rawdata)" --staging "$(staging rawdata)" \
+        --fs ext4 "${ctx[@]}" --secret-file "luksKey=$KEYFILE" || return
+    [[ ! -e $(mapping rawdata) && -z $(loop_of rawdata) ]] || { fail "the refused stage left a mapping or loop device"; return 1; }
+    stage rawdata "$KEYFILE" && publish rawdata && cmp -n 22 "$(target rawdata)" "$W/rawdata.expected" &&
+        unpublish rawdata && unstage rawdata && remove_volume rawdata
+}
+
 stale_mapping_is_replaced_or_refused() {
     new_volume stale 64Mi "--fs ext4" --param multicsi.io/luks-encrypted=true || return
     # Another device opened under the volume's mapping name.
@@ -458,6 +477,7 @@ check "a LUKS format cut off half way (marker left) is done again" cut_off_forma
 check "an encrypted volume is never formatted over an existing filesystem" no_luks_over_a_filesystem
 check "a plain volume over a partition table or a LUKS header is refused, kept" no_filesystem_over_a_partition_table_or_luks
 check "a failed encrypted stage closes its mapping and detaches its loop device" failed_encrypted_stage_leaves_nothing
+check "an encrypted volume written as raw block is not formatted as a filesystem" encrypted_block_data_is_never_formatted
 check "a stale mapping of the same name is refused in use, replaced when unused" stale_mapping_is_replaced_or_refused
 check "the key is in no log, argv, environment or state file" key_never_leaks
 check "default key derivation (argon2id 64 MiB, 4 iterations) and driver memory" default_pbkdf_fits_a_small_memory_limit
