@@ -178,6 +178,38 @@ pub fn node_op<T, E>(operation: &'static str, work: impl FnOnce() -> Result<T, E
     result
 }
 
+/// Open LUKS mappings that only the previous key of a rotation opens.
+static LUKS_ON_PREVIOUS_KEY: Mutex<std::collections::BTreeSet<String>> =
+    Mutex::new(std::collections::BTreeSet::new());
+
+/// Records whether LUKS mapping `name` opens only with the previous key of
+/// a rotation (false once it is rotated or closed).
+pub fn luks_on_previous_key(name: &str, on_previous: bool) {
+    let mut set = LUKS_ON_PREVIOUS_KEY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if on_previous {
+        set.insert(name.to_string());
+    } else {
+        set.remove(name);
+    }
+}
+
+fn render_luks(out: &mut String) {
+    let name = "multicsi_luks_volumes_on_previous_key";
+    let count = LUKS_ON_PREVIOUS_KEY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .len();
+    registry::write_family(
+        out,
+        name,
+        "Staged encrypted volumes that open only with the previous key of a rotation (a slot for the new key could not be added).",
+        "gauge",
+    );
+    registry::write_sample::<&str>(out, name, &[], &[], count as f64);
+}
+
 /// Names the backend in the build-info metric; the first call wins.
 pub fn set_backend(name: &str) {
     let _ = BACKEND.set(name.to_string());
@@ -236,6 +268,7 @@ pub fn render() -> String {
     CLOUD_RETRIES.render(&mut out);
     NODE_OPS.render(&mut out);
     NODE_DURATION.render(&mut out);
+    render_luks(&mut out);
     process::render(&mut out);
     out
 }

@@ -10,9 +10,9 @@ use crate::csi::validate::{self, Access};
 use crate::csi::{self as pb, node_server, node_service_capability};
 use crate::driver::Driver;
 use crate::error::{CsiError, CsiResult};
-use crate::node::luks;
 use crate::node::readonly;
 use crate::node::volume::{self, Usage};
+use crate::node::{luks, luks_keys};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -32,9 +32,9 @@ impl Driver {
         volume::mkfs_options(&context)?;
         let encryption = match params::luks(&context)? {
             Some(settings) => {
-                let key = volume::luks_key(&r.secrets)?;
+                let keys = luks_keys::volume_keys(&r.secrets, id)?;
                 blocking::run(|| Ok(luks::check_available()?)).await?;
-                Some((settings, key))
+                Some((settings, keys))
             }
             None => None,
         };
@@ -44,11 +44,11 @@ impl Driver {
             .attach_device(id, &to_map(&r.publish_context))
             .await?;
         let markers = self.settings.state_dir.join("node");
-        if let Some((settings, key)) = encryption {
+        if let Some((settings, keys)) = encryption {
             device = volume::open_encrypted(
                 device,
                 luks::mapping_name(id),
-                key,
+                keys,
                 settings,
                 self.settings.luks_pbkdf,
                 markers.join(format!("{id}.luks-format")),
