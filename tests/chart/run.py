@@ -28,7 +28,9 @@ What is checked:
     backend, RBAC scope, StorageClasses, snapshot objects, credentials handling;
   * values.schema.json and the chart's own checks reject bad values: each bad
     input must fail to render, for the expected reason;
-  * the manifests in examples/.
+  * the manifests in examples/;
+  * the Dockerfile builds the image the chart defaults to (appVersion, binary,
+    the node tools in the runtime stage).
 """
 
 from __future__ import annotations
@@ -1377,6 +1379,27 @@ def main():
     r.must_fail("misspelt dashboard key", r"/metrics/dashboard.*additional properties .enable. not allowed",
                 sets=["metrics.dashboard.enable=true"])
     r.must_fail("zero controller replicas", r"/controller/replicas", sets=["controller.replicas=0"])
+
+    def dockerfile_builds_default_image():
+        root = os.path.dirname(os.path.abspath(o.chart.rstrip("/")))
+        root = os.path.dirname(root)
+        docker = open(os.path.join(root, "Dockerfile")).read()
+        chart = yaml.safe_load(open(os.path.join(o.chart, "Chart.yaml")))
+        values = yaml.safe_load(open(os.path.join(o.chart, "values.yaml")))
+        version = re.search(r"^ARG VERSION=(\S+)$", docker, re.M)
+        ensure(version and version.group(1) == chart["appVersion"],
+               f"Dockerfile VERSION {version and version.group(1)} is not the chart's appVersion {chart['appVersion']}")
+        ensure(values["image"]["tag"] in ("", chart["appVersion"]), "values image.tag differs from appVersion")
+        ensure(re.search(r"cargo build --release --locked", docker), "the build stage does not build the locked release")
+        ensure(re.search(r"COPY --from=build /out/multicsi /usr/local/bin/multicsi", docker), "binary not copied")
+        ensure('ENTRYPOINT ["/usr/local/bin/multicsi"]' in docker, "entrypoint")
+        runtime = docker.split("AS build", 1)[1]
+        for pkg in ("e2fsprogs", "xfsprogs", "btrfs-progs", "util-linux", "cryptsetup-bin", "libcryptsetup12",
+                    "open-iscsi", "multipath-tools", "kmod", "udev", "ca-certificates"):
+            ensure(re.search(rf"^\s+{re.escape(pkg)} ?\\?$", runtime, re.M), f"runtime stage lacks {pkg}")
+        ensure(re.search(r"^FROM debian:bookworm-slim$", docker, re.M), "runtime base has no shell for the helm test pod")
+    r.check("[image] the Dockerfile builds the image the chart defaults to (appVersion, binary, node tools)",
+            dockerfile_builds_default_image)
 
     check_examples(r)
 
