@@ -21,27 +21,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 ############################ runtime ############################
 FROM debian:bookworm-slim
 
-# Filesystems (mkfs, fsck, grow): e2fsprogs, xfsprogs, btrfs-progs.
-# Block devices and mounts: util-linux (losetup, blkid, lsblk, findmnt), mount.
-# LUKS: libcryptsetup12 (loaded by the first LUKS operation), cryptsetup-bin.
-# Kernel modules: kmod (modprobe).
-# iSCSI and multipath (packet): open-iscsi, multipath-tools.
-# Device discovery: udev (udevadm). TLS to the cloud APIs: ca-certificates.
+# The host tools the driver runs on a node (filesystems, mounts, LUKS, iSCSI
+# and multipath, udev, kmod) and CA certificates for the cloud APIs: the
+# package list's `node` job, the same list the tests check.
+COPY scripts/lib/packages.tsv /tmp/packages.tsv
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      e2fsprogs \
-      xfsprogs \
-      btrfs-progs \
-      util-linux \
-      mount \
-      cryptsetup-bin \
-      libcryptsetup12 \
-      kmod \
-      open-iscsi \
-      multipath-tools \
-      udev \
-      ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+      $(awk '{ sub(/#.*/, "") } NF >= 3 { for (i = 3; i <= NF; i++) if ($i == "node") { print $2; break } }' /tmp/packages.tsv | sort -u) \
+ && rm -rf /var/lib/apt/lists/* /tmp/packages.tsv
 
 COPY --from=build /out/multicsi /usr/local/bin/multicsi
 

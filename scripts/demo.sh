@@ -41,7 +41,7 @@ case "$FS" in
 esac
 
 # --- prerequisites -----------------------------------------------------------
-ensure_packages "${NODE_PACKAGES[@]}" jq
+ensure_job_packages demo
 command -v cargo >/dev/null || die "cargo is missing: install a Rust toolchain (https://rustup.rs)"
 [ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true
 [ -e /dev/loop-control ] || die "/dev/loop-control is missing: load the loop module (modprobe loop)"

@@ -18,7 +18,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 cd "$(repo_root)"
 require_root "scripts/prometheus-test.sh"
-ensure_packages "${NODE_PACKAGES[@]}" prometheus curl python3
+ensure_job_packages test
 
 cargo build --locked --quiet --bin multicsi
 BIN="${CARGO_TARGET_DIR:-$(pwd)/target}/debug/multicsi"

@@ -5,7 +5,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 cd "$(repo_root)"
 require_root "scripts/test.sh"
-ensure_packages "${NODE_PACKAGES[@]}" "${LUKS_PACKAGES[@]}" jq
+ensure_job_packages test
 
 section() { printf '\n==> %s\n' "$*"; }
 

@@ -17,8 +17,9 @@ REPO_ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd -P)
 VM_DIR=$REPO_ROOT/scripts/vm
 CACHE_ROOT=$REPO_ROOT/target/vm
 
-PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static cryptsetup-bin e2fsprogs
-          xfsprogs open-iscsi tgt multipath-tools kmod udev cpio)
+# What the VM needs on the host comes from the package list's `vm` job.
+# shellcheck source=scripts/lib/common.sh
+source "$SCRIPT_DIR/lib/common.sh"
 # Modules the first stage loads from the initramfs (with their dependencies):
 # what it takes to reach the root filesystem, configfs, and the storage modules
 # the tests need (block devices, dm-crypt with AES-NI/XTS, multipath, iSCSI,
@@ -103,20 +104,7 @@ fi
 [[ $(id -u) == 0 ]] || die "must run as root (package installation, loop devices and dm inside the VM)"
 
 # ---------------------------------------------------------------- cleanup
-QEMU_PID= RUN_DIR= PRIV_TMP= POLICY_RC_ACTIVE=0 SUCCESS=0
-readonly POLICY_RC=/usr/sbin/policy-rc.d POLICY_RC_SAVED=/usr/sbin/policy-rc.d.vm-test-saved
-readonly POLICY_RC_MARK='# multicsi vm-test.sh: no daemon starts during package installation'
-
-restore_policy_rc() {
-    # Ours carries a marker line; a file saved aside by us is put back.
-    if [[ -f $POLICY_RC ]] && grep -qxF "$POLICY_RC_MARK" "$POLICY_RC"; then
-        rm -f "$POLICY_RC"
-    fi
-    if [[ -e $POLICY_RC_SAVED && ! -e $POLICY_RC ]]; then
-        mv -f "$POLICY_RC_SAVED" "$POLICY_RC"
-    fi
-    POLICY_RC_ACTIVE=0
-}
+QEMU_PID= RUN_DIR= PRIV_TMP= SUCCESS=0
 
 cleanup() {
     local rc=$?
@@ -132,7 +120,6 @@ cleanup() {
             kill -KILL "$qp" 2>/dev/null || true
         fi
     fi
-    ((POLICY_RC_ACTIVE == 0)) || restore_policy_rc
     [[ -z $PRIV_TMP ]] || rm -rf -- "$PRIV_TMP"
     if [[ -n $RUN_DIR && -d $RUN_DIR ]]; then
         if ((SUCCESS && !KEEP)); then
@@ -155,47 +142,7 @@ PRIV_TMP=$(mktemp -d "$CACHE_ROOT/tmp.XXXXXX")
 export TMPDIR=$PRIV_TMP
 
 # ---------------------------------------------------------------- packages
-missing_packages() {
-    local -A have=()
-    local name status
-    while read -r name status; do
-        if [[ $status == installed ]]; then have[${name%%:*}]=1; fi
-    done < <(dpkg-query -W -f='${binary:Package} ${db:Status-Status}\n' "${PACKAGES[@]}" 2>/dev/null || true)
-    for name in "${PACKAGES[@]}"; do
-        [[ -n ${have[$name]:-} ]] || printf '%s\n' "$name"
-    done
-}
-
-install_packages() {
-    local missing=()
-    mapfile -t missing < <(missing_packages)
-    ((${#missing[@]})) || return 0
-    log "installing ${missing[*]}"
-    local lock=/run/lock/multicsi-vm-test.install.lock
-    [[ -d /run/lock ]] || lock=$CACHE_ROOT/install.lock
-    exec 8>"$lock"
-    flock 8
-    POLICY_RC_ACTIVE=1
-    restore_policy_rc   # leftovers of an interrupted run
-    POLICY_RC_ACTIVE=1
-    [[ ! -e $POLICY_RC ]] || mv -f "$POLICY_RC" "$POLICY_RC_SAVED"
-    printf '#!/bin/sh\n%s\nexit 101\n' "$POLICY_RC_MARK" >"$POLICY_RC"
-    chmod 755 "$POLICY_RC"
-    local apt=(apt-get -q -y -o DPkg::Lock::Timeout=300 install --no-install-recommends)
-    if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" "${missing[@]}" >"$PRIV_TMP/apt.log" 2>&1; then
-        DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300 update >>"$PRIV_TMP/apt.log" 2>&1 || true
-        if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" "${missing[@]}" >>"$PRIV_TMP/apt.log" 2>&1; then
-            tail -n 30 "$PRIV_TMP/apt.log" >&2
-            die "package installation failed"
-        fi
-    fi
-    restore_policy_rc
-    flock -u 8
-    exec 8>&-
-    mapfile -t missing < <(missing_packages)
-    ((${#missing[@]} == 0)) || die "still missing after installation: ${missing[*]}"
-}
-install_packages
+ensure_job_packages vm || die "package installation failed"
 
 # ---------------------------------------------------------------- kernel + initramfs cache
 pick_kernel() {

@@ -30,6 +30,12 @@ pub const DEFAULT_PORT: u16 = 3260;
 const ISCSI_ERR_SESS_EXISTS: i32 = 15;
 /// `iscsiadm` exit status: no matching session or record.
 const ISCSI_ERR_NO_OBJS_FOUND: i32 = 21;
+/// `iscsiadm` exit status: the session exists but has no connection now
+/// (it is being torn down, or reconnecting to a portal that answers late),
+/// so it cannot take a logout at this moment.
+const ISCSI_ERR_SESSION_NOT_CONNECTED: i32 = 32;
+/// How long to wait between logouts of a session that is not connected.
+const NOT_CONNECTED_RETRY: Duration = Duration::from_millis(250);
 
 /// One iSCSI volume as the node must see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -904,14 +910,9 @@ impl<'a> Iscsi<'a> {
                     "-p",
                     text.as_str(),
                 ];
-                let runner = self.runner();
-                runner.run(
-                    "iscsiadm",
-                    &[&node[..], &["--logout"]].concat(),
-                    &[ISCSI_ERR_NO_OBJS_FOUND],
-                )?;
+                self.logout(&volume.target_iqn, &text)?;
                 // The record would log in again when iscsid restarts.
-                runner.run(
+                self.runner().run(
                     "iscsiadm",
                     &[&node[..], &["-o", "delete"]].concat(),
                     &[ISCSI_ERR_NO_OBJS_FOUND],
@@ -930,6 +931,40 @@ impl<'a> Iscsi<'a> {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Logs out of the target's session on one portal. A session that is
+    /// not connected at the moment (its teardown or a reconnect is under
+    /// way) is asked again until it is gone or takes the logout; the end
+    /// state is read back from the session list, not assumed.
+    fn logout(&self, target: &str, portal: &str) -> Result<()> {
+        let args = ["-m", "node", "-T", target, "-p", portal, "--logout"];
+        let deadline = Instant::now() + self.host.device_timeout;
+        loop {
+            let out = self.runner().run(
+                "iscsiadm",
+                &args,
+                &[ISCSI_ERR_NO_OBJS_FOUND, ISCSI_ERR_SESSION_NOT_CONNECTED],
+            )?;
+            if out.status.code() != Some(ISCSI_ERR_SESSION_NOT_CONNECTED) {
+                return Ok(());
+            }
+            let open = self
+                .sessions()?
+                .iter()
+                .any(|s| s.target == target && s.portal == portal);
+            if !open {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(IscsiError::Timeout(format!(
+                    "the iSCSI session to {target} on {portal} stayed without a connection for {} s and could not be logged out; check the portal's network and `iscsiadm -m session -P 1`",
+                    self.host.device_timeout.as_secs()
+                )));
+            }
+            tracing::info!(%target, %portal, "iSCSI session not connected; logging out again");
+            std::thread::sleep(NOT_CONNECTED_RETRY);
+        }
     }
 
     /// `multipath -f <alias>` until the map is gone; busy for a moment
@@ -1214,6 +1249,8 @@ size=1.0G features='0' hwhandler='0' wp=rw
     /// and records every call.
     struct Script {
         answers: Vec<(&'static str, i32, &'static str)>,
+        /// Answered once each, in order, before `answers`.
+        first: Mutex<Vec<(&'static str, i32, &'static str)>>,
         calls: Mutex<Vec<String>>,
     }
 
@@ -1221,11 +1258,18 @@ size=1.0G features='0' hwhandler='0' wp=rw
         fn run(&self, program: &'static str, args: &[String]) -> Result<Option<Output>, HostError> {
             let line = format!("{program} {}", args.join(" "));
             self.calls.lock().unwrap().push(line.clone());
-            let (_, code, stdout) = self
-                .answers
+            let mut first = self.first.lock().unwrap();
+            let once = first
                 .iter()
-                .find(|(prefix, _, _)| line.starts_with(prefix))
-                .copied()
+                .position(|(prefix, _, _)| line.starts_with(prefix))
+                .map(|i| first.remove(i));
+            let (_, code, stdout) = once
+                .or_else(|| {
+                    self.answers
+                        .iter()
+                        .find(|(prefix, _, _)| line.starts_with(prefix))
+                        .copied()
+                })
                 .unwrap_or(("", 0, ""));
             Ok(Some(Output {
                 status: std::process::ExitStatus::from_raw(code << 8),
@@ -1236,8 +1280,17 @@ size=1.0G features='0' hwhandler='0' wp=rw
     }
 
     fn script(answers: Vec<(&'static str, i32, &'static str)>) -> Script {
+        script_after(vec![], answers)
+    }
+
+    /// A script whose `first` answers are each given once, in order.
+    fn script_after(
+        first: Vec<(&'static str, i32, &'static str)>,
+        answers: Vec<(&'static str, i32, &'static str)>,
+    ) -> Script {
         Script {
             answers,
+            first: Mutex::new(first),
             calls: Mutex::new(Vec::new()),
         }
     }
@@ -1454,5 +1507,90 @@ size=1.0G features='0' hwhandler='0' wp=rw
             2,
             "{calls:?}"
         );
+    }
+
+    fn detach_host(dir: &Path) -> IscsiHost {
+        IscsiHost {
+            mapper_dir: dir.to_path_buf(),
+            multipath_conf_dir: dir.join("conf.d"),
+            device_timeout: Duration::from_secs(5),
+            ..Default::default()
+        }
+    }
+
+    const SUITE_SESSION: &str =
+        "tcp: [2] 127.0.0.2:3260,1 iqn.2024-01.io.multicsi:suite (non-flash)\n";
+
+    fn suite_volume() -> IscsiVolume {
+        let mut v = volume();
+        v.target_iqn = "iqn.2024-01.io.multicsi:suite".into();
+        v.portals = vec!["127.0.0.2:3260".into()];
+        v
+    }
+
+    #[test]
+    fn a_logout_racing_the_sessions_own_teardown_is_done_when_the_session_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = detach_host(dir.path());
+        // The session is between connections when the logout comes, and
+        // gone when the list is read.
+        let tools = script_after(
+            vec![("iscsiadm -m node -T", ISCSI_ERR_SESSION_NOT_CONNECTED, "")],
+            vec![("iscsiadm -m session", ISCSI_ERR_NO_OBJS_FOUND, "")],
+        );
+        let iscsi = Iscsi {
+            host: &host,
+            tools: &tools,
+        };
+        iscsi.detach(&suite_volume()).unwrap();
+        let calls = tools.calls.lock().unwrap();
+        assert!(calls.iter().any(|c| c.ends_with("-o delete")), "{calls:?}");
+    }
+
+    #[test]
+    fn a_session_that_reconnects_late_is_logged_out_once_it_takes_the_logout() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = detach_host(dir.path());
+        let tools = script_after(
+            vec![
+                ("iscsiadm -m node -T", ISCSI_ERR_SESSION_NOT_CONNECTED, ""),
+                ("iscsiadm -m node -T", ISCSI_ERR_SESSION_NOT_CONNECTED, ""),
+            ],
+            vec![("iscsiadm -m session", 0, SUITE_SESSION)],
+        );
+        let iscsi = Iscsi {
+            host: &host,
+            tools: &tools,
+        };
+        iscsi.detach(&suite_volume()).unwrap();
+        let calls = tools.calls.lock().unwrap();
+        assert_eq!(
+            calls.iter().filter(|c| c.ends_with("--logout")).count(),
+            3,
+            "{calls:?}"
+        );
+    }
+
+    #[test]
+    fn a_session_that_never_takes_the_logout_is_an_error_that_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut host = detach_host(dir.path());
+        host.device_timeout = Duration::from_millis(600);
+        let tools = script(vec![
+            ("iscsiadm -m session", 0, SUITE_SESSION),
+            (
+                "iscsiadm -m node -T iqn.2024-01.io.multicsi:suite -p 127.0.0.2:3260 --logout",
+                ISCSI_ERR_SESSION_NOT_CONNECTED,
+                "",
+            ),
+        ]);
+        let iscsi = Iscsi {
+            host: &host,
+            tools: &tools,
+        };
+        let err = iscsi.detach(&suite_volume()).unwrap_err().to_string();
+        assert!(err.contains("could not be logged out"), "{err}");
+        let calls = tools.calls.lock().unwrap();
+        assert!(!calls.iter().any(|c| c.ends_with("-o delete")), "{calls:?}");
     }
 }

@@ -1394,9 +1394,18 @@ def main():
         ensure(re.search(r"COPY --from=build /out/multicsi /usr/local/bin/multicsi", docker), "binary not copied")
         ensure('ENTRYPOINT ["/usr/local/bin/multicsi"]' in docker, "entrypoint")
         runtime = docker.split("AS build", 1)[1]
-        for pkg in ("e2fsprogs", "xfsprogs", "btrfs-progs", "util-linux", "cryptsetup-bin", "libcryptsetup12",
+        # The runtime stage installs the package list's `node` job.
+        ensure("COPY scripts/lib/packages.tsv" in runtime and '$i == "node"' in runtime,
+               "the runtime stage does not install the package list's node job")
+        node_packages = set()
+        with open(os.path.join(root, "scripts", "lib", "packages.tsv")) as f:
+            for line in f:
+                fields = line.split("#", 1)[0].split()
+                if len(fields) >= 3 and "node" in fields[2:]:
+                    node_packages.add(fields[1])
+        for pkg in ("e2fsprogs", "xfsprogs", "btrfs-progs", "mount", "cryptsetup-bin", "libcryptsetup12",
                     "open-iscsi", "multipath-tools", "kmod", "udev", "ca-certificates"):
-            ensure(re.search(rf"^\s+{re.escape(pkg)} ?\\?$", runtime, re.M), f"runtime stage lacks {pkg}")
+            ensure(pkg in node_packages, f"the node image lacks {pkg}")
         ensure(re.search(r"^FROM debian:bookworm-slim$", docker, re.M), "runtime base has no shell for the helm test pod")
     r.check("[image] the Dockerfile builds the image the chart defaults to (appVersion, binary, node tools)",
             dockerfile_builds_default_image)
