@@ -9,8 +9,14 @@
 ############################ build ############################
 FROM rust:1-bookworm AS build
 
-# Nothing beyond Rust: libcryptsetup is loaded at run time, not linked.
+# libcryptsetup's headers and libclang for its binding: the package list's
+# `build` job.
 WORKDIR /src
+COPY scripts/lib/packages.tsv /tmp/packages.tsv
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      $(awk '{ sub(/#.*/, "") } NF >= 3 { for (i = 3; i <= NF; i++) if ($i == "build") { print $2; break } }' /tmp/packages.tsv | sort -u) \
+ && rm -rf /var/lib/apt/lists/*
 COPY . .
 
 # --locked: build exactly the dependency versions of Cargo.lock.
@@ -21,8 +27,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 ############################ runtime ############################
 FROM debian:bookworm-slim
 
-# The host tools the driver runs on a node (filesystems, mounts, LUKS, iSCSI
-# and multipath, udev, kmod) and CA certificates for the cloud APIs: the
+# The host tools the driver runs on a node (filesystems, mounts, iSCSI and
+# multipath, udev, kmod), libcryptsetup (linked: the driver does not start
+# without it) and CA certificates for the cloud APIs: the
 # package list's `node` job, the same list the tests check.
 COPY scripts/lib/packages.tsv /tmp/packages.tsv
 RUN apt-get update \

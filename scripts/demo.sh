@@ -41,6 +41,7 @@ case "$FS" in
 esac
 
 # --- prerequisites -----------------------------------------------------------
+ensure_job_packages build
 ensure_job_packages demo
 command -v cargo >/dev/null || die "cargo is missing: install a Rust toolchain (https://rustup.rs)"
 [ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true

@@ -18,6 +18,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 cd "$(repo_root)"
 require_root "scripts/prometheus-test.sh"
+ensure_job_packages build
 ensure_job_packages test
 
 cargo build --locked --quiet --bin multicsi

@@ -5,6 +5,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 cd "$(repo_root)"
 require_root "scripts/test.sh"
+ensure_job_packages build
 ensure_job_packages test
 
 section() { printf '\n==> %s\n' "$*"; }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const LIST: &str = "scripts/lib/packages.tsv";
-const JOBS: &[&str] = &["node", "test", "demo", "vm"];
+const JOBS: &[&str] = &["build", "node", "test", "demo", "vm"];
 const SYSTEM_BIN: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 
 /// One row of the package list.

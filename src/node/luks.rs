@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-use super::cryptsetup::{self, Argon2id, Device, LoadError, Session, Status};
+use super::cryptsetup::{self, Argon2id, Device, Session, Status};
 use crate::csi::params::Luks;
 
 /// Where device-mapper mappings appear.
@@ -67,11 +67,6 @@ pub enum LuksError {
         "dm-crypt is unavailable on this node: {CONTROL}: {reason}; encrypted volumes need a kernel with device-mapper and dm-crypt (modules dm_mod, dm_crypt) and a privileged node plugin; nothing was written"
     )]
     Unavailable { reason: String },
-    /// libcryptsetup is not installed on the node.
-    #[error(
-        "encrypted volumes need libcryptsetup on this node: {0}; install libcryptsetup12 in the node plugin image; nothing was written"
-    )]
-    Library(#[from] LoadError),
     /// No key slot opens with the given key.
     #[error(
         "the luksKey of the node-stage secret opens no key slot of the LUKS header on {device}; nothing was changed: check the secret", device = device.display()
@@ -128,11 +123,9 @@ pub fn mapping_path(name: &str) -> PathBuf {
 }
 
 /// Fails with [`LuksError::Unavailable`] when device-mapper cannot be used
-/// (opening the control node also loads dm_mod when it is a module), and
-/// with [`LuksError::Library`] when libcryptsetup cannot be loaded.
+/// (opening the control node also loads dm_mod when it is a module).
 pub fn check_available() -> Result<(), LuksError> {
-    check_device_mapper()?;
-    Ok(cryptsetup::check_loadable()?)
+    check_device_mapper()
 }
 
 fn check_device_mapper() -> Result<(), LuksError> {
@@ -146,14 +139,14 @@ fn check_device_mapper() -> Result<(), LuksError> {
         })
 }
 
-/// Starts an operation: the library is loaded and its messages go to this
-/// thread's collection, emptied first.
-fn begin() -> Result<Session, LuksError> {
-    let session = Session::begin()?;
+/// Starts an operation: libcryptsetup's messages go to this thread's
+/// collection, emptied first.
+fn begin() -> Session {
+    let session = Session::begin();
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| session.set_log_callback(collect_message));
     MESSAGES.with(|m| m.borrow_mut().clear());
-    Ok(session)
+    session
 }
 
 /// An open mapping.
@@ -167,17 +160,13 @@ pub struct Active {
 }
 
 /// The open mapping called `name`, if any. Without device-mapper nothing
-/// can be open: `None`. Without libcryptsetup nothing this driver opened
-/// can be, unless the mapping exists: then the library is needed.
+/// can be open: `None`.
 pub fn active(name: &str) -> Result<Option<Active>, LuksError> {
     if check_device_mapper().is_err() {
         return Ok(None);
     }
     let path = mapping_path(name);
-    if cryptsetup::check_loadable().is_err() && !path.exists() {
-        return Ok(None);
-    }
-    let session = begin()?;
+    let session = begin();
     let busy = match session.status(name) {
         Ok(Status::Active) => false,
         Ok(Status::Busy) => true,
@@ -248,7 +237,7 @@ pub fn format(device: &Path, key: &[u8], luks: &Luks, pbkdf: &Pbkdf) -> Result<(
             source: std::io::Error::other(format!("cipher {:?} is not CIPHER-MODE", luks.cipher)),
             messages: String::new(),
         })?;
-    let session = begin()?;
+    let session = begin();
     let mut cd = session.device(device).map_err(|e| fail("open device", e))?;
     let kdf = Argon2id {
         iterations: pbkdf.iterations,
@@ -294,7 +283,7 @@ fn unlock(cd: &mut Device, device: &Path, name: Option<&str>, key: &[u8]) -> Res
 
 /// Checks that `key` opens `device` without opening it.
 pub fn check_key(device: &Path, key: &[u8]) -> Result<(), LuksError> {
-    let session = begin()?;
+    let session = begin();
     let mut cd = load(&session, device)?;
     unlock(&mut cd, device, None, key)
 }
@@ -303,7 +292,7 @@ pub fn check_key(device: &Path, key: &[u8]) -> Result<(), LuksError> {
 /// volume key is kept in the device-mapper table rather than the kernel
 /// keyring, so that the mapping can be grown without the key.
 pub fn open(device: &Path, name: &str, key: &[u8]) -> Result<PathBuf, LuksError> {
-    let session = begin()?;
+    let session = begin();
     let mut cd = load(&session, device)?;
     cd.use_keyring(false)
         .map_err(|e| crypt_error("turn off the kernel keyring for", name, e))?;
@@ -316,7 +305,7 @@ pub fn close(name: &str) -> Result<(), LuksError> {
     if active(name)?.is_none() {
         return Ok(());
     }
-    let session = begin()?;
+    let session = begin();
     let mut cd = session
         .mapping(name)
         .map_err(|e| crypt_error("find mapping", name, e))?;
@@ -331,7 +320,7 @@ pub fn close(name: &str) -> Result<(), LuksError> {
 
 /// Grows mapping `name` to the current size of the device under it.
 pub fn resize(name: &str) -> Result<(), LuksError> {
-    let session = begin()?;
+    let session = begin();
     let mut cd = session
         .mapping(name)
         .map_err(|e| crypt_error("find mapping", name, e))?;

@@ -28,7 +28,6 @@ impl From<LuksError> for CsiError {
         match e {
             LuksError::WrongKey { .. } => CsiError::InvalidArgument(e.to_string()),
             LuksError::Unavailable { .. }
-            | LuksError::Library(_)
             | LuksError::NotLuks { .. }
             | LuksError::StaleMapping { .. }
             | LuksError::Busy { .. } => CsiError::FailedPrecondition(e.to_string()),
