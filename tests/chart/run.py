@@ -1393,7 +1393,7 @@ def main():
         ensure(re.search(r"cargo build --release --locked", docker), "the build stage does not build the locked release")
         ensure(re.search(r"COPY --from=build /out/multicsi /usr/local/bin/multicsi", docker), "binary not copied")
         ensure('ENTRYPOINT ["/usr/local/bin/multicsi"]' in docker, "entrypoint")
-        runtime = docker.split("AS build", 1)[1]
+        runtime = docker.split("FROM debian:bookworm-slim", 1)[-1]
         # The runtime stage installs the package list's `node` job.
         ensure("COPY scripts/lib/packages.tsv" in runtime and '$i == "node"' in runtime,
                "the runtime stage does not install the package list's node job")
