@@ -1133,12 +1133,27 @@ def check_examples(r: Runner):
         return found[0]
 
     def luks():
-        pvc, secret, sc = doc("luks-pvc.yaml", "PersistentVolumeClaim"), doc("luks-pvc.yaml", "Secret"), doc("luks-pvc.yaml", "StorageClass")
-        ensure(secret["metadata"]["name"] == pvc["metadata"]["name"] + "-luks-key", "key Secret name")
+        pvc, sc = doc("luks-pvc.yaml", "PersistentVolumeClaim"), doc("luks-pvc.yaml", "StorageClass")
+        secrets = {d["metadata"]["name"]: d for d in by_kind(loaded["luks-pvc.yaml"], "Secret")}
+        secret = secrets.get(pvc["metadata"]["name"] + "-luks-key")
+        ensure(secret, "no Secret <claim name>-luks-key")
         ensure("luksKey" in secret.get("stringData", secret.get("data", {})), "key luksKey")
         ensure(pvc["spec"]["storageClassName"] == sc["metadata"]["name"], "claim uses the LUKS class")
         ensure(sc["parameters"]["csi.storage.k8s.io/node-stage-secret-name"] == "${pvc.name}-luks-key", "secret template")
     r.check("[examples] luks-pvc.yaml: Secret <pvc>-luks-key with luksKey, LUKS class", luks)
+
+    def luks_per_volume():
+        classes = {d["metadata"]["name"]: d for d in by_kind(loaded["luks-pvc.yaml"], "StorageClass")}
+        secrets = {d["metadata"]["name"]: d for d in by_kind(loaded["luks-pvc.yaml"], "Secret")}
+        sc = classes.get("multicsi-luks-per-volume")
+        ensure(sc, "no per-volume key class")
+        params = sc["parameters"]
+        master = secrets.get(params["csi.storage.k8s.io/node-stage-secret-name"])
+        ensure(master and master["metadata"].get("namespace") == params["csi.storage.k8s.io/node-stage-secret-namespace"],
+               "the class's node-stage secret is in the example")
+        value = master.get("stringData", {}).get("luksMasterKey", "")
+        ensure(len(value) >= 32, "luksMasterKey of at least 32 bytes")
+    r.check("[examples] luks-pvc.yaml: a per-volume key class with its luksMasterKey Secret", luks_per_volume)
 
     def snapshot_chain():
         pvc = doc("pvc-pod.yaml", "PersistentVolumeClaim")
