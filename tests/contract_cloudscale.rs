@@ -418,7 +418,10 @@ async fn a_snapshot_is_renamed_and_retagged_with_patch() {
             Some(json!({"name": "before", "source_volume": volume["uuid"]})),
         )
         .await;
-    let path = format!("/v1/volume-snapshots/{}", snapshot["uuid"].as_str().unwrap());
+    let path = format!(
+        "/v1/volume-snapshots/{}",
+        snapshot["uuid"].as_str().unwrap()
+    );
     let (status, body) = e
         .call(Method::PATCH, &path, Some(json!({"name": "after"})))
         .await;

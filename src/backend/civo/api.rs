@@ -249,7 +249,7 @@ pub fn to_csi(e: &ApiError, what: &str) -> CsiError {
     let message = format!("{what}: {e}");
     match code.as_str() {
         "database_volume_not_found" => CsiError::NotFound(format!("{what} does not exist: {e}")),
-        "database_instance_not_found" => CsiError::NotFound(format!(
+        "database_instance_find" => CsiError::NotFound(format!(
             "{what}: the node is not a Civo instance in this region: {e}"
         )),
         "database_kubernetes_cluster_not_found" => CsiError::FailedPrecondition(format!(
@@ -274,7 +274,13 @@ pub fn to_csi(e: &ApiError, what: &str) -> CsiError {
         "volume_invalid_size"
         | "parameter_volume_size_incorrect"
         | "parameter_volume_size_must_increase" => CsiError::OutOfRange(message),
-        "database_volume_not_ready" => CsiError::Unavailable(message),
+        "database_snapshot_not_found" => CsiError::NotFound(format!("{what} does not exist: {e}")),
+        "cannot_resize_volume" | "cannot_restore_new_volume" | "database_snapshot_create" => {
+            CsiError::Unavailable(format!("{message} (it is busy; retry)"))
+        }
+        "parameter_name_invalid" | "parameter_value_missing" | "parameter_size_missing" => {
+            CsiError::InvalidArgument(message)
+        }
         _ => e.to_csi(),
     }
 }
@@ -303,7 +309,9 @@ mod tests {
     fn codes_decide_over_statuses() {
         let cases = [
             ("database_volume_not_found", Code::NotFound),
-            ("database_instance_not_found", Code::NotFound),
+            ("database_instance_find", Code::NotFound),
+            ("database_snapshot_not_found", Code::NotFound),
+            ("parameter_value_missing", Code::InvalidArgument),
             (
                 "database_volume_cannot_multiple_attach",
                 Code::FailedPrecondition,
@@ -314,7 +322,7 @@ mod tests {
             ),
             ("quota_limit_reached", Code::ResourceExhausted),
             ("volume_invalid_size", Code::OutOfRange),
-            ("database_volume_not_ready", Code::Unavailable),
+            ("cannot_resize_volume", Code::Unavailable),
         ];
         for (c, expected) in cases {
             assert_eq!(to_csi(&civo(400, c), "volume v").code(), expected, "{c}");
@@ -336,10 +344,7 @@ mod tests {
             Code::Unavailable
         );
         assert!(is_volume_not_found(&failed(404, "not json")));
-        assert!(!is_volume_not_found(&civo(
-            404,
-            "database_instance_not_found"
-        )));
+        assert!(!is_volume_not_found(&civo(404, "database_instance_find")));
     }
 
     #[test]
