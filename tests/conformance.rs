@@ -203,6 +203,11 @@ mod civo {
         snapshots_need_the_setting,
     ]);
     soak_sections!(crate::harness::BackendUnderTest::civo_soak);
+    mod with_hostpath {
+        section!(crate::harness::BackendUnderTest::civo_with_hostpath, routing: [
+            only_shared_capabilities_are_advertised,
+        ]);
+    }
 }
 
 mod cloudscale {
@@ -223,6 +228,7 @@ mod cloudscale {
     mod with_hostpath {
         section!(crate::harness::BackendUnderTest::cloudscale_with_hostpath, routing: [
             two_backends_route_by_id,
+            capacity_follows_the_storage_class,
         ]);
     }
 }

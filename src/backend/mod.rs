@@ -153,6 +153,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Grows a volume to at least `required_bytes`; returns its new size.
     async fn expand(&self, id: &str, required_bytes: u64, limit_bytes: u64) -> CsiResult<u64>;
     async fn capacity(&self) -> CsiResult<Capacity>;
+    /// The capacity of the backend a request's StorageClass parameters
+    /// select (GetCapacity); one backend answers for itself.
+    async fn capacity_for(&self, _parameters: &Map) -> CsiResult<Capacity> {
+        self.capacity().await
+    }
 
     async fn create_snapshot(&self, source_volume_id: &str, name: &str) -> CsiResult<Snapshot>;
     /// Deleting a snapshot that does not exist is Ok.

@@ -286,7 +286,8 @@ impl Driver {
                 .iter()
                 .all(|(k, v)| here.get(k).is_none_or(|h| h == v))
         });
-        let capacity = self.backend.capacity().await?;
+        let parameters: Map = r.parameters.clone().into_iter().collect();
+        let capacity = self.backend.capacity_for(&parameters).await?;
         let available = if supported && reachable {
             capacity.available_bytes
         } else {

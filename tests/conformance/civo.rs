@@ -104,6 +104,22 @@ impl BackendUnderTest {
         b
     }
 
+    /// Civo (the default) and hostpath served by one driver.
+    pub fn civo_with_hostpath() -> Self {
+        let mut b = Self::civo();
+        b.name = "civo+hostpath";
+        b.node_id = INSTANCES[0].1;
+        b.args = vec![
+            "--backends",
+            "civo,hostpath",
+            "--state-dir",
+            "{dir}/state",
+            "--device-dir",
+            "{dir}/links",
+        ];
+        b
+    }
+
     /// Civo against its emulator, with extra emulator arguments (faults).
     pub fn civo_with(extra_emulator_args: Vec<&'static str>) -> Self {
         let mut emulator_args = vec![
