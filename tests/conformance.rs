@@ -221,6 +221,7 @@ mod cloudscale {
         a_duplicate_left_by_a_crash_is_resolved,
         a_clone_leaves_no_snapshot_behind,
         a_node_needs_no_token,
+        volumes_carry_their_pvc_and_class_tags,
     ]);
     mod faults {
         soak_sections!(crate::harness::BackendUnderTest::cloudscale_under_faults);

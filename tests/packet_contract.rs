@@ -412,6 +412,7 @@ fn create_request(name: &str) -> multicsi::backend::CreateVolume {
         fs_type: Some("ext4".into()),
         requisite: vec![],
         preferred: vec![],
+        metadata: Default::default(),
     }
 }
 

@@ -48,6 +48,10 @@ pub struct CreateVolume {
     /// Requested topology (requisite, preferred), empty = anywhere.
     pub requisite: Vec<Map>,
     pub preferred: Vec<Map>,
+    /// What the provisioner says the volume is for (`csi.storage.k8s.io/`
+    /// `pvc/name`, `pvc/namespace`, `pv/name`), kept on the cloud volume
+    /// where the provider has tags.
+    pub metadata: Map,
 }
 
 #[cfg(test)]
@@ -64,6 +68,7 @@ impl CreateVolume {
             fs_type: None,
             requisite: vec![],
             preferred: vec![],
+            metadata: Map::new(),
         }
     }
 }

@@ -158,6 +158,7 @@ impl Driver {
                 limit_bytes,
                 source,
                 parameters: parameters.backend,
+                metadata: params::metadata(&r.parameters),
                 node_context: parameters.node_context,
                 fs_type,
                 requisite,

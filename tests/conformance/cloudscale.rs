@@ -324,3 +324,82 @@ pub async fn a_node_needs_no_token(mut b: BackendUnderTest) {
     let probe = ok("Probe", s.identity().probe(csi::ProbeRequest {}).await);
     assert_eq!(probe.ready, Some(true));
 }
+
+/// The provisioner's PVC name and namespace and PV name, and the
+/// StorageClass's own `multicsi.io/tags`, are kept as tags on the cloud
+/// volume (restores too), so an operator finds a PVC's volume with a tag
+/// filter; reserved or malformed class tags are refused.
+pub async fn volumes_carry_their_pvc_and_class_tags(b: BackendUnderTest) {
+    let s = Server::start(&b).await;
+    let mut c = s.controller();
+    let cap = mount_cap("ext4");
+    let metadata = [
+        ("csi.storage.k8s.io/pvc/name", "data"),
+        ("csi.storage.k8s.io/pvc/namespace", "shop"),
+        ("csi.storage.k8s.io/pv/name", "pvc-6f1c"),
+    ];
+    let mut with_tags: Vec<(&str, &str)> = metadata.to_vec();
+    with_tags.push(("multicsi.io/tags", "team=storage, env=test"));
+    let mut request = create_request("cs-tagged", GIB as u64, cap.clone());
+    request.parameters = params(&with_tags);
+    let volume = s.create_with(request.clone()).await;
+    let stored = cloud(
+        &s,
+        reqwest::Method::GET,
+        &format!("/v1/volumes/{}", volume.volume_id),
+        None,
+    )
+    .await;
+    let expected = json!({
+        "csi.storage.k8s.io/pvc/name": "data",
+        "csi.storage.k8s.io/pvc/namespace": "shop",
+        "csi.storage.k8s.io/pv/name": "pvc-6f1c",
+        "team": "storage",
+        "env": "test",
+    });
+    assert_eq!(stored["tags"], expected);
+    assert_eq!(
+        s.create_with(request).await.volume_id,
+        volume.volume_id,
+        "a repeat is the same volume"
+    );
+    let found = cloud(
+        &s,
+        reqwest::Method::GET,
+        "/v1/volumes?tag:csi.storage.k8s.io/pvc/namespace=shop",
+        None,
+    )
+    .await;
+    assert_eq!(found.as_array().map(Vec::len), Some(1), "{found}");
+
+    let snap = s.snapshot("cs-tagged-snap", &volume.volume_id).await;
+    let mut restore = create_request("cs-tagged-restored", GIB as u64, cap.clone());
+    restore.parameters = params(&metadata);
+    restore.volume_content_source = snapshot_source(&snap.snapshot_id);
+    let restored = s.create_with(restore).await;
+    let stored = cloud(
+        &s,
+        reqwest::Method::GET,
+        &format!("/v1/volumes/{}", restored.volume_id),
+        None,
+    )
+    .await;
+    assert_eq!(stored["tags"]["csi.storage.k8s.io/pvc/name"], "data");
+    assert_eq!(
+        stored["tags"]["multicsi.io/source-snapshot"],
+        snap.snapshot_id.as_str()
+    );
+
+    for bad in ["team", "multicsi.io/source-snapshot=x"] {
+        let mut request = create_request("cs-bad-tags", GIB as u64, cap.clone());
+        request.parameters = params(&[("multicsi.io/tags", bad)]);
+        fails(
+            "CreateVolume with bad class tags",
+            c.create_volume(request).await,
+            Code::InvalidArgument,
+        );
+    }
+    s.delete(&restored.volume_id).await;
+    s.delete_snapshot(&snap.snapshot_id).await;
+    s.delete(&volume.volume_id).await;
+}
