@@ -489,6 +489,55 @@ async fn volume_snapshots_follow_the_clients_calls() {
     let restored_id = restored["id"].as_str().unwrap().to_string();
     assert_eq!(api.wait_for(&restored_id, "available").await["size_gb"], 6);
 
+    // A snapshot outlives its volume unless the delete asks otherwise.
+    let (status, _) = api
+        .call("DELETE", &format!("/v2/volumes/{id}?region=LON1"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, kept) = api
+        .call(
+            "GET",
+            &format!("/v2/snapshots/{snapshot_id}?resource_type=volume&region=LON1"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, &kept["state"]),
+        (StatusCode::OK, &json!("available"))
+    );
+    let mut taken = None;
+    for _ in 0..200 {
+        let (status, s) = api
+            .call(
+                "POST",
+                &format!("/v2/volumes/{restored_id}/snapshots?region=LON1"),
+                Some(json!({"name": "snap-2"})),
+            )
+            .await;
+        if status.is_success() {
+            taken = s["snapshot_id"].as_str().map(String::from);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let taken = taken.expect("a snapshot of the restored volume");
+    let (status, _) = api
+        .call(
+            "DELETE",
+            &format!("/v2/volumes/{restored_id}?region=LON1&delete_snapshot=true"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, going) = api
+        .call(
+            "GET",
+            &format!("/v2/snapshots/{taken}?resource_type=volume&region=LON1"),
+            None,
+        )
+        .await;
+    assert_eq!(going["state"], "deleting", "{going}");
+
     let (status, reply) = api
         .call(
             "DELETE",
