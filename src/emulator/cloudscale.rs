@@ -242,15 +242,7 @@ impl Cloud {
 
     /// Forgets snapshots whose deletion has finished.
     fn sweep(&mut self) {
-        let now = Instant::now();
-        let gone: Vec<String> = self
-            .snapshots
-            .values()
-            .filter(|s| s.gone_at.is_some_and(|t| t <= now))
-            .map(|s| s.uuid.clone())
-            .collect();
-        for uuid in gone {
-            self.snapshots.remove(&uuid);
+        for uuid in super::remove_finished(&mut self.snapshots, |s| s.gone_at) {
             if let Some(devices) = &self.devices {
                 let _ = devices.remove(&uuid);
             }

@@ -290,14 +290,7 @@ pub async fn one_node_id_for_every_backend(b: BackendUnderTest) {
     let (instance_id, hostname) = INSTANCES[0];
     let mut mixed = b.clone();
     mixed.node_id = hostname;
-    mixed.args = vec![
-        "--backends",
-        "civo,hostpath",
-        "--state-dir",
-        "{dir}/state",
-        "--device-dir",
-        "{dir}/links",
-    ];
+    mixed.args = BackendUnderTest::civo_with_hostpath().args;
     let s = Server::start(&mixed).await;
     let info = ok(
         "NodeGetInfo",

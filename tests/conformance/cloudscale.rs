@@ -36,6 +36,11 @@ async fn cloud(s: &Server, method: reqwest::Method, path: &str, body: Option<Val
     }
 }
 
+/// A volume as the emulated cloud stores it.
+async fn stored_volume(s: &Server, id: &str) -> Value {
+    cloud(s, reqwest::Method::GET, &format!("/v1/volumes/{id}"), None).await
+}
+
 fn zone(volume: &csi::Volume) -> String {
     volume.accessible_topology[0].segments["csi.cloudscale.ch/zone"].clone()
 }
@@ -55,13 +60,7 @@ pub async fn volume_types_and_size_steps(b: BackendUnderTest) {
     bulk.parameters = params(&[("csi.cloudscale.ch/volume-type", "bulk")]);
     let bulk = s.create_with(bulk).await;
     assert_eq!(bulk.capacity_bytes, 100 * GIB, "bulk: one step by default");
-    let stored = cloud(
-        &s,
-        reqwest::Method::GET,
-        &format!("/v1/volumes/{}", bulk.volume_id),
-        None,
-    )
-    .await;
+    let stored = stored_volume(&s, &bulk.volume_id).await;
     assert_eq!(stored["type"], "bulk");
     assert_eq!(stored["size_gb"], 100);
     let mut tight = create_request("cs-bulk-tight", GIB as u64, cap.clone());
@@ -130,13 +129,7 @@ pub async fn restore_inherits_type_and_zone_then_grows(b: BackendUnderTest) {
     let restored = s.create_with(restore.clone()).await;
     assert_eq!(zone(&restored), "rma1", "zone from the snapshot");
     assert_eq!(restored.capacity_bytes, 200 * GIB, "grown in bulk steps");
-    let stored = cloud(
-        &s,
-        reqwest::Method::GET,
-        &format!("/v1/volumes/{}", restored.volume_id),
-        None,
-    )
-    .await;
+    let stored = stored_volume(&s, &restored.volume_id).await;
     assert_eq!(
         (stored["type"].as_str(), stored["size_gb"].as_u64()),
         (Some("bulk"), Some(200))
@@ -202,13 +195,7 @@ pub async fn a_volume_attaches_to_one_server(b: BackendUnderTest) {
         Code::FailedPrecondition,
     );
     s.controller_unpublish(&volume.volume_id).await;
-    let info = cloud(
-        &s,
-        reqwest::Method::GET,
-        &format!("/v1/volumes/{}", volume.volume_id),
-        None,
-    )
-    .await;
+    let info = stored_volume(&s, &volume.volume_id).await;
     assert_eq!(info["server_uuids"], json!([]));
     s.delete(&volume.volume_id).await;
 }
@@ -283,13 +270,7 @@ pub async fn a_clone_leaves_no_snapshot_behind(b: BackendUnderTest) {
     clone.volume_content_source = volume_source(&source.volume_id);
     let made = s.create_with(clone.clone()).await;
     assert_eq!(made.content_source, volume_source(&source.volume_id));
-    let stored = cloud(
-        &s,
-        reqwest::Method::GET,
-        &format!("/v1/volumes/{}", made.volume_id),
-        None,
-    )
-    .await;
+    let stored = stored_volume(&s, &made.volume_id).await;
     assert_eq!(stored["type"], "bulk");
     let snapshots = cloud(&s, reqwest::Method::GET, "/v1/volume-snapshots", None).await;
     assert!(
@@ -343,13 +324,7 @@ pub async fn volumes_carry_their_pvc_and_class_tags(b: BackendUnderTest) {
     let mut request = create_request("cs-tagged", GIB as u64, cap.clone());
     request.parameters = params(&with_tags);
     let volume = s.create_with(request.clone()).await;
-    let stored = cloud(
-        &s,
-        reqwest::Method::GET,
-        &format!("/v1/volumes/{}", volume.volume_id),
-        None,
-    )
-    .await;
+    let stored = stored_volume(&s, &volume.volume_id).await;
     let expected = json!({
         "csi.storage.k8s.io/pvc/name": "data",
         "csi.storage.k8s.io/pvc/namespace": "shop",
@@ -377,13 +352,7 @@ pub async fn volumes_carry_their_pvc_and_class_tags(b: BackendUnderTest) {
     restore.parameters = params(&metadata);
     restore.volume_content_source = snapshot_source(&snap.snapshot_id);
     let restored = s.create_with(restore).await;
-    let stored = cloud(
-        &s,
-        reqwest::Method::GET,
-        &format!("/v1/volumes/{}", restored.volume_id),
-        None,
-    )
-    .await;
+    let stored = stored_volume(&s, &restored.volume_id).await;
     assert_eq!(stored["tags"]["csi.storage.k8s.io/pvc/name"], "data");
     assert_eq!(
         stored["tags"]["multicsi.io/source-snapshot"],

@@ -206,16 +206,6 @@ impl State {
 
     /// Forgets the snapshots whose deletion has finished; returns their IDs.
     pub fn sweep_snapshots(&mut self) -> Vec<String> {
-        let now = Instant::now();
-        let gone: Vec<String> = self
-            .snapshots
-            .values()
-            .filter(|s| s.gone_at.is_some_and(|t| t <= now))
-            .map(|s| s.id.clone())
-            .collect();
-        for id in &gone {
-            self.snapshots.remove(id);
-        }
-        gone
+        crate::emulator::remove_finished(&mut self.snapshots, |s| s.gone_at)
     }
 }
