@@ -438,6 +438,13 @@ mod tests {
         fn parameter_keys(&self) -> &'static [&'static str] {
             self.keys
         }
+        /// "local" expands offline only and attaches read-write only.
+        fn online_expansion(&self) -> bool {
+            self.name != "local"
+        }
+        fn publish_readonly(&self) -> bool {
+            self.name != "local"
+        }
         async fn ready(&self) -> CsiResult<()> {
             Ok(())
         }
@@ -697,6 +704,35 @@ mod tests {
             assert_eq!(router.topology().len(), 2);
             let f = router.features();
             assert!(f.snapshots && f.attach && !f.clone);
+        });
+    }
+
+    #[test]
+    fn capabilities_are_the_ones_every_backend_has() {
+        let (router, _, _) = router();
+        assert!(!router.online_expansion(), "local expands offline only");
+        assert!(!router.publish_readonly(), "local attaches read-write only");
+        let cloud = Fake::new("cloud", &[], true);
+        let alone = Router::new(vec![Route {
+            backend: cloud.clone(),
+            node: cloud,
+        }])
+        .unwrap();
+        assert!(alone.online_expansion() && alone.publish_readonly());
+    }
+
+    #[test]
+    fn capacity_is_the_selected_backends() {
+        run(async {
+            let (router, _, _) = router();
+            let err = router.capacity_for(&Map::new()).await.unwrap_err();
+            assert!(
+                matches!(err, CsiError::Unimplemented(ref m) if m.contains("cloud")),
+                "{err}"
+            );
+            let nowhere = Map::from([(BACKEND.to_string(), "nowhere".to_string())]);
+            let err = router.capacity_for(&nowhere).await.unwrap_err();
+            assert!(matches!(err, CsiError::InvalidArgument(_)), "{err}");
         });
     }
 
