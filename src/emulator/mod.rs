@@ -106,6 +106,24 @@ async fn answer(
     Ok(response.unwrap_or_else(|never| match never {}))
 }
 
+/// Removes the records whose deletion has finished (`gone_at` in the past)
+/// and returns their keys: what a cloud still shows as `deleting` until then.
+pub fn remove_finished<T>(
+    records: &mut std::collections::BTreeMap<String, T>,
+    gone_at: impl Fn(&T) -> Option<std::time::Instant>,
+) -> Vec<String> {
+    let now = std::time::Instant::now();
+    let gone: Vec<String> = records
+        .iter()
+        .filter(|(_, r)| gone_at(r).is_some_and(|t| t <= now))
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in &gone {
+        records.remove(key);
+    }
+    gone
+}
+
 /// A random version-4 UUID, the form of every cloud's resource IDs.
 pub fn random_uuid(rng: &mut fastrand::Rng) -> String {
     let mut bytes = [0u8; 16];

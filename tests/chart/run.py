@@ -1267,7 +1267,12 @@ def main():
         credentials_ref("multicsi-credentials", "CLOUDSCALE_ACCESS_TOKEN", created=True), node_common])
     r.scenario("civo defaults, snapshots switch left on", sets=[
         "backend=civo", "credentials.existingSecret=civo", "civo.region=FRA1", "civo.clusterId=abc"], asserts=[
-        controller_shape(False), snapshot_objects(False), storage_classes({"civo-volume": {}}, "civo-volume")])
+        controller_shape(False), snapshot_objects(False), storage_classes({"civo-volume": {}}, "civo-volume"),
+        plain_env({"CIVO_VOLUME_SNAPSHOTS": "false"})])
+    r.scenario("civo with volume snapshots", sets=[
+        "backend=civo", "credentials.existingSecret=civo", "civo.region=FRA1", "civo.clusterId=abc",
+        "civo.volumeSnapshots=true"], asserts=[
+        controller_shape(True), snapshot_objects(True), plain_env({"CIVO_VOLUME_SNAPSHOTS": "true"})])
     r.scenario("civo, credentials created by the chart", sets=[
         "backend=civo", "credentials.create=true", f"credentials.civoApiKey={SECRET_VALUE}", "civo.region=FRA1",
         "civo.clusterId=abc"], asserts=[credentials_ref("multicsi-credentials", "CIVO_API_KEY", created=True)])

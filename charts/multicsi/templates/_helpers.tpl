@@ -92,9 +92,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .repository .tag -}}
 {{- end -}}
 
-{{/* "true" when the backend supports snapshots and they are switched on; civo and packet have none. */}}
+{{/* "true" when the backend supports snapshots and they are switched on; packet has none, civo only with civo.volumeSnapshots. */}}
 {{- define "multicsi.snapshotsEnabled" -}}
-{{- if and .Values.snapshots.enabled (ne .Values.backend "civo") (ne .Values.backend "packet") -}}true{{- end -}}
+{{- if and .Values.snapshots.enabled (or (ne .Values.backend "civo") .Values.civo.volumeSnapshots) (ne .Values.backend "packet") -}}true{{- end -}}
 {{- end -}}
 
 {{/*
@@ -217,6 +217,8 @@ Include with (dict "ctx" $ "mode" "controller").
   value: {{ $ctx.Values.civo.region | quote }}
 - name: CIVO_CLUSTER_ID
   value: {{ $ctx.Values.civo.clusterId | quote }}
+- name: CIVO_VOLUME_SNAPSHOTS
+  value: {{ ternary "true" "false" (eq (include "multicsi.snapshotsEnabled" $ctx) "true") | quote }}
 {{- end }}
 {{- if eq $ctx.Values.backend "packet" }}
 - name: PACKET_PROJECT_ID
