@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::secret::Secret;
+use secrecy::SecretString as Secret;
 
 /// `[cloudscale]` in the config file.
 #[derive(Deserialize, Debug, Default, Clone)]
@@ -143,13 +143,23 @@ fn set(slot: &mut Option<String>, value: Option<String>) {
 
 fn set_secret(slot: &mut Option<Secret>, value: Option<String>) {
     if let Some(v) = value {
-        *slot = Some(Secret::new(v));
+        *slot = Some(Secret::from(v));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn credentials_never_print() {
+        let mut settings = CloudSettings::default();
+        set_secret(&mut settings.civo.api_key, Some("tok-12345".into()));
+        let text = format!("{settings:?}");
+        assert!(!text.contains("tok-12345"), "{text}");
+        assert!(text.contains("REDACTED"), "{text}");
+    }
 
     #[test]
     fn environment_overrides_the_file() {
@@ -164,7 +174,12 @@ mod tests {
             _ => None,
         });
         assert_eq!(
-            settings.cloudscale.access_token.as_ref().unwrap().expose(),
+            settings
+                .cloudscale
+                .access_token
+                .as_ref()
+                .unwrap()
+                .expose_secret(),
             "from-env"
         );
         assert_eq!(settings.cloudscale.api_url.as_deref(), Some("http://file"));

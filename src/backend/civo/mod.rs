@@ -89,7 +89,11 @@ pub async fn open(settings: &Settings) -> Result<(Arc<dyn Backend>, Arc<dyn Node
         )
     })?;
     let client = |region: &str| -> Result<Option<CivoApi>, String> {
-        let Some(key) = civo.api_key.clone().filter(|k| !k.is_empty()) else {
+        let Some(key) = civo
+            .api_key
+            .clone()
+            .filter(|k| !secrecy::ExposeSecret::expose_secret(k).is_empty())
+        else {
             return Ok(None);
         };
         check_region(region)?;
