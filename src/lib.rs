@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod driver;
 pub mod emulator;
 pub mod error;
+pub mod failpoint;
 pub mod locks;
 pub mod metrics;
 pub mod node;

@@ -1,20 +1,21 @@
-//! The driver's Prometheus metrics: the recording API every module calls.
+//! The driver's Prometheus metrics: the recording API every module calls,
+//! on the `metrics` facade, exported by `metrics-exporter-prometheus`.
 //!
-//! Recording is cheap and never fails; the exporter (the HTTP listener on
-//! `--metrics-address`, see [`endpoint`]) reads what was recorded. Label
-//! values must come from a small fixed set (method names, provider
-//! operations, status codes), never from volume IDs or other unbounded input.
+//! Recording is cheap and never fails; before [`install`] (the server calls
+//! it when `--metrics-address` is set) it does nothing. The exporter's text is
+//! served by the HTTP listener (see [`endpoint`]). Label values must come from
+//! a small fixed set (method names, provider operations, status codes), never
+//! from volume IDs or other unbounded input.
 
 pub mod endpoint;
-mod process;
-mod registry;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use registry::{Counter, Histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets in seconds, shared by RPCs, cloud calls and node operations:
 /// from a cached answer (milliseconds) to a slow cloud attach (minutes).
@@ -22,60 +23,110 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
-static CSI_REQUESTS: Counter = Counter::new(
-    "multicsi_csi_requests_total",
-    "CSI RPCs answered, by method and gRPC code.",
-    &["method", "code"],
-);
-static CSI_DURATION: Histogram = Histogram::new(
-    "multicsi_csi_request_duration_seconds",
-    "Time from receiving a CSI RPC to answering it, by method and gRPC code.",
-    &["method", "code"],
-    SECONDS_BUCKETS,
-);
-static CSI_ABORTED: Counter = Counter::new(
-    "multicsi_csi_aborted_total",
-    "CSI RPCs answered ABORTED because an operation on the same volume or snapshot was in flight.",
-    &["method"],
-);
-static CLOUD_REQUESTS: Counter = Counter::new(
-    "multicsi_cloud_requests_total",
-    "HTTP requests to a cloud API, by provider, operation and HTTP status (error: no answer).",
-    &["provider", "operation", "status"],
-);
-static CLOUD_DURATION: Histogram = Histogram::new(
-    "multicsi_cloud_request_duration_seconds",
-    "Duration of one HTTP request to a cloud API, by provider and operation.",
-    &["provider", "operation"],
-    SECONDS_BUCKETS,
-);
-static CLOUD_ERRORS: Counter = Counter::new(
-    "multicsi_cloud_request_errors_total",
-    "Cloud API requests that failed: HTTP status 4xx or 5xx, or error when no answer came.",
-    &["provider", "operation", "status"],
-);
-static CLOUD_THROTTLED: Counter = Counter::new(
-    "multicsi_cloud_throttled_total",
-    "Cloud API requests answered 429 Too Many Requests.",
-    &["provider", "operation"],
-);
-static CLOUD_RETRIES: Counter = Counter::new(
-    "multicsi_cloud_retries_total",
-    "Cloud API requests sent again, by reason: 5xx, 429 or connection.",
-    &["provider", "operation", "reason"],
-);
-static NODE_OPS: Counter = Counter::new(
-    "multicsi_node_operations_total",
-    "Operations on the node's host (attach, mkfs, mount, grow, ...), by operation and result.",
-    &["operation", "result"],
-);
-static NODE_DURATION: Histogram = Histogram::new(
-    "multicsi_node_operation_duration_seconds",
-    "Duration of operations on the node's host, by operation and result.",
-    &["operation", "result"],
-    SECONDS_BUCKETS,
-);
+const CSI_REQUESTS: &str = "multicsi_csi_requests_total";
+const CSI_DURATION: &str = "multicsi_csi_request_duration_seconds";
+const CSI_ABORTED: &str = "multicsi_csi_aborted_total";
+const CSI_IN_FLIGHT: &str = "multicsi_csi_requests_in_flight";
+const CSI_OLDEST: &str = "multicsi_csi_oldest_in_flight_seconds";
+const CLOUD_REQUESTS: &str = "multicsi_cloud_requests_total";
+const CLOUD_DURATION: &str = "multicsi_cloud_request_duration_seconds";
+const CLOUD_ERRORS: &str = "multicsi_cloud_request_errors_total";
+const CLOUD_THROTTLED: &str = "multicsi_cloud_throttled_total";
+const CLOUD_RETRIES: &str = "multicsi_cloud_retries_total";
+const NODE_OPS: &str = "multicsi_node_operations_total";
+const NODE_DURATION: &str = "multicsi_node_operation_duration_seconds";
+const LUKS_ON_PREVIOUS: &str = "multicsi_luks_volumes_on_previous_key";
+const BUILD_INFO: &str = "multicsi_build_info";
 
+/// Tells the recorder what each family is.
+fn describe() {
+    describe_counter!(CSI_REQUESTS, "CSI RPCs answered, by method and gRPC code.");
+    describe_histogram!(
+        CSI_DURATION,
+        "Time from receiving a CSI RPC to answering it, by method and gRPC code."
+    );
+    describe_counter!(
+        CSI_ABORTED,
+        "CSI RPCs answered ABORTED because an operation on the same volume or snapshot was in flight."
+    );
+    describe_gauge!(CSI_IN_FLIGHT, "CSI RPCs being worked on now, by method.");
+    describe_gauge!(
+        CSI_OLDEST,
+        "Age of the oldest CSI RPC still being worked on, by method (0 when none)."
+    );
+    describe_counter!(
+        CLOUD_REQUESTS,
+        "HTTP requests to a cloud API, by provider, operation and HTTP status (error: no answer)."
+    );
+    describe_histogram!(
+        CLOUD_DURATION,
+        "Duration of one HTTP request to a cloud API, by provider and operation."
+    );
+    describe_counter!(
+        CLOUD_ERRORS,
+        "Cloud API requests that failed: HTTP status 4xx or 5xx, or error when no answer came."
+    );
+    describe_counter!(
+        CLOUD_THROTTLED,
+        "Cloud API requests answered 429 Too Many Requests."
+    );
+    describe_counter!(
+        CLOUD_RETRIES,
+        "Cloud API requests sent again, by reason: 5xx, 429 or connection."
+    );
+    describe_counter!(
+        NODE_OPS,
+        "Operations on the node's host (attach, mkfs, mount, grow, ...), by operation and result."
+    );
+    describe_histogram!(
+        NODE_DURATION,
+        "Duration of operations on the node's host, by operation and result."
+    );
+    describe_gauge!(
+        LUKS_ON_PREVIOUS,
+        "Staged encrypted volumes that open only with the previous key of a rotation (a slot for the new key could not be added)."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the labels name the driver's version and backend."
+    );
+}
+
+/// The exporter and the process collector, once installed.
+struct Exporter {
+    handle: PrometheusHandle,
+    process: metrics_process::Collector,
+}
+
+static EXPORTER: OnceLock<Option<Exporter>> = OnceLock::new();
+
+/// Installs the Prometheus exporter as the process's recorder (once) and
+/// returns its handle; `None` when another recorder was installed first.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    EXPORTER
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(SECONDS_BUCKETS)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            let process = metrics_process::Collector::default();
+            process.describe();
+            Some(Exporter { handle, process })
+        })
+        .as_ref()
+        .map(|e| &e.handle)
+}
+
+/// Drains what the exporter keeps between scrapes; the listener calls it
+/// every few seconds so that an unscraped driver does not grow.
+pub fn upkeep() {
+    if let Some(Some(exporter)) = EXPORTER.get() {
+        exporter.handle.run_upkeep();
+    }
+}
 /// The backend this process serves, for the build-info metric.
 static BACKEND: OnceLock<String> = OnceLock::new();
 
@@ -131,10 +182,11 @@ impl RpcTimer {
         self.finished = true;
         in_flight().calls.remove(&self.id);
         let code = code_name(code);
-        CSI_REQUESTS.inc(&[self.method, code]);
-        CSI_DURATION.observe(&[self.method, code], self.started.elapsed().as_secs_f64());
+        counter!(CSI_REQUESTS, "method" => self.method, "code" => code).increment(1);
+        histogram!(CSI_DURATION, "method" => self.method, "code" => code)
+            .record(self.started.elapsed().as_secs_f64());
         if code == "Aborted" {
-            CSI_ABORTED.inc(&[self.method]);
+            counter!(CSI_ABORTED, "method" => self.method).increment(1);
         }
     }
 }
@@ -150,20 +202,24 @@ impl Drop for RpcTimer {
 /// Records one call to a cloud API: `status` is the HTTP status code as
 /// text, or `error` for a transport failure.
 pub fn cloud_call(provider: &'static str, operation: &'static str, status: &str, seconds: f64) {
-    CLOUD_REQUESTS.inc(&[provider, operation, status]);
-    CLOUD_DURATION.observe(&[provider, operation], seconds);
+    let status = status.to_string();
+    counter!(CLOUD_REQUESTS, "provider" => provider, "operation" => operation, "status" => status.clone())
+        .increment(1);
+    histogram!(CLOUD_DURATION, "provider" => provider, "operation" => operation).record(seconds);
     let failed = status == "error" || status.starts_with('4') || status.starts_with('5');
     if failed {
-        CLOUD_ERRORS.inc(&[provider, operation, status]);
+        counter!(CLOUD_ERRORS, "provider" => provider, "operation" => operation, "status" => status.clone())
+            .increment(1);
     }
     if status == "429" {
-        CLOUD_THROTTLED.inc(&[provider, operation]);
+        counter!(CLOUD_THROTTLED, "provider" => provider, "operation" => operation).increment(1);
     }
 }
 
 /// Records that a cloud call is retried; `reason` is `5xx`, `429` or `connection`.
 pub fn cloud_retry(provider: &'static str, operation: &'static str, reason: &'static str) {
-    CLOUD_RETRIES.inc(&[provider, operation, reason]);
+    counter!(CLOUD_RETRIES, "provider" => provider, "operation" => operation, "reason" => reason)
+        .increment(1);
 }
 
 /// Times a node operation (`attach`, `discover`, `luks_format`, `luks_open`,
@@ -173,9 +229,26 @@ pub fn node_op<T, E>(operation: &'static str, work: impl FnOnce() -> Result<T, E
     let started = Instant::now();
     let result = work();
     let outcome = if result.is_ok() { "success" } else { "error" };
-    NODE_OPS.inc(&[operation, outcome]);
-    NODE_DURATION.observe(&[operation, outcome], started.elapsed().as_secs_f64());
+    counter!(NODE_OPS, "operation" => operation, "result" => outcome).increment(1);
+    histogram!(NODE_DURATION, "operation" => operation, "result" => outcome)
+        .record(started.elapsed().as_secs_f64());
     result
+}
+
+/// Open LUKS mappings that only the previous key of a rotation opens.
+static LUKS_ON_PREVIOUS_KEY: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Records whether LUKS mapping `name` opens only with the previous key of
+/// a rotation (false once it is rotated or closed).
+pub fn luks_on_previous_key(name: &str, on_previous: bool) {
+    let mut set = LUKS_ON_PREVIOUS_KEY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if on_previous {
+        set.insert(name.to_string());
+    } else {
+        set.remove(name);
+    }
 }
 
 /// Names the backend in the build-info metric; the first call wins.
@@ -210,37 +283,25 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 
 /// Every metric in the Prometheus text exposition format (version 0.0.4).
 pub fn render() -> String {
-    let mut out = String::with_capacity(8192);
-    let backend = BACKEND.get().map(String::as_str).unwrap_or("");
-    registry::write_family(
-        &mut out,
-        "multicsi_build_info",
-        "Always 1; the labels name the driver's version and backend.",
-        "gauge",
-    );
-    registry::write_sample(
-        &mut out,
-        "multicsi_build_info",
-        &["version", "backend"],
-        &[env!("CARGO_PKG_VERSION"), backend],
-        1.0,
-    );
-    CSI_REQUESTS.render(&mut out);
-    CSI_DURATION.render(&mut out);
-    CSI_ABORTED.render(&mut out);
-    render_in_flight(&mut out);
-    CLOUD_REQUESTS.render(&mut out);
-    CLOUD_DURATION.render(&mut out);
-    CLOUD_ERRORS.render(&mut out);
-    CLOUD_THROTTLED.render(&mut out);
-    CLOUD_RETRIES.render(&mut out);
-    NODE_OPS.render(&mut out);
-    NODE_DURATION.render(&mut out);
-    process::render(&mut out);
-    out
+    let Some(handle) = install() else {
+        return String::new();
+    };
+    let backend = BACKEND.get().cloned().unwrap_or_default();
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "backend" => backend).set(1.0);
+    let on_previous = LUKS_ON_PREVIOUS_KEY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .len();
+    gauge!(LUKS_ON_PREVIOUS).set(on_previous as f64);
+    record_in_flight();
+    if let Some(Some(exporter)) = EXPORTER.get() {
+        exporter.process.collect();
+    }
+    handle.render()
 }
 
-fn render_in_flight(out: &mut String) {
+/// Sets the in-flight gauges from the table of RPCs being worked on.
+fn record_in_flight() {
     let now = Instant::now();
     let mut per_method: BTreeMap<&'static str, (u64, f64)> = BTreeMap::new();
     {
@@ -254,28 +315,9 @@ fn render_in_flight(out: &mut String) {
             entry.1 = entry.1.max(now.duration_since(*started).as_secs_f64());
         }
     }
-    if per_method.is_empty() {
-        return;
-    }
-    let name = "multicsi_csi_requests_in_flight";
-    registry::write_family(
-        out,
-        name,
-        "CSI RPCs being worked on now, by method.",
-        "gauge",
-    );
-    for (method, (count, _)) in &per_method {
-        registry::write_sample(out, name, &["method"], &[method], *count as f64);
-    }
-    let name = "multicsi_csi_oldest_in_flight_seconds";
-    registry::write_family(
-        out,
-        name,
-        "Age of the oldest CSI RPC still being worked on, by method (0 when none).",
-        "gauge",
-    );
-    for (method, (_, oldest)) in &per_method {
-        registry::write_sample(out, name, &["method"], &[method], *oldest);
+    for (method, (count, oldest)) in per_method {
+        gauge!(CSI_IN_FLIGHT, "method" => method).set(count as f64);
+        gauge!(CSI_OLDEST, "method" => method).set(oldest);
     }
 }
 
@@ -292,6 +334,7 @@ mod tests {
 
     #[test]
     fn rpcs_are_counted_timed_and_tracked_in_flight() {
+        install();
         let timer = rpc_started("TestMethodA");
         let during = render();
         assert_eq!(
@@ -340,6 +383,7 @@ mod tests {
 
     #[test]
     fn cloud_calls_split_into_errors_and_throttles() {
+        install();
         cloud_call("testcloud", "list_things", "200", 0.02);
         cloud_call("testcloud", "list_things", "429", 0.01);
         cloud_call("testcloud", "list_things", "503", 0.01);
@@ -396,6 +440,7 @@ mod tests {
 
     #[test]
     fn node_operations_record_their_result() {
+        install();
         let ok: Result<u32, String> = node_op("test_op", || Ok(7));
         assert_eq!(ok, Ok(7));
         let failed: Result<u32, String> = node_op("test_op", || Err("no".into()));
@@ -438,6 +483,7 @@ mod tests {
 
     #[test]
     fn every_exported_family_is_documented_in_the_readme() {
+        install();
         rpc_started("TestMethodDoc").finish(tonic::Code::Aborted);
         cloud_call("testdoc", "op", "429", 0.1);
         cloud_retry("testdoc", "op", "429");

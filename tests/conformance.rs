@@ -175,8 +175,8 @@ mod hostpath {
     ]);
 }
 
-/// Civo against its emulator. Civo has no snapshots (so no restore or
-/// clone) and resizes detached volumes only, so the online expansion tests
+/// Civo against its emulator, volume snapshots on. Civo has no clones and
+/// resizes detached volumes only, so the clone and online expansion tests
 /// are not instantiated; the offline expansion test is Civo's own.
 mod civo {
     api_sections!(crate::harness::BackendUnderTest::civo);
@@ -193,6 +193,8 @@ mod civo {
         read_only_publish_refuses_writes,
         raw_block_round_trip,
         read_only_block_publish_refuses_writes,
+        restore_ext4_keeps_snapshot_data,
+        restore_xfs_keeps_snapshot_data,
         stats_report_abnormal_when_unmounted,
         concurrent_node_calls_on_one_volume,
         symlinked_paths_are_invalid,
@@ -222,8 +224,14 @@ mod civo {
         one_node_id_for_every_backend,
         offline_expansion_keeps_data,
         quota_limits_creates,
+        snapshots_need_the_setting,
     ]);
     soak_sections!(crate::harness::BackendUnderTest::civo_soak);
+    mod with_hostpath {
+        section!(crate::harness::BackendUnderTest::civo_with_hostpath, routing: [
+            only_shared_capabilities_are_advertised,
+        ]);
+    }
 }
 
 mod cloudscale {
@@ -237,6 +245,7 @@ mod cloudscale {
         a_duplicate_left_by_a_crash_is_resolved,
         a_clone_leaves_no_snapshot_behind,
         a_node_needs_no_token,
+        volumes_carry_their_pvc_and_class_tags,
     ]);
     mod faults {
         soak_sections!(crate::harness::BackendUnderTest::cloudscale_under_faults);
@@ -244,6 +253,7 @@ mod cloudscale {
     mod with_hostpath {
         section!(crate::harness::BackendUnderTest::cloudscale_with_hostpath, routing: [
             two_backends_route_by_id,
+            capacity_follows_the_storage_class,
         ]);
     }
 }

@@ -69,11 +69,16 @@ struct Emulator {
 
 impl Emulator {
     async fn start() -> Self {
+        Self::start_with(20).await
+    }
+
+    /// An emulator whose snapshots take `transition_ms` to become available.
+    async fn start_with(transition_ms: u64) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let app = cloudscale::router(Options {
             devices: None,
-            transition_ms: 20,
+            transition_ms,
         });
         let task = tokio::spawn(multicsi::emulator::serve(
             listener,
@@ -327,4 +332,144 @@ async fn metadata_and_error_bodies_match_the_api() {
         assert!(attached <= 200, "no attach limit");
     }
     assert_eq!(attached, cloudscale::MAX_ATTACHED);
+}
+
+/// The SDK's own integration tests restore from a snapshot right after
+/// creating it: the API accepts a snapshot that is still being made.
+#[tokio::test]
+async fn a_restore_from_a_snapshot_being_created_is_accepted() {
+    let e = Emulator::start_with(60_000).await;
+    let (_, volume) = e
+        .call(
+            Method::POST,
+            "/v1/volumes",
+            Some(json!({"name": "pvc-src", "size_gb": 3, "type": "ssd"})),
+        )
+        .await;
+    let (_, snapshot) = e
+        .call(
+            Method::POST,
+            "/v1/volume-snapshots",
+            Some(json!({"name": "snap-new", "source_volume": volume["uuid"]})),
+        )
+        .await;
+    assert_ne!(snapshot["status"], "available", "{snapshot}");
+    let (status, restored) = e
+        .call(
+            Method::POST,
+            "/v1/volumes",
+            Some(json!({"name": "pvc-early", "volume_snapshot_uuid": snapshot["uuid"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{restored}");
+    assert_eq!(restored["size_gb"], 3);
+}
+
+/// `?tag:KEY=` (empty value) means "has tag KEY"; `?tag:KEY=VALUE`
+/// matches the value.
+#[tokio::test]
+async fn an_empty_tag_filter_matches_every_volume_with_the_tag() {
+    let e = Emulator::start().await;
+    for (name, tags) in [
+        ("tagged-a", json!({"team": "a"})),
+        ("tagged-b", json!({"team": "b"})),
+        ("untagged", json!({})),
+    ] {
+        let (status, _) = e
+            .call(
+                Method::POST,
+                "/v1/volumes",
+                Some(json!({"name": name, "size_gb": 1, "tags": tags})),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    let names = |list: &Value| -> Vec<String> {
+        let mut names: Vec<String> = list
+            .as_array()
+            .expect("a bare array")
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let (_, any) = e.call(Method::GET, "/v1/volumes?tag:team=", None).await;
+    assert_eq!(names(&any), ["tagged-a", "tagged-b"]);
+    let (_, one) = e.call(Method::GET, "/v1/volumes?tag:team=b", None).await;
+    assert_eq!(names(&one), ["tagged-b"]);
+}
+
+/// Snapshots are renamed and retagged with PATCH (204, one attribute).
+#[tokio::test]
+async fn a_snapshot_is_renamed_and_retagged_with_patch() {
+    let e = Emulator::start().await;
+    let (_, volume) = e
+        .call(
+            Method::POST,
+            "/v1/volumes",
+            Some(json!({"name": "pvc-p", "size_gb": 1})),
+        )
+        .await;
+    let (_, snapshot) = e
+        .call(
+            Method::POST,
+            "/v1/volume-snapshots",
+            Some(json!({"name": "before", "source_volume": volume["uuid"]})),
+        )
+        .await;
+    let path = format!(
+        "/v1/volume-snapshots/{}",
+        snapshot["uuid"].as_str().unwrap()
+    );
+    let (status, body) = e
+        .call(Method::PATCH, &path, Some(json!({"name": "after"})))
+        .await;
+    assert_eq!((status, body), (204, Value::Null));
+    let (status, body) = e
+        .call(Method::PATCH, &path, Some(json!({"tags": {"k": "v"}})))
+        .await;
+    assert_eq!((status, body), (204, Value::Null));
+    let (_, got) = e.call(Method::GET, &path, None).await;
+    assert_eq!(got["name"], "after");
+    assert_eq!(got["tags"], json!({"k": "v"}));
+    let (status, body) = e
+        .call(Method::PATCH, &path, Some(json!({"name": "x", "tags": {}})))
+        .await;
+    assert_eq!(status, 400, "one attribute per PATCH: {body}");
+    assert_error_body(&body, "PATCH snapshot with two attributes");
+    let (status, body) = e
+        .call(
+            Method::PATCH,
+            "/v1/volume-snapshots/00000000-0000-4000-8000-000000000000",
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_eq!((status, body), (404, fixture("not-found.json")));
+}
+
+/// Attaching to a server that does not exist is a 400 about the field.
+#[tokio::test]
+async fn attaching_to_an_unknown_server_names_the_field() {
+    let e = Emulator::start().await;
+    let (_, volume) = e
+        .call(
+            Method::POST,
+            "/v1/volumes",
+            Some(json!({"name": "pvc-u", "size_gb": 1})),
+        )
+        .await;
+    let unknown = "11111111-2222-4333-8444-555555555555";
+    let (status, body) = e
+        .call(
+            Method::PATCH,
+            &format!("/v1/volumes/{}", volume["uuid"].as_str().unwrap()),
+            Some(json!({"server_uuids": [unknown]})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"server_uuids": format!("Object with uuid={unknown} does not exist.")})
+    );
 }

@@ -365,7 +365,7 @@ async fn a_detach_is_refused_while_the_server_uses_the_volume() {
     assert_eq!(body, fixture("detach_in_use.json"));
     drop(held);
     let (status, _) = emu.call(reqwest::Method::DELETE, &path, None).await;
-    assert_eq!(status, 204);
+    assert_eq!(status, 200);
     assert!(
         !devices
             .host
@@ -412,6 +412,7 @@ fn create_request(name: &str) -> multicsi::backend::CreateVolume {
         fs_type: Some("ext4".into()),
         requisite: vec![],
         preferred: vec![],
+        metadata: Default::default(),
     }
 }
 
@@ -507,4 +508,86 @@ async fn unpublish_waits_until_the_server_lets_go() {
     );
     backend.delete_volume(&volume.id).await.unwrap();
     assert!(backend.list_volumes().await.unwrap().is_empty());
+}
+
+/// DELETE of an attachment answers 200 (the official clients expect it),
+/// and 404 once the attachment is gone.
+#[tokio::test]
+async fn a_detach_answers_200_then_404() {
+    let emu = Emu::start(None).await;
+    let id = emu.create(10).await["id"].as_str().unwrap().to_string();
+    emu.wait_active(&id).await;
+    let (status, attachment) = emu.attach(&id, packet::PEER.id).await;
+    assert_eq!(status, 201, "{attachment}");
+    let path = format!(
+        "/storage/attachments/{}",
+        attachment["id"].as_str().unwrap()
+    );
+    let (status, _) = emu.call(reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(status, 200, "a detach answers 200");
+    let (status, body) = emu.call(reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(status, 404, "a detach of a gone attachment answers 404");
+    assert_shape("an error", &json!({ "errors": ["message"] }), &body);
+}
+
+/// PATCH /storage/{id}: the official client's update, lock and unlock. A
+/// locked volume is not deleted.
+#[tokio::test]
+async fn a_volume_is_updated_locked_and_unlocked_with_patch() {
+    let emu = Emu::start(None).await;
+    let id = emu.create(10).await["id"].as_str().unwrap().to_string();
+    emu.wait_active(&id).await;
+    let path = format!("/storage/{id}");
+    let (status, updated) = emu
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({ "description": "renamed" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_shape("volume.json", &fixture("volume.json"), &updated);
+    assert_eq!(updated["description"], "renamed");
+    let (status, locked) = emu
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({ "locked": true })),
+        )
+        .await;
+    assert_eq!((status, &locked["locked"]), (200, &json!(true)));
+    let (status, body) = emu.call(reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(status, 422, "a locked volume is not deleted: {body}");
+    assert_shape("an error", &json!({ "errors": ["message"] }), &body);
+    let (status, unlocked) = emu
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({ "locked": false })),
+        )
+        .await;
+    assert_eq!((status, &unlocked["locked"]), (200, &json!(false)));
+    let (status, body) = emu
+        .call(reqwest::Method::PATCH, &path, Some(json!({ "size": 5 })))
+        .await;
+    assert_eq!(status, 422, "a volume does not shrink: {body}");
+    let (status, grown) = emu
+        .call(reqwest::Method::PATCH, &path, Some(json!({ "size": 20 })))
+        .await;
+    assert_eq!((status, &grown["size"]), (200, &json!(20)));
+    let (status, _) = emu.call(reqwest::Method::DELETE, &path, None).await;
+    assert!(status == 200 || status == 204, "{status}");
+}
+
+/// GET /userdata answers the server's user data as it was given, not JSON.
+#[tokio::test]
+async fn userdata_is_the_servers_user_data() {
+    let emu = Emu::start(None).await;
+    let reply = reqwest::get(format!("{}/userdata", emu.url)).await.unwrap();
+    assert_eq!(
+        reply.status().as_u16(),
+        200,
+        "the metadata service needs no token"
+    );
+    assert_eq!(reply.text().await.unwrap(), packet::USER_DATA);
 }

@@ -409,12 +409,151 @@ stale_mapping_is_replaced_or_refused() {
     unstage stale && remove_volume stale && losetup -d "$loop"
 }
 
+# --- LUKS key lifecycle: per-volume keys, rotation, adoption ---------------
+
+# A master secret, and a second one to rotate to.
+MASTER=$(head -c 48 /dev/urandom | base64 | tr -d '\n')
+MASTER2=$(head -c 48 /dev/urandom | base64 | tr -d '\n')
+MASTERFILE=$W/luks-master
+MASTER2FILE=$W/luks-master-2
+(umask 077 && printf %s "$MASTER" >"$MASTERFILE" && printf %s "$MASTER2" >"$MASTER2FILE")
+
+# derived_keyfile MASTERFILE NAME: writes the passphrase the driver derives
+# for volume NAME (HKDF-SHA256, salt multicsi.io/luks-volume-passphrase/v1,
+# info the volume ID, 32 bytes as hex), computed here independently, to a
+# file and prints its path.
+derived_keyfile() {
+    local file=$W/derived-$2
+    (umask 077 && python3 -c '
+import hashlib, hmac, sys
+master = open(sys.argv[1], "rb").read()
+prk = hmac.new(b"multicsi.io/luks-volume-passphrase/v1", master, hashlib.sha256).digest()
+okm = hmac.new(prk, sys.argv[2].encode() + b"\x01", hashlib.sha256).digest()
+sys.stdout.write(okm.hex())
+' "$1" "$(vol_id "$2")" >"$file") && echo "$file"
+}
+
+# opens_with DEVICE KEYFILE: the key opens a key slot of the header.
+opens_with() { cryptsetup open --test-passphrase --key-file "$2" "$1" 2>/dev/null; }
+# keyslots DEVICE: how many key slots are in use.
+keyslots() { cryptsetup luksDump "$1" | grep -cE '^(  [0-9]+: luks2|Key Slot [0-9]+: ENABLED)'; }
+
+# stage_with NAME SECRET-ARGS...: NodeStageVolume with the given secret files.
+stage_with() {
+    local name=$1 ctx
+    shift
+    mapfile -t ctx < <(context_args "$name")
+    mkdir -p "$(staging "$name")"
+    # shellcheck disable=SC2046 # the access is two words: --fs ext4
+    cli node stage "$(vol_id "$name")" --staging "$(staging "$name")" $(vol_access "$name") \
+        "${ctx[@]}" "$@"
+}
+
+master_key_gives_each_volume_its_own_passphrase() {
+    local v k1 k2
+    for v in mk1 mk2; do
+        new_volume "$v" 64Mi --block --param multicsi.io/luks-encrypted=true &&
+            stage_with "$v" --secret-file "luksMasterKey=$MASTERFILE" || return
+    done
+    k1=$(derived_keyfile "$MASTERFILE" mk1) && k2=$(derived_keyfile "$MASTERFILE" mk2) || return
+    opens_with "$(image mk1)" "$k1" || { fail "the derived passphrase does not open mk1"; return 1; }
+    opens_with "$(image mk2)" "$k2" || { fail "the derived passphrase does not open mk2"; return 1; }
+    ! opens_with "$(image mk2)" "$k1" || { fail "mk1's passphrase opens mk2"; return 1; }
+    ! opens_with "$(image mk1)" "$MASTERFILE" || { fail "the master itself opens a volume"; return 1; }
+    for v in mk1 mk2; do
+        unstage "$v" && stage_with "$v" --secret-file "luksMasterKey=$MASTERFILE" &&
+            unstage "$v" && remove_volume "$v" || return
+    done
+}
+
+# rotate_through CRASH_POINT: a volume with the plain key is rotated onto a
+# per-volume key; the driver dies at CRASH_POINT (between two steps) the
+# first time; at every moment one of the two keys opens it; the next stage
+# finishes the rotation and the data is kept.
+rotate_through() {
+    local crash=$1 derived
+    new_volume "rot$2" 64Mi "--fs ext4" --param multicsi.io/luks-encrypted=true || return
+    local v=rot$2
+    stage "$v" "$KEYFILE" && publish "$v" && echo "rotate $crash" >"$(target "$v")/data" && sync &&
+        unpublish "$v" && unstage "$v" || return
+    derived=$(derived_keyfile "$MASTERFILE" "$v") || return
+    stop_driver
+    MULTICSI_CRASH_AT=$crash start_driver || return
+    stage_with "$v" --secret-file "luksMasterKey=$MASTERFILE" --secret-file "luksPreviousKey=$KEYFILE" &&
+        { fail "the driver did not die at $crash"; return 1; }
+    wait "$DRIVER_PID" 2>/dev/null
+    DRIVER_PID=
+    grep -q "crash point $crash reached" "$DRIVER_LOG" || { fail "not cut off at $crash"; return 1; }
+    opens_with "$(image "$v")" "$KEYFILE" || opens_with "$(image "$v")" "$derived" ||
+        { fail "cut off at $crash, neither key opens the volume"; return 1; }
+    start_driver || return
+    stage_with "$v" --secret-file "luksMasterKey=$MASTERFILE" --secret-file "luksPreviousKey=$KEYFILE" &&
+        publish "$v" || return
+    grep -qx "rotate $crash" "$(target "$v")/data" || { fail "data lost"; return 1; }
+    opens_with "$(image "$v")" "$derived" || { fail "the new key does not open it"; return 1; }
+    ! opens_with "$(image "$v")" "$KEYFILE" || { fail "the previous key still opens it"; return 1; }
+    (($(keyslots "$(image "$v")") == 1)) || { fail "more than one key slot left"; return 1; }
+    unpublish "$v" && unstage "$v" && remove_volume "$v"
+}
+rotation_cut_off_after_the_new_slot() { rotate_through luks-rotate-added 1; }
+rotation_cut_off_after_the_check() { rotate_through luks-rotate-checked 2; }
+
+plain_key_rotates_to_a_new_plain_key() {
+    new_volume rk 64Mi --block --param multicsi.io/luks-encrypted=true &&
+        stage rk "$KEYFILE" && unstage rk || return
+    local newkey=$W/new-plain-key
+    (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$newkey")
+    stage_with rk --secret-file "luksKey=$newkey" --secret-file "luksPreviousKey=$KEYFILE" || return
+    opens_with "$(image rk)" "$newkey" && ! opens_with "$(image rk)" "$KEYFILE" ||
+        { fail "not rotated to the new plain key"; return 1; }
+    # The rotation is done: the same secret again changes nothing.
+    unstage rk && stage_with rk --secret-file "luksKey=$newkey" --secret-file "luksPreviousKey=$KEYFILE" &&
+        unstage rk && remove_volume rk
+}
+
+luks1_volume_is_adopted_onto_a_per_volume_key() {
+    new_volume adopt 128Mi "--fs ext4" --param csi.cloudscale.ch/luks-encrypted=true || return
+    cryptsetup luksFormat --batch-mode --type luks1 --pbkdf-force-iterations 1000 \
+        --key-file "$KEYFILE" "$(image adopt)" || return
+    stage adopt "$KEYFILE" && publish adopt && echo adopted >"$(target adopt)/data" && sync &&
+        unpublish adopt && unstage adopt || return
+    local derived
+    derived=$(derived_keyfile "$MASTER2FILE" adopt) || return
+    stage_with adopt --secret-file "luksMasterKey=$MASTER2FILE" --secret-file "luksPreviousKey=$KEYFILE" &&
+        publish adopt || return
+    cryptsetup isLuks --type luks1 "$(image adopt)" || { fail "the LUKS1 header was replaced"; return 1; }
+    opens_with "$(image adopt)" "$derived" && ! opens_with "$(image adopt)" "$KEYFILE" ||
+        { fail "not rotated onto the per-volume key"; return 1; }
+    grep -qx adopted "$(target adopt)/data" && unpublish adopt && unstage adopt && remove_volume adopt
+}
+
+wrong_keys_of_a_rotation_change_nothing() {
+    new_volume wk 64Mi --block --param multicsi.io/luks-encrypted=true &&
+        stage wk "$KEYFILE" && unstage wk || return
+    local before out
+    before=$(cryptsetup luksDump "$(image wk)" | sha256sum)
+    out=$(expect_error InvalidArgument stage_with wk --secret-file "luksMasterKey=$MASTER2FILE" \
+        --secret-file "luksPreviousKey=$WRONG_KEYFILE") || { echo "$out"; return 1; }
+    echo "$out"
+    grep -q "neither the current key nor the previous key" <<<"$out" ||
+        { fail "not refused as neither key opening it"; return 1; }
+    [[ $(cryptsetup luksDump "$(image wk)" | sha256sum) == "$before" ]] || { fail "the header changed"; return 1; }
+    ! grep -qF "$MASTER2" <<<"$out" && ! grep -qF "$MASTER2" "$DRIVER_LOG" ||
+        { fail "a key in the error or the log"; return 1; }
+    unstage wk && remove_volume wk
+}
+
 key_never_leaks() {
     local found=0
     grep -Fq "$KEY" "$DRIVER_LOG" && { echo "the key is in the driver log"; found=1; }
     tr '\0' ' ' <"/proc/$DRIVER_PID/cmdline" | grep -Fq "$KEY" && { echo "the key is in the driver's argv"; found=1; }
     tr '\0' '\n' <"/proc/$DRIVER_PID/environ" | grep -Fq "$KEY" && { echo "the key is in the driver's environment"; found=1; }
     grep -rlF "$KEY" "$STATE" && { echo "the key is in a state file"; found=1; }
+    local secret
+    for secret in "$MASTER" "$MASTER2"; do
+        grep -Fq "$secret" "$DRIVER_LOG" && { echo "a master key is in the driver log"; found=1; }
+        grep -rlF "$secret" "$STATE" && { echo "a master key is in a state file"; found=1; }
+    done
     # The log has the LUKS work in it, so the absence of the key means something.
     grep -q "LUKS2 header written" "$DRIVER_LOG" || { echo "no LUKS work in the log"; found=1; }
     ((found == 0))
@@ -479,6 +618,12 @@ check "a plain volume over a partition table or a LUKS header is refused, kept" 
 check "a failed encrypted stage closes its mapping and detaches its loop device" failed_encrypted_stage_leaves_nothing
 check "an encrypted volume written as raw block is not formatted as a filesystem" encrypted_block_data_is_never_formatted
 check "a stale mapping of the same name is refused in use, replaced when unused" stale_mapping_is_replaced_or_refused
+check "LUKS master key: each volume opens with its own derived passphrase, not another's" master_key_gives_each_volume_its_own_passphrase
+check "LUKS rotation killed after adding the new slot: one key always opens, restage finishes" rotation_cut_off_after_the_new_slot
+check "LUKS rotation killed after checking the new key: one key always opens, restage finishes" rotation_cut_off_after_the_check
+check "LUKS rotation from one plain key to another, then idempotent" plain_key_rotates_to_a_new_plain_key
+check "LUKS1 volume (cloudscale keys) adopted onto a per-volume key, data kept" luks1_volume_is_adopted_onto_a_per_volume_key
+check "LUKS rotation whose keys both fail: InvalidArgument, header untouched, no key shown" wrong_keys_of_a_rotation_change_nothing
 check "the key is in no log, argv, environment or state file" key_never_leaks
 check "default key derivation (argon2id 64 MiB, 4 iterations) and driver memory" default_pbkdf_fits_a_small_memory_limit
 stop_driver

@@ -48,6 +48,10 @@ pub struct CreateVolume {
     /// Requested topology (requisite, preferred), empty = anywhere.
     pub requisite: Vec<Map>,
     pub preferred: Vec<Map>,
+    /// What the provisioner says the volume is for (`csi.storage.k8s.io/`
+    /// `pvc/name`, `pvc/namespace`, `pv/name`), kept on the cloud volume
+    /// where the provider has tags.
+    pub metadata: Map,
 }
 
 #[cfg(test)]
@@ -64,6 +68,7 @@ impl CreateVolume {
             fs_type: None,
             requisite: vec![],
             preferred: vec![],
+            metadata: Map::new(),
         }
     }
 }
@@ -153,6 +158,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Grows a volume to at least `required_bytes`; returns its new size.
     async fn expand(&self, id: &str, required_bytes: u64, limit_bytes: u64) -> CsiResult<u64>;
     async fn capacity(&self) -> CsiResult<Capacity>;
+    /// The capacity of the backend a request's StorageClass parameters
+    /// select (GetCapacity); one backend answers for itself.
+    async fn capacity_for(&self, _parameters: &Map) -> CsiResult<Capacity> {
+        self.capacity().await
+    }
 
     async fn create_snapshot(&self, source_volume_id: &str, name: &str) -> CsiResult<Snapshot>;
     /// Deleting a snapshot that does not exist is Ok.

@@ -2,8 +2,13 @@
 //! snapshot IDs keep their own format (so volumes made by a provider's own
 //! driver are adopted unchanged); the IDs of every other backend carry its
 //! name and `:` in front (`hostpath:hp-...`). Every call is routed by the
-//! ID alone; CreateVolume by the StorageClass parameter
+//! ID alone; CreateVolume and GetCapacity by the StorageClass parameter
 //! `multicsi.io/backend` (absent = the default).
+//!
+//! Capabilities the backends do not share are advertised only when every
+//! backend that has the feature at all has them (online expansion,
+//! read-only publish): a CO never asks one backend for what only another
+//! can do. The backends still refuse such a request per volume.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -116,6 +121,20 @@ impl Router {
     fn by_name(&self, name: &str) -> Option<usize> {
         self.routes.iter().position(|r| r.backend.name() == name)
     }
+
+    /// The backend StorageClass parameters select (`multicsi.io/backend`,
+    /// absent = the default).
+    fn selected(&self, parameters: &Map) -> CsiResult<usize> {
+        match parameters.get(BACKEND) {
+            None => Ok(0),
+            Some(name) => self.by_name(name).ok_or_else(|| {
+                CsiError::InvalidArgument(format!(
+                    "parameter {BACKEND}={name:?}: this driver serves {}",
+                    self.backend_names().join(", ")
+                ))
+            }),
+        }
+    }
 }
 
 #[async_trait]
@@ -142,6 +161,22 @@ impl Backend for Router {
         self.keys
     }
 
+    /// Online only when every backend that expands does so online.
+    fn online_expansion(&self) -> bool {
+        self.routes.iter().all(|r| {
+            let backend = &r.backend;
+            !backend.features().expand || backend.online_expansion()
+        })
+    }
+
+    /// Read-only publish only when every backend that attaches offers it.
+    fn publish_readonly(&self) -> bool {
+        self.routes.iter().all(|r| {
+            let backend = &r.backend;
+            !backend.features().attach || backend.publish_readonly()
+        })
+    }
+
     fn backend_names(&self) -> Vec<&'static str> {
         self.routes.iter().map(|r| r.backend.name()).collect()
     }
@@ -155,15 +190,8 @@ impl Backend for Router {
 
     async fn create_volume(&self, request: &CreateVolume) -> CsiResult<Volume> {
         let mut request = request.clone();
-        let index = match request.parameters.remove(BACKEND) {
-            None => 0,
-            Some(name) => self.by_name(&name).ok_or_else(|| {
-                CsiError::InvalidArgument(format!(
-                    "parameter {BACKEND}={name:?}: this driver serves {}",
-                    self.backend_names().join(", ")
-                ))
-            })?,
-        };
+        let index = self.selected(&request.parameters)?;
+        request.parameters.remove(BACKEND);
         let backend = self.backend(index);
         if let Some(key) = request
             .parameters
@@ -257,13 +285,20 @@ impl Backend for Router {
         backend.expand(own, required_bytes, limit_bytes).await
     }
 
+    /// The default backend's capacity.
     async fn capacity(&self) -> CsiResult<Capacity> {
-        let route = self
-            .routes
-            .iter()
-            .find(|r| r.backend.features().capacity)
-            .ok_or_else(|| CsiError::Unimplemented("no backend reports capacity".into()))?;
-        route.backend.capacity().await
+        self.capacity_for(&Map::new()).await
+    }
+
+    async fn capacity_for(&self, parameters: &Map) -> CsiResult<Capacity> {
+        let backend = self.backend(self.selected(parameters)?);
+        if !backend.features().capacity {
+            return Err(CsiError::Unimplemented(format!(
+                "the {} backend reports no free capacity; do not enable storage capacity tracking for its StorageClasses",
+                backend.name()
+            )));
+        }
+        backend.capacity().await
     }
 
     async fn create_snapshot(&self, source_volume_id: &str, name: &str) -> CsiResult<Snapshot> {
@@ -413,6 +448,13 @@ mod tests {
         }
         fn parameter_keys(&self) -> &'static [&'static str] {
             self.keys
+        }
+        /// "local" expands offline only and attaches read-write only.
+        fn online_expansion(&self) -> bool {
+            self.name != "local"
+        }
+        fn publish_readonly(&self) -> bool {
+            self.name != "local"
         }
         async fn ready(&self) -> CsiResult<()> {
             Ok(())
@@ -673,6 +715,35 @@ mod tests {
             assert_eq!(router.topology().len(), 2);
             let f = router.features();
             assert!(f.snapshots && f.attach && !f.clone);
+        });
+    }
+
+    #[test]
+    fn capabilities_are_the_ones_every_backend_has() {
+        let (router, _, _) = router();
+        assert!(!router.online_expansion(), "local expands offline only");
+        assert!(!router.publish_readonly(), "local attaches read-write only");
+        let cloud = Fake::new("cloud", &[], true);
+        let alone = Router::new(vec![Route {
+            backend: cloud.clone(),
+            node: cloud,
+        }])
+        .unwrap();
+        assert!(alone.online_expansion() && alone.publish_readonly());
+    }
+
+    #[test]
+    fn capacity_is_the_selected_backends() {
+        run(async {
+            let (router, _, _) = router();
+            let err = router.capacity_for(&Map::new()).await.unwrap_err();
+            assert!(
+                matches!(err, CsiError::Unimplemented(ref m) if m.contains("cloud")),
+                "{err}"
+            );
+            let nowhere = Map::from([(BACKEND.to_string(), "nowhere".to_string())]);
+            let err = router.capacity_for(&nowhere).await.unwrap_err();
+            assert!(matches!(err, CsiError::InvalidArgument(_)), "{err}");
         });
     }
 

@@ -83,18 +83,7 @@ fn line(parts: impl IntoIterator<Item = String>) -> String {
 
 /// RFC 3339 UTC time of a protobuf timestamp.
 pub fn rfc3339(ts: &prost_types::Timestamp) -> String {
-    let days = ts.seconds.div_euclid(86_400);
-    let secs = ts.seconds.rem_euclid(86_400);
-    let (year, month, day) = crate::cloud::timestamp::civil_from_days(days);
-    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    if ts.nanos > 0 {
-        format!(
-            "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:09}Z",
-            ts.nanos
-        )
-    } else {
-        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
-    }
+    crate::cloud::timestamp::format_unix(ts.seconds, ts.nanos)
 }
 
 fn condition_json(condition: Option<&pb::VolumeCondition>) -> Value {

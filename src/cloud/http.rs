@@ -14,9 +14,9 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
-use super::secret::Secret;
 use crate::error::CsiError;
 use crate::metrics;
+use secrecy::{ExposeSecret, SecretString as Secret};
 
 /// How requests are authenticated.
 #[derive(Clone, Debug)]
@@ -326,8 +326,8 @@ impl ApiClient {
         let url = format!("{}{}", self.base_url, request.path);
         let mut builder = self.http.request(request.method.clone(), &url);
         builder = match &self.auth {
-            Auth::Bearer(token) => builder.bearer_auth(token.expose()),
-            Auth::Header(name, token) => builder.header(*name, token.expose()),
+            Auth::Bearer(token) => builder.bearer_auth(token.expose_secret()),
+            Auth::Header(name, token) => builder.header(*name, token.expose_secret()),
             Auth::None => builder,
         };
         if let Some(body) = &request.body {

@@ -2,6 +2,5 @@
 //! print, and the providers' settings.
 
 pub mod http;
-pub mod secret;
 pub mod settings;
 pub mod timestamp;

@@ -158,6 +158,7 @@ impl Driver {
                 limit_bytes,
                 source,
                 parameters: parameters.backend,
+                metadata: params::metadata(&r.parameters),
                 node_context: parameters.node_context,
                 fs_type,
                 requisite,
@@ -286,7 +287,8 @@ impl Driver {
                 .iter()
                 .all(|(k, v)| here.get(k).is_none_or(|h| h == v))
         });
-        let capacity = self.backend.capacity().await?;
+        let parameters: Map = r.parameters.clone().into_iter().collect();
+        let capacity = self.backend.capacity_for(&parameters).await?;
         let available = if supported && reachable {
             capacity.available_bytes
         } else {

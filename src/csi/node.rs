@@ -12,10 +12,9 @@ use crate::csi::validate::{self, Access};
 use crate::csi::{self as pb, node_server, node_service_capability};
 use crate::driver::Driver;
 use crate::error::{CsiError, CsiResult};
-use crate::node::luks;
 use crate::node::ownership::Owner;
 use crate::node::volume::{self, Usage};
-use crate::node::{mount, readonly, trusted_path};
+use crate::node::{luks, luks_keys, mount, readonly, trusted_path};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -46,14 +45,14 @@ impl Driver {
         }
         let encryption = match params::luks(&context)? {
             Some(settings) => {
-                let key = volume::luks_key(&r.secrets)?;
+                let keys = luks_keys::volume_keys(&r.secrets, id)?;
                 blocking::run(|| Ok(luks::check_available()?)).await?;
-                Some((settings, key))
+                Some((settings, keys))
             }
-            None if r.secrets.contains_key(volume::LUKS_KEY_SECRET) => {
+            None if luks_keys::has_key_material(&r.secrets) => {
                 return Err(CsiError::InvalidArgument(format!(
-                    "the node-stage secret has a {} but the volume context lacks the encryption settings ({}); nothing was touched: pass the volume_context the volume was created with",
-                    volume::LUKS_KEY_SECRET,
+                    "the node-stage secret has LUKS key material ({}) but the volume context lacks the encryption settings ({}); nothing was touched: pass the volume_context the volume was created with",
+                    luks_keys::KEY_ENTRIES.join(", "),
                     params::LUKS_ENCRYPTED
                 )));
             }
@@ -91,7 +90,7 @@ impl Driver {
         staging: PathBuf,
         capability: &validate::Capability,
         context: &Map,
-        encryption: Option<(params::Luks, volume::LuksKey)>,
+        encryption: Option<(params::Luks, luks_keys::VolumeKeys)>,
     ) -> CsiResult<()> {
         let mut device = self
             .node_backend
@@ -99,11 +98,11 @@ impl Driver {
             .await?;
         let markers = self.settings.state_dir.join("node");
         let mkfs_marker = markers.join(format!("{id}.mkfs"));
-        if let Some((settings, key)) = encryption {
+        if let Some((settings, keys)) = encryption {
             device = volume::open_encrypted(
                 device,
                 luks::mapping_name(id),
-                key,
+                keys,
                 settings,
                 self.settings.luks_pbkdf,
                 markers.join(format!("{id}.luks-format")),

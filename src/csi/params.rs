@@ -28,6 +28,22 @@ const CLOUDSCALE_LUKS_KEYS: [(&str, &str); 3] = [
 
 /// Prefix of the keys Kubernetes' sidecars add (PVC name, namespace, ...).
 const KUBERNETES_PREFIX: &str = "csi.storage.k8s.io/";
+/// The provisioner's keys (`--extra-create-metadata`) a backend keeps on the
+/// cloud volume, so the cloud console tells which PVC a volume is.
+pub const METADATA_KEYS: &[&str] = &[
+    "csi.storage.k8s.io/pvc/name",
+    "csi.storage.k8s.io/pvc/namespace",
+    "csi.storage.k8s.io/pv/name",
+];
+
+/// The provisioner's metadata among CreateVolume parameters.
+pub fn metadata(parameters: &HashMap<String, String>) -> Map {
+    parameters
+        .iter()
+        .filter(|(key, _)| METADATA_KEYS.contains(&key.as_str()))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
 
 /// Parameters after the split.
 #[derive(Debug, Default, PartialEq, Eq)]

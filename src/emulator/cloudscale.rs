@@ -2,14 +2,16 @@
 //! of its OpenStack-style metadata service.
 //!
 //! What it reproduces: bare JSON arrays (no pagination), `?name=` and
-//! `?tag:KEY=VALUE` filters, 201 on POST with the object, 204 on PATCH and
-//! DELETE, one attribute per PATCH, `{"detail": ...}` error bodies with
-//! string values, the ssd (1 GB steps) and bulk (100 GB steps) size rules,
-//! no shrinking, restores that take size, type and zone from the snapshot,
-//! snapshots that become `available` after a moment and linger as
-//! `deleting` after DELETE, the refusal to delete a volume that has
-//! snapshots, the per-server attach limit and the per-volume snapshot
-//! limit.
+//! `?tag:KEY=VALUE` filters (an empty value: every item with the tag), 201
+//! on POST with the object, 204 on PATCH and DELETE, one attribute per
+//! PATCH (volumes: size, servers, name, tags; snapshots: name, tags),
+//! `{"detail": ...}` error bodies with string values, the ssd (1 GB steps)
+//! and bulk (100 GB steps) size rules, no shrinking, restores that take
+//! size, type and zone from the snapshot (also while the snapshot is still
+//! being created), snapshots that become `available` after a moment and
+//! linger as `deleting` after DELETE, the refusal to delete a volume that
+//! has snapshots, the per-server attach limit and the per-volume snapshot
+//! limit. docs/emulators.md lists what it does not reproduce.
 //!
 //! Two servers exist: [`SERVER_UUID`] in lpg1 (this host: volumes attached
 //! to it appear as loop devices when a [`DeviceHost`] is given, linked as
@@ -113,7 +115,9 @@ pub fn router(options: Options) -> Router {
         )
         .route(
             "/v1/volume-snapshots/{uuid}",
-            get(get_snapshot).delete(delete_snapshot),
+            get(get_snapshot)
+                .patch(patch_snapshot)
+                .delete(delete_snapshot),
         )
         .route(METADATA_PATH, get(metadata))
         .with_state(Arc::new(Mutex::new(cloud)))
@@ -238,15 +242,7 @@ impl Cloud {
 
     /// Forgets snapshots whose deletion has finished.
     fn sweep(&mut self) {
-        let now = Instant::now();
-        let gone: Vec<String> = self
-            .snapshots
-            .values()
-            .filter(|s| s.gone_at.is_some_and(|t| t <= now))
-            .map(|s| s.uuid.clone())
-            .collect();
-        for uuid in gone {
-            self.snapshots.remove(&uuid);
+        for uuid in super::remove_finished(&mut self.snapshots, |s| s.gone_at) {
             if let Some(devices) = &self.devices {
                 let _ = devices.remove(&uuid);
             }
@@ -288,6 +284,7 @@ impl Cloud {
                 "href": format!("{}/v1/volumes/{}", self.base, s.source_uuid),
                 "uuid": s.source_uuid,
                 "name": s.source_name,
+                "type": s.kind,
             },
         })
     }
@@ -323,7 +320,9 @@ fn matches_filters(
         if key == "name" {
             name == wanted
         } else if let Some(tag) = key.strip_prefix("tag:") {
-            tags.get(tag).and_then(Value::as_str) == Some(wanted.as_str())
+            // An empty value asks for every item carrying the tag.
+            let value = tags.get(tag).and_then(Value::as_str);
+            value.is_some_and(|v| wanted.is_empty() || v == wanted)
         } else {
             true
         }
@@ -438,11 +437,13 @@ impl Cloud {
                         format!("Snapshot {snapshot_uuid} does not exist."),
                     ));
                 };
-                if s.gone_at.is_some() || Instant::now() < s.available_at {
+                // A snapshot still being created can be restored already
+                // (the SDK's integration tests do so); one being deleted not.
+                if s.gone_at.is_some() {
                     return Err(error(
                         StatusCode::BAD_REQUEST,
                         "volume_snapshot_uuid",
-                        format!("Snapshot {snapshot_uuid} is not available."),
+                        format!("Snapshot {snapshot_uuid} is being deleted."),
                     ));
                 }
                 (
@@ -592,17 +593,8 @@ impl Cloud {
         let Some(volume) = self.volumes.get(uuid) else {
             return Err(not_found());
         };
-        let Some(fields) = body.as_object() else {
-            return Err(detail(StatusCode::BAD_REQUEST, "Expected an object."));
-        };
-        if fields.len() != 1 {
-            return Err(detail(
-                StatusCode::BAD_REQUEST,
-                "Only one attribute can be changed at a time.",
-            ));
-        }
-        let (field, value) = fields.iter().next().expect("one field");
-        match field.as_str() {
+        let (field, value) = one_attribute(body)?;
+        match field {
             "size_gb" => {
                 let Some(size_gb) = value.as_u64() else {
                     return Err(error(
@@ -650,18 +642,9 @@ impl Cloud {
                 }
                 self.volumes.get_mut(uuid).expect("exists").server_uuids = servers;
             }
-            "name" => match value.as_str() {
-                Some(name) if !name.trim().is_empty() => {
-                    self.volumes.get_mut(uuid).expect("exists").name = name.to_string();
-                }
-                _ => {
-                    return Err(error(
-                        StatusCode::BAD_REQUEST,
-                        "name",
-                        "This field may not be blank.",
-                    ));
-                }
-            },
+            "name" => {
+                self.volumes.get_mut(uuid).expect("exists").name = required_name(body)?;
+            }
             "tags" => {
                 let tags = parse_tags(body)?;
                 self.volumes.get_mut(uuid).expect("exists").tags = tags;
@@ -677,6 +660,54 @@ impl Cloud {
                 return Err(detail(
                     StatusCode::BAD_REQUEST,
                     format!("Unknown attribute {other}."),
+                ));
+            }
+        }
+        Ok(no_content())
+    }
+}
+
+/// The one attribute a PATCH changes (the API refuses more).
+fn one_attribute(body: &Value) -> Result<(&str, &Value), Refusal> {
+    let Some(fields) = body.as_object() else {
+        return Err(detail(StatusCode::BAD_REQUEST, "Expected an object."));
+    };
+    match fields.iter().next() {
+        Some((field, value)) if fields.len() == 1 => Ok((field.as_str(), value)),
+        _ => Err(detail(
+            StatusCode::BAD_REQUEST,
+            "Only one attribute can be changed at a time.",
+        )),
+    }
+}
+
+async fn patch_snapshot(
+    State(cloud): State<Shared>,
+    headers: HeaderMap,
+    Path(uuid): Path<String>,
+    body: Option<axum::Json<Value>>,
+) -> Response {
+    with_body(cloud, headers, body, move |c, body| {
+        c.patch_snapshot(&uuid, body)
+    })
+    .await
+}
+
+impl Cloud {
+    /// Renames or retags a snapshot (204, one attribute per request).
+    fn patch_snapshot(&mut self, uuid: &str, body: &Value) -> Result<Response, Refusal> {
+        if !self.snapshots.contains_key(uuid) {
+            return Err(not_found());
+        }
+        let (field, _) = one_attribute(body)?;
+        let snapshot = self.snapshots.get_mut(uuid).expect("exists");
+        match field {
+            "name" => snapshot.name = required_name(body)?,
+            "tags" => snapshot.tags = parse_tags(body)?,
+            other => {
+                return Err(detail(
+                    StatusCode::BAD_REQUEST,
+                    format!("Attribute {other} of a snapshot cannot be changed."),
                 ));
             }
         }

@@ -106,19 +106,29 @@ async fn answer(
     Ok(response.unwrap_or_else(|never| match never {}))
 }
 
+/// Removes the records whose deletion has finished (`gone_at` in the past)
+/// and returns their keys: what a cloud still shows as `deleting` until then.
+pub fn remove_finished<T>(
+    records: &mut std::collections::BTreeMap<String, T>,
+    gone_at: impl Fn(&T) -> Option<std::time::Instant>,
+) -> Vec<String> {
+    let now = std::time::Instant::now();
+    let gone: Vec<String> = records
+        .iter()
+        .filter(|(_, r)| gone_at(r).is_some_and(|t| t <= now))
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in &gone {
+        records.remove(key);
+    }
+    gone
+}
+
 /// A random version-4 UUID, the form of every cloud's resource IDs.
 pub fn random_uuid(rng: &mut fastrand::Rng) -> String {
     let mut bytes = [0u8; 16];
     rng.fill(&mut bytes);
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }

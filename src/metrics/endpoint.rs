@@ -47,9 +47,22 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(tokio::net::TcpListener,
     Ok((listener, local))
 }
 
-/// Serves the routes on `listener` until the task is dropped or aborted.
+/// How often the exporter's buffers are drained between scrapes.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Installs the exporter and serves the routes on `listener` until the
+/// task is dropped or aborted.
 pub async fn serve(listener: tokio::net::TcpListener, driver: Arc<Driver>) {
+    super::install();
+    let upkeep = tokio::spawn(async {
+        let mut every = tokio::time::interval(UPKEEP_EVERY);
+        loop {
+            every.tick().await;
+            super::upkeep();
+        }
+    });
     if let Err(e) = axum::serve(listener, router(driver)).await {
         tracing::error!(error = %e, "metrics listener failed");
     }
+    upkeep.abort();
 }

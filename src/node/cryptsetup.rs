@@ -109,6 +109,19 @@ pub struct Argon2id {
     pub memory_kib: u32,
 }
 
+/// argon2id with the given cost and no benchmark.
+fn argon2id(kdf: &Argon2id) -> CryptPbkdfType {
+    CryptPbkdfType {
+        type_: CryptKdf::Argon2Id,
+        hash: Some("sha256".into()),
+        time_ms: 0,
+        iterations: kdf.iterations,
+        max_memory_kb: kdf.memory_kib,
+        parallel_threads: 1,
+        flags: CryptPbkdf::NO_BENCHMARK,
+    }
+}
+
 impl Device<'_> {
     /// Writes a LUKS2 header (sector size 512, argon2id key slots with the
     /// given cost, no benchmark) with a random volume key of `key_bytes`.
@@ -119,17 +132,8 @@ impl Device<'_> {
         key_bytes: usize,
         kdf: &Argon2id,
     ) -> io::Result<()> {
-        let pbkdf = || CryptPbkdfType {
-            type_: CryptKdf::Argon2Id,
-            hash: Some("sha256".into()),
-            time_ms: 0,
-            iterations: kdf.iterations,
-            max_memory_kb: kdf.memory_kib,
-            parallel_threads: 1,
-            flags: CryptPbkdf::NO_BENCHMARK,
-        };
         let params = CryptParamsLuks2 {
-            pbkdf: Some(pbkdf()),
+            pbkdf: Some(argon2id(kdf)),
             integrity: None,
             integrity_params: None,
             data_alignment: 0,
@@ -141,7 +145,7 @@ impl Device<'_> {
         let mut params: CryptParamsLuks2Ref<'_> = (&params).try_into().map_err(io_error)?;
         self.cd
             .settings_handle()
-            .set_pbkdf_type(&pbkdf())
+            .set_pbkdf_type(&argon2id(kdf))
             .map_err(io_error)?;
         self.cd
             .context_handle()
@@ -182,13 +186,48 @@ impl Device<'_> {
     }
 
     /// Opens a key slot with `passphrase`: activates mapping `name`, or
-    /// with `None` only checks the passphrase. EPERM: no slot opens.
-    pub fn activate(&mut self, name: Option<&str>, passphrase: &[u8]) -> io::Result<()> {
+    /// with `None` only checks the passphrase. Returns the key slot that
+    /// opened. EPERM: no slot opens.
+    pub fn activate(&mut self, name: Option<&str>, passphrase: &[u8]) -> io::Result<u32> {
         self.cd
             .activate_handle()
             .activate_by_passphrase(name, None, passphrase, CryptActivate::empty())
-            .map(drop)
             .map_err(io_error)
+    }
+
+    /// Whether the loaded header is LUKS1 (else LUKS2).
+    pub fn is_luks1(&mut self) -> bool {
+        matches!(
+            self.cd.format_handle().get_type(),
+            Ok(EncryptionFormat::Luks1)
+        )
+    }
+
+    /// The cost of the key slots added from now on: argon2id as given
+    /// (LUKS2 only; LUKS1 slots use PBKDF2 at libcryptsetup's default).
+    pub fn set_argon2id(&mut self, kdf: &Argon2id) -> io::Result<()> {
+        self.cd
+            .settings_handle()
+            .set_pbkdf_type(&argon2id(kdf))
+            .map_err(io_error)
+    }
+
+    /// Adds a key slot for `new_passphrase`, unlocked by `passphrase`;
+    /// returns the new slot.
+    pub fn add_keyslot_by_passphrase(
+        &mut self,
+        passphrase: &[u8],
+        new_passphrase: &[u8],
+    ) -> io::Result<u32> {
+        self.cd
+            .keyslot_handle()
+            .add_by_passphrase(None, passphrase, new_passphrase)
+            .map_err(io_error)
+    }
+
+    /// Wipes key slot `slot`.
+    pub fn destroy_keyslot(&mut self, slot: u32) -> io::Result<()> {
+        self.cd.keyslot_handle().destroy(slot).map_err(io_error)
     }
 
     /// Removes mapping `name`. EBUSY: it is held open.

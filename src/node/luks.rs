@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use super::cryptsetup::{self, Argon2id, Device, Session, Status};
+use super::luks_keys::VolumeKeys;
 use crate::csi::params::Luks;
 
 /// Where device-mapper mappings appear.
@@ -67,6 +68,11 @@ pub enum LuksError {
         "dm-crypt is unavailable on this node: {CONTROL}: {reason}; encrypted volumes need a kernel with device-mapper and dm-crypt (modules dm_mod, dm_crypt) and a privileged node plugin; nothing was written"
     )]
     Unavailable { reason: String },
+    /// Neither the current nor the previous key of a rotation opens it.
+    #[error(
+        "neither the current key nor the previous key of the node-stage secret opens a key slot of the LUKS header on {device}; nothing was changed: check the secret", device = device.display()
+    )]
+    NoKeyOpens { device: PathBuf },
     /// No key slot opens with the given key.
     #[error(
         "the luksKey of the node-stage secret opens no key slot of the LUKS header on {device}; nothing was changed: check the secret", device = device.display()
@@ -262,10 +268,15 @@ fn load<'s>(session: &'s Session, device: &Path) -> Result<Device<'s>, LuksError
     Ok(cd)
 }
 
-/// Tries `key` against the key slots of `device`.
-fn unlock(cd: &mut Device, device: &Path, name: Option<&str>, key: &[u8]) -> Result<(), LuksError> {
+/// Tries `key` against the key slots of `device`; returns the slot it opens.
+fn unlock(
+    cd: &mut Device,
+    device: &Path,
+    name: Option<&str>,
+    key: &[u8],
+) -> Result<u32, LuksError> {
     match cd.activate(name, key) {
-        Ok(()) => Ok(()),
+        Ok(slot) => Ok(slot),
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => Err(LuksError::WrongKey {
             device: device.to_path_buf(),
         }),
@@ -285,7 +296,89 @@ fn unlock(cd: &mut Device, device: &Path, name: Option<&str>, key: &[u8]) -> Res
 pub fn check_key(device: &Path, key: &[u8]) -> Result<(), LuksError> {
     let session = begin();
     let mut cd = load(&session, device)?;
-    unlock(&mut cd, device, None, key)
+    unlock(&mut cd, device, None, key).map(drop)
+}
+
+/// Which key a volume opens with after [`settle_keys`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// The current key (and the previous one, if any, no longer).
+    Current,
+    /// It opened only with the previous key; it now opens with the current
+    /// key alone.
+    Rotated,
+    /// Only the previous key opens it: a slot for the current key could not
+    /// be added (the error was logged).
+    Previous,
+}
+
+/// Makes `device` open with `keys.current`, and no longer with
+/// `keys.previous`. A rotation takes three steps, each written to the
+/// header before the next: add a slot for the current key (unlocked by the
+/// previous one), check that the current key opens it, wipe the previous
+/// key's slot. Cut off anywhere, one of the two keys still opens the
+/// volume, and the next stage finishes the rotation: when both keys open
+/// it, the previous key's slot is wiped.
+pub fn settle_keys(device: &Path, keys: &VolumeKeys, pbkdf: &Pbkdf) -> Result<KeyState, LuksError> {
+    let session = begin();
+    let mut cd = load(&session, device)?;
+    let current = unlock(&mut cd, device, None, &keys.current);
+    let Some(previous) = keys.previous.as_deref() else {
+        return current.map(|_| KeyState::Current);
+    };
+    match current {
+        Ok(current_slot) => match unlock(&mut cd, device, None, previous) {
+            Ok(old) if old != current_slot => {
+                wipe_slot(&mut cd, device, old)?;
+                tracing::info!(device = %device.display(), slot = old, "LUKS key rotation finished: the previous key's slot is wiped");
+                Ok(KeyState::Rotated)
+            }
+            Ok(_) | Err(LuksError::WrongKey { .. }) => Ok(KeyState::Current),
+            Err(e) => Err(e),
+        },
+        Err(LuksError::WrongKey { .. }) => {
+            let old = match unlock(&mut cd, device, None, previous) {
+                Ok(slot) => slot,
+                Err(LuksError::WrongKey { .. }) => {
+                    return Err(LuksError::NoKeyOpens {
+                        device: device.to_path_buf(),
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            if !cd.is_luks1() {
+                let cost = Argon2id {
+                    iterations: pbkdf.iterations,
+                    memory_kib: pbkdf.memory_kib,
+                };
+                cd.set_argon2id(&cost).map_err(|e| {
+                    crypt_error("set the key slot cost of", &device.display().to_string(), e)
+                })?;
+            }
+            if let Err(e) = cd.add_keyslot_by_passphrase(previous, &keys.current) {
+                let error = crypt_error("add a key slot on", &device.display().to_string(), e);
+                tracing::warn!(device = %device.display(), %error, "LUKS key rotation not possible: the volume opens with the previous key");
+                return Ok(KeyState::Previous);
+            }
+            crate::failpoint::crash_point("luks-rotate-added");
+            unlock(&mut cd, device, None, &keys.current)?;
+            crate::failpoint::crash_point("luks-rotate-checked");
+            wipe_slot(&mut cd, device, old)?;
+            tracing::info!(device = %device.display(), slot = old, "LUKS key rotated: a slot for the current key added, the previous key's slot wiped");
+            Ok(KeyState::Rotated)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn wipe_slot(cd: &mut Device, device: &Path, slot: u32) -> Result<(), LuksError> {
+    cd.destroy_keyslot(slot).map_err(|e| {
+        crypt_error(
+            "wipe the previous key's slot on",
+            &device.display().to_string(),
+            e,
+        )
+    })
 }
 
 /// Opens `device` as mapping `name` and returns the mapping's path. The

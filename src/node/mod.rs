@@ -15,6 +15,7 @@ pub mod iscsi;
 pub mod iscsi_cmd;
 pub mod loopdev;
 pub mod luks;
+pub mod luks_keys;
 pub mod mount;
 pub mod ownership;
 pub mod readonly;

@@ -8,7 +8,8 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use super::fs::{self as nodefs, MkfsOptions, Signature};
-use super::luks::{self, LuksError, Pbkdf};
+use super::luks::{self, KeyState, LuksError, Pbkdf};
+use super::luks_keys::VolumeKeys;
 use super::mount::{self, MountEntry};
 use super::ownership::Owner;
 use super::{HostError, loopdev};
@@ -27,7 +28,9 @@ impl From<HostError> for CsiError {
 impl From<LuksError> for CsiError {
     fn from(e: LuksError) -> Self {
         match e {
-            LuksError::WrongKey { .. } => CsiError::InvalidArgument(e.to_string()),
+            LuksError::WrongKey { .. } | LuksError::NoKeyOpens { .. } => {
+                CsiError::InvalidArgument(e.to_string())
+            }
             LuksError::Unavailable { .. }
             | LuksError::NotLuks { .. }
             | LuksError::StaleMapping { .. }
@@ -283,23 +286,6 @@ pub fn check_mount_point(field: &str, path: &Path, file: bool) -> CsiResult<()> 
     }
 }
 
-/// The LUKS key of a volume, from the node-stage secret's `luksKey`.
-pub type LuksKey = zeroize::Zeroizing<Vec<u8>>;
-
-/// The secret entry that holds a volume's LUKS key.
-pub const LUKS_KEY_SECRET: &str = "luksKey";
-
-/// Takes the LUKS key out of the node-stage secrets: an encrypted volume
-/// without one is refused before anything is touched.
-pub fn luks_key(secrets: &std::collections::HashMap<String, String>) -> CsiResult<LuksKey> {
-    match secrets.get(LUKS_KEY_SECRET) {
-        Some(key) if !key.is_empty() => Ok(zeroize::Zeroizing::new(key.as_bytes().to_vec())),
-        _ => Err(CsiError::InvalidArgument(format!(
-            "the volume is LUKS-encrypted but the node-stage secret has no {LUKS_KEY_SECRET} entry: set csi.storage.k8s.io/node-stage-secret-name and -namespace in the StorageClass to a Secret with a non-empty {LUKS_KEY_SECRET}"
-        ))),
-    }
-}
-
 /// Opens the LUKS volume on `device` as `name` and returns the mapping,
 /// formatting the device first only if it is blank. A mapping of that name
 /// already open over this device is reused once the key is checked; one
@@ -314,7 +300,7 @@ pub fn luks_key(secrets: &std::collections::HashMap<String, String>) -> CsiResul
 pub async fn open_encrypted(
     device: PathBuf,
     name: String,
-    key: LuksKey,
+    keys: VolumeKeys,
     settings: params::Luks,
     pbkdf: Pbkdf,
     marker: PathBuf,
@@ -325,7 +311,7 @@ pub async fn open_encrypted(
         let numbers = luks::device_numbers(&device)?;
         if let Some(active) = luks::active(&name)? {
             if active.backing == numbers {
-                crate::metrics::node_op("luks_open", || luks::check_key(&device, &key))?;
+                settle_keys(&device, &name, &keys, &pbkdf)?;
                 return Ok(active.path);
             }
             let found = format!("{}:{}", active.backing.0, active.backing.1);
@@ -369,16 +355,38 @@ pub async fn open_encrypted(
             set_marker(&mkfs_marker, true)?;
             set_marker(&marker, true)?;
             crate::metrics::node_op("luks_format", || {
-                luks::format(&device, &key, &settings, &pbkdf)
+                luks::format(&device, &keys.current, &settings, &pbkdf)
             })?;
             set_marker(&marker, false)?;
             tracing::info!(device = %device.display(), cipher = %settings.cipher, key_size = settings.key_size_bits, "LUKS2 header written");
         }
+        let key = match settle_keys(&device, &name, &keys, &pbkdf)? {
+            KeyState::Previous => keys.previous.as_ref().unwrap_or(&keys.current),
+            KeyState::Current | KeyState::Rotated => &keys.current,
+        };
         Ok(crate::metrics::node_op("luks_open", || {
-            luks::open(&device, &name, &key)
+            luks::open(&device, &name, key)
         })?)
     })
     .await
+}
+
+/// Makes the volume open with the current key (rotating from the previous
+/// one if needed) and records whether it still needs the previous key.
+fn settle_keys(
+    device: &Path,
+    name: &str,
+    keys: &VolumeKeys,
+    pbkdf: &Pbkdf,
+) -> Result<KeyState, LuksError> {
+    let operation = if keys.previous.is_some() {
+        "luks_rotate"
+    } else {
+        "luks_check_key"
+    };
+    let state = crate::metrics::node_op(operation, || luks::settle_keys(device, keys, pbkdf))?;
+    crate::metrics::luks_on_previous_key(name, state == KeyState::Previous);
+    Ok(state)
 }
 
 /// What a probe found, for a message.
@@ -398,9 +406,9 @@ pub async fn close_encrypted(name: String) -> CsiResult<()> {
         if luks::active(&name)?.is_none() {
             return Ok(());
         }
-        Ok(crate::metrics::node_op("luks_close", || {
-            luks::close(&name)
-        })?)
+        crate::metrics::node_op("luks_close", || luks::close(&name))?;
+        crate::metrics::luks_on_previous_key(&name, false);
+        Ok(())
     })
     .await
 }
@@ -685,20 +693,6 @@ pub async fn grow_filesystem(device: PathBuf, path: PathBuf) -> CsiResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn luks_key_comes_from_the_secret_and_is_required() {
-        let secrets =
-            std::collections::HashMap::from([(LUKS_KEY_SECRET.to_string(), "s3cret".to_string())]);
-        assert_eq!(luks_key(&secrets).unwrap().as_slice(), b"s3cret");
-        for secrets in [
-            Default::default(),
-            std::collections::HashMap::from([(LUKS_KEY_SECRET.to_string(), String::new())]),
-        ] {
-            let err = luks_key(&secrets).unwrap_err();
-            assert!(matches!(err, CsiError::InvalidArgument(ref m) if m.contains("luksKey")));
-        }
-    }
 
     #[test]
     fn luks_errors_get_their_codes_and_never_the_key() {

@@ -7,18 +7,30 @@ summary "N passed, M failed". Exit status 1 when anything failed.
 
 What is checked:
   * helm lint --strict, with the defaults and with every examples/values-*.yaml;
-  * helm template of every example and of each switch on and off;
+  * helm template of every example and of each switch on and off, with the
+    API versions `helm install` would see: Helm installs the chart's crds/
+    before rendering, so their kinds are served (three cluster states are
+    modelled: fresh cluster, CRDs already there, --skip-crds without them);
+  * install order: every rendered kind is built into Kubernetes or defined by
+    a CRD of the chart's crds/ (installed ahead of the templates); a CRD
+    rendered as a template, next to objects of its kind, fails on a fresh
+    cluster ("no matches for kind");
+  * one owner per state directory: at most one workload mounts it, a DaemonSet
+    whose update never surges a second pod onto a host; for hostpath the pod
+    that serves the controller has the host's /dev, mounts and privileges;
   * every rendered object against the Kubernetes OpenAPI schemas of several
     Kubernetes versions (kubernetes-validate, strict: unknown fields fail);
     custom resources have no schema there, so they are checked on purpose:
-    VolumeSnapshotClass and VolumeSnapshot against the CRD schemas the chart
-    itself ships, ServiceMonitor structurally against the rendered Services;
+    VolumeSnapshotClass and VolumeSnapshot against the CRD schemas of the
+    chart's crds/, ServiceMonitor structurally against the rendered Services;
     any other kind without a schema fails;
   * what the workloads carry (containers, args, env, mounts, host access) per
     backend, RBAC scope, StorageClasses, snapshot objects, credentials handling;
   * values.schema.json and the chart's own checks reject bad values: each bad
     input must fail to render, for the expected reason;
-  * the manifests in examples/.
+  * the manifests in examples/;
+  * the Dockerfile builds the image the chart defaults to (appVersion, binary,
+    the node tools in the runtime stage).
 """
 
 from __future__ import annotations
@@ -39,6 +51,9 @@ import kubernetes_validate
 import yaml
 
 RELEASE = "multicsi"
+# Kinds of another operator's CRDs that a user switches on knowingly
+# (metrics.serviceMonitor, metrics.prometheusRule need the Prometheus operator).
+OPERATOR_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 NAMESPACE = "kube-system"
 SIDECAR_REGISTRY = "registry.k8s.io/sig-storage/"
 CUSTOM_KINDS = {
@@ -48,6 +63,7 @@ CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 SECRET_VALUE = "s3cr3t-token-value-for-tests"
+STATE_DIR = "/var/lib/multicsi"
 
 
 # The metric families the driver exports, from README's metrics table (a unit
@@ -78,6 +94,7 @@ def ensure(cond, msg):
 
 class Runner:
     def __init__(self, helm, chart, examples, versions, verbose, promtool=None):
+        self.crds = load_chart_crds(chart)
         self.helm = helm
         self.promtool = promtool
         self.chart = chart
@@ -113,8 +130,21 @@ class Runner:
     def run_helm(self, *args):
         return subprocess.run([self.helm, *args], capture_output=True, text=True, timeout=120)
 
-    def template(self, values_files=(), sets=(), set_json=(), release=RELEASE, extra=()):
+    def api_versions(self, cluster):
+        """The custom API versions `helm install` sees in a cluster state:
+        "fresh" (the chart's crds/ are installed first), "crds-present" (the
+        CRDs came from elsewhere, installed with --skip-crds) or "no-crds"
+        (--skip-crds on a cluster without them)."""
+        if cluster == "no-crds":
+            return []
+        return [f"{group_version}/{kind}" for group_version, kind in sorted(self.crds)]
+
+    def template(self, values_files=(), sets=(), set_json=(), release=RELEASE, extra=(), cluster="fresh"):
         args = ["template", release, self.chart, "--namespace", NAMESPACE, *extra]
+        if "--kube-version" not in extra:
+            args += ["--kube-version", self.versions[0]]
+        for api in self.api_versions(cluster):
+            args += ["--api-versions", api]
         for f in values_files:
             args += ["-f", f]
         for s in sets:
@@ -175,18 +205,42 @@ class Runner:
         except jsonschema.ValidationError as e:
             raise CheckFailed(f"{obj['kind']}/{obj['metadata']['name']}: {e.message} at {'/'.join(map(str, e.path))}")
 
-    def capture_crd_schemas(self, docs):
-        for d in docs:
-            if d["kind"] == "CustomResourceDefinition":
-                version = next(v for v in d["spec"]["versions"] if v["name"] == "v1")
-                self.crd_schemas[d["spec"]["names"]["kind"]] = version["schema"]["openAPIV3Schema"]
+    def capture_crd_schemas(self):
+        for (group_version, kind), crd in self.crds.items():
+            version = next(v for v in crd["spec"]["versions"] if group_version.endswith("/" + v["name"]))
+            self.crd_schemas[kind] = version["schema"]["openAPIV3Schema"]
         ensure(set(self.crd_schemas) == {"VolumeSnapshot", "VolumeSnapshotContent", "VolumeSnapshotClass"},
-               f"CRDs rendered: {sorted(self.crd_schemas)}")
+               f"CRDs in crds/: {sorted(self.crd_schemas)}")
+
+    def is_builtin(self, doc, version):
+        """Kubernetes `version` serves this kind without any CRD."""
+        try:
+            kubernetes_validate.validate(doc, version, strict=False)
+        except kubernetes_validate.SchemaNotFoundError:
+            return False
+        except kubernetes_validate.ValidationError:
+            return True
+        return True
+
+    def check_install_order(self, docs, version):
+        """Every object can be created when Helm applies the templates."""
+        problems = []
+        for d in docs:
+            kind = (d.get("apiVersion"), d.get("kind"))
+            name = f"{kind[1]}/{d.get('metadata', {}).get('name')}"
+            if kind == ("apiextensions.k8s.io/v1", "CustomResourceDefinition"):
+                problems.append(f"{name} is a template: Helm creates it in the same step as the objects of its "
+                                "kind, which fail on a fresh cluster; CRDs belong in crds/")
+            elif kind in self.crds or kind in OPERATOR_KINDS:
+                continue
+            elif not self.is_builtin(d, version):
+                problems.append(f"{name}: {kind[0]} is not built into Kubernetes {version} and no CRD of crds/ defines it")
+        ensure(not problems, "; ".join(problems[:4]))
 
     # ------------------------------------------------------------- scenarios
-    def scenario(self, name, values_files=(), sets=(), set_json=(), asserts=(), release=RELEASE):
+    def scenario(self, name, values_files=(), sets=(), set_json=(), asserts=(), release=RELEASE, cluster="fresh"):
         """Render once; check it renders, validates and satisfies the assertions."""
-        res = self.template(values_files, sets, set_json, release=release)
+        res = self.template(values_files, sets, set_json, release=release, cluster=cluster)
         docs = []
 
         def renders():
@@ -197,7 +251,12 @@ class Runner:
             return None
         for v in self.versions:
             self.check(f"[{name}] valid against Kubernetes {v} (strict)", self.validate_core, docs, v)
+            self.check(f"[{name}] installs in order on Kubernetes {v}: every kind built in or from crds/",
+                       self.check_install_order, docs, v)
         self.check(f"[{name}] custom resources valid", self.validate_custom, docs)
+        self.check(f"[{name}] one owner per state directory, never two on a host", state_dir_single_owner, docs)
+        self.check(f"[{name}] sidecars: released versions, documented flags only", sidecar_flags, docs)
+        self.check(f"[{name}] every sidecar's ServiceAccount holds its RBAC", sidecar_rbac, docs)
         self.check(f"[{name}] workload selectors match their pod labels", check_selectors, docs)
         self.check(f"[{name}] no secret value in args or plain env", check_no_secret_leak, docs)
         for a in asserts:
@@ -235,6 +294,174 @@ def strictify(schema):
     return s
 
 
+def load_chart_crds(chart):
+    """The CRDs of the chart's crds/ directory, by (group/version, kind) served."""
+    crds = {}
+    for path in sorted(glob.glob(os.path.join(chart, "crds", "*.yaml"))):
+        with open(path) as f:
+            for d in yaml.safe_load_all(f):
+                if d and d.get("kind") == "CustomResourceDefinition":
+                    for v in d["spec"]["versions"]:
+                        if v.get("served"):
+                            crds[(f"{d['spec']['group']}/{v['name']}", d["spec"]["names"]["kind"])] = d
+    return crds
+
+
+def workloads(docs):
+    return [d for d in docs if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet")]
+
+
+def driver_mode(workload):
+    """The CSI services the workload's driver container serves (controller, node, all), or None."""
+    c = containers(workload).get("multicsi")
+    if not c:
+        return None
+    modes = [a.split("=", 1)[1] for a in c.get("args", []) if a.startswith("--mode=")]
+    return modes[0] if modes else "all"
+
+
+def state_dir_single_owner(docs):
+    """The host's state directory: at most one workload mounts it, a DaemonSet that
+    never runs two pods on one host (RollingUpdate with maxSurge 0, or OnDelete)."""
+    owners = {}
+    for w in workloads(docs):
+        for path in host_paths(w):
+            if path.rstrip("/") == STATE_DIR:
+                owners.setdefault(path, []).append(w)
+    for path, ws in owners.items():
+        names = [f"{w['kind']}/{w['metadata']['name']}" for w in ws]
+        ensure(len(ws) == 1, f"{path} is mounted by {', '.join(names)}: two processes would own one state directory")
+        w = ws[0]
+        ensure(w["kind"] == "DaemonSet", f"{names[0]} mounts {path}: only a DaemonSet has one pod per host")
+        strategy = w["spec"].get("updateStrategy", {"type": "RollingUpdate"})
+        if strategy.get("type", "RollingUpdate") == "RollingUpdate":
+            surge = str(strategy.get("rollingUpdate", {}).get("maxSurge", 0))
+            ensure(surge in ("0", "0%"), f"{names[0]} surges {surge}: a new pod would start next to the old one")
+
+
+def hostpath_controller_on_host(docs):
+    """hostpath: no controller Deployment; the DaemonSet pod serves controller and node
+    (--mode=all), privileged, with the host's /dev and the kubelet dir Bidirectional"""
+    serving = [w for w in workloads(docs) if driver_mode(w) in ("controller", "all")]
+    ensure(len(serving) == 1, f"{len(serving)} workloads serve the controller")
+    w = serving[0]
+    ensure(w["kind"] == "DaemonSet" and driver_mode(w) == "all",
+           f"{w['kind']}/{w['metadata']['name']} serves the controller (--mode={driver_mode(w)}) away from the node plugin")
+    ensure(not [d for d in workloads(docs) if driver_mode(d) == "node"], "a second workload serves the node")
+    c = containers(w)["multicsi"]
+    ensure(c.get("securityContext", {}).get("privileged") is True, "the controller is not privileged (loop devices, freeze)")
+    ensure(mount_for_host_path(w, "multicsi", "/dev")["mountPath"] == "/dev", "the controller has not the host's /dev")
+    kubelet = mount_for_host_path(w, "multicsi", "/var/lib/kubelet")
+    ensure(kubelet.get("mountPropagation") == "Bidirectional", "the controller does not see the node's mounts")
+    ensure(mount_for_host_path(w, "multicsi", STATE_DIR)["mountPath"] == STATE_DIR, "state dir")
+
+
+# Flags each sidecar release documents (README / --help of the versions below).
+SIDECAR_FLAGS = {
+    "csi-provisioner": {"--csi-address", "--v", "--timeout", "--default-fstype", "--extra-create-metadata",
+                        "--leader-election", "--leader-election-namespace", "--node-deployment", "--strict-topology",
+                        "--immediate-topology", "--enable-capacity", "--capacity-ownerref-level", "--worker-threads",
+                        "--http-endpoint", "--feature-gates"},
+    "csi-attacher": {"--csi-address", "--v", "--timeout", "--leader-election", "--leader-election-namespace",
+                     "--worker-threads", "--http-endpoint"},
+    "csi-resizer": {"--csi-address", "--v", "--timeout", "--leader-election", "--leader-election-namespace",
+                    "--workers", "--http-endpoint"},
+    "csi-snapshotter": {"--csi-address", "--v", "--timeout", "--extra-create-metadata", "--leader-election",
+                        "--leader-election-namespace", "--node-deployment", "--worker-threads", "--http-endpoint"},
+    "liveness-probe": {"--csi-address", "--http-endpoint", "--v", "--probe-timeout"},
+    "node-driver-registrar": {"--csi-address", "--kubelet-registration-path", "--http-endpoint", "--v"},
+    "snapshot-controller": {"--v", "--leader-election", "--leader-election-namespace",
+                            "--enable-distributed-snapshotting", "--http-endpoint"},
+}
+# Releases at least as new as the reference hostpath driver v1.18 deploys; they
+# need Kubernetes 1.34 (csi-provisioner v6: storage/v1 VolumeAttributesClass).
+SIDECAR_MIN_VERSIONS = {"csi-provisioner": (6, 3, 0), "csi-attacher": (4, 12, 0), "csi-resizer": (2, 2, 1),
+                        "csi-snapshotter": (8, 6, 0), "snapshot-controller": (8, 6, 0),
+                        "node-driver-registrar": (2, 17, 0), "liveness-probe": (2, 19, 0)}
+
+
+def sidecar_flags(docs):
+    for w in workloads(docs):
+        for name, c in containers(w).items():
+            if name not in SIDECAR_FLAGS:
+                continue
+            tag = c["image"].rsplit(":", 1)[-1]
+            m = re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)", tag)
+            if c["image"].startswith(SIDECAR_REGISTRY) and m:
+                ensure(tuple(map(int, m.groups())) >= SIDECAR_MIN_VERSIONS[name], f"{name} {tag} is older than "
+                       + "v" + ".".join(map(str, SIDECAR_MIN_VERSIONS[name])))
+            args = [a for a in c.get("args", []) if not a.startswith("--extra-flag-")]
+            for a in args:
+                flag = a.split("=", 1)[0]
+                ensure(flag in SIDECAR_FLAGS[name], f"{name}: {flag} is not a documented flag of its release")
+                ensure(not a.startswith("--feature-gates=Topology"), f"{name}: {a} is a GA gate, removed")
+            env = env_of(c)
+            if "--node-deployment" in args:
+                ensure("--leader-election" not in args, f"{name}: --node-deployment with leader election")
+                ensure(env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName",
+                       f"{name}: --node-deployment needs NODE_NAME from spec.nodeName")
+            if "--enable-capacity" in args:
+                for var, field in (("POD_NAME", "metadata.name"), ("NAMESPACE", "metadata.namespace")):
+                    ensure(env.get(var, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == field,
+                           f"{name}: --enable-capacity needs {var} from {field}")
+            if any(a.startswith("--leader-election-namespace=$(NAMESPACE)") for a in args):
+                ensure("NAMESPACE" in env, f"{name}: leader election namespace from an unset NAMESPACE")
+
+
+# What each sidecar must be allowed to do (a subset of its documented RBAC).
+SIDECAR_RULES = {
+    "csi-provisioner": [("", "persistentvolumes", "create"), ("", "persistentvolumes", "delete"),
+                        ("", "persistentvolumeclaims", "watch"), ("storage.k8s.io", "storageclasses", "watch"),
+                        ("storage.k8s.io", "csinodes", "watch"), ("", "nodes", "watch"),
+                        ("storage.k8s.io", "volumeattributesclasses", "watch"),
+                        ("snapshot.storage.k8s.io", "volumesnapshots", "update"), ("", "events", "create")],
+    "csi-attacher": [("storage.k8s.io", "volumeattachments", "patch"), ("storage.k8s.io", "volumeattachments/status", "patch"),
+                     ("", "persistentvolumes", "patch"), ("storage.k8s.io", "csinodes", "watch")],
+    "csi-resizer": [("", "persistentvolumeclaims/status", "patch"), ("", "persistentvolumes", "patch"),
+                    ("storage.k8s.io", "volumeattributesclasses", "watch"), ("", "events", "create")],
+    "csi-snapshotter": [("snapshot.storage.k8s.io", "volumesnapshotcontents", "update"),
+                        ("snapshot.storage.k8s.io", "volumesnapshotcontents/status", "patch"),
+                        ("snapshot.storage.k8s.io", "volumesnapshotclasses", "watch"), ("", "events", "create")],
+}
+
+
+def granted(docs, sa, namespaced):
+    """(apiGroup, resource, verb) the ServiceAccount `sa` may use, cluster-wide or in NAMESPACE."""
+    roles = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in ("ClusterRole", "Role")}
+    out = set()
+    for b in docs:
+        if b["kind"] not in ("ClusterRoleBinding", "RoleBinding") or (b["kind"] == "RoleBinding") != namespaced:
+            continue
+        if not any(s.get("kind") == "ServiceAccount" and s["name"] == sa and s.get("namespace") == NAMESPACE
+                   for s in b["subjects"]):
+            continue
+        role = roles.get((b["roleRef"]["kind"], b["roleRef"]["name"]))
+        for r in (role or {}).get("rules", []):
+            for g in r["apiGroups"]:
+                for res in r["resources"]:
+                    for v in r["verbs"]:
+                        out.add((g, res, v))
+    return out
+
+
+def sidecar_rbac(docs):
+    for w in workloads(docs):
+        sa = w["spec"]["template"]["spec"].get("serviceAccountName", "default")
+        cluster, local = granted(docs, sa, False), granted(docs, sa, True)
+        for name, c in containers(w).items():
+            for rule in SIDECAR_RULES.get(name, []):
+                ensure(rule in cluster, f"{w['kind']}/{w['metadata']['name']} {name} (ServiceAccount {sa}) lacks {rule}")
+            args = c.get("args", [])
+            if "--leader-election" in args or "--leader-election=true" in args:
+                ensure(("coordination.k8s.io", "leases", "update") in local, f"{name} ({sa}) cannot hold its lease")
+            if "--enable-capacity" in args:
+                for rule in (("storage.k8s.io", "csistoragecapacities", "create"), ("storage.k8s.io", "csistoragecapacities", "delete"),
+                             ("", "pods", "get")):
+                    ensure(rule in local, f"{name} ({sa}) lacks {rule} for capacity tracking")
+            if "--enable-distributed-snapshotting=true" in args:
+                ensure(("", "nodes", "watch") in cluster, f"{name} ({sa}) cannot watch nodes")
+
+
 def by_kind(docs, kind):
     return [d for d in docs if d["kind"] == kind]
 
@@ -246,9 +473,9 @@ def one(docs, kind, name_suffix=None):
 
 
 def get_controller(docs):
-    found = [d for d in by_kind(docs, "Deployment")
-             if d["metadata"]["labels"].get("app.kubernetes.io/component") == "controller"]
-    ensure(len(found) == 1, f"expected one controller Deployment, found {len(found)}")
+    """The workload whose driver serves the controller: a Deployment, or for hostpath the DaemonSet."""
+    found = [w for w in workloads(docs) if driver_mode(w) in ("controller", "all")]
+    ensure(len(found) == 1, f"expected one workload serving the controller, found {len(found)}")
     return found[0]
 
 
@@ -293,7 +520,9 @@ def validate_service_monitor(sm, services):
     ensure(set(spec) <= {"jobLabel", "namespaceSelector", "selector", "endpoints"}, f"unexpected fields {sorted(spec)}")
     sel = spec["selector"]["matchLabels"]
     targets = [s for s in services if labels_match(sel, s["metadata"].get("labels", {}))]
-    ensure(len(targets) == 2, f"ServiceMonitor selects {len(targets)} Services, expected controller and node metrics")
+    metrics = [s for s in services if s["metadata"].get("labels", {}).get("multicsi.io/metrics") == "true"]
+    ensure(targets and len(targets) == len(metrics),
+           f"ServiceMonitor selects {len(targets)} Services, expected every metrics Service ({len(metrics)})")
     ensure(NAMESPACE in spec["namespaceSelector"]["matchNames"], "namespaceSelector misses the release namespace")
     for ep in spec["endpoints"]:
         ensure(set(ep) <= {"port", "path", "interval", "scrapeTimeout", "relabelings", "metricRelabelings"},
@@ -357,12 +586,98 @@ def check_no_secret_leak(docs):
 
 
 # ================================================================= assertions
+def csidriver(capacity):
+    def a(docs):
+        d = one(docs, "CSIDriver")
+        ensure(d["metadata"]["name"] == "multicsi.io", d["metadata"]["name"])
+        ensure(d["spec"] == {"attachRequired": True, "podInfoOnMount": False, "fsGroupPolicy": "File",
+                             "storageCapacity": capacity, "volumeLifecycleModes": ["Persistent"]}, str(d["spec"]))
+    a.__doc__ = f"CSIDriver: attachRequired, no pod info, fsGroupPolicy File, Persistent only, storageCapacity {capacity}"
+    return a
+
+
+def capacity_tracking(on):
+    def a(docs):
+        prov = containers(get_controller(docs))["csi-provisioner"]
+        args = prov["args"]
+        if not on:
+            ensure("--enable-capacity" not in args, "capacity published for a backend without per-node capacity")
+            return
+        ensure("--enable-capacity" in args, f"provisioner args {args}")
+        level = [a for a in args if a.startswith("--capacity-ownerref-level=")]
+        ensure(level == ["--capacity-ownerref-level=1"], f"owner of CSIStorageCapacity objects: {level} (DaemonSet is level 1)")
+    a.__doc__ = f"capacity tracking {'on: CSIStorageCapacity per node, owned by the DaemonSet' if on else 'off'}"
+    return a
+
+
+def kubelet_dir_env(path):
+    def a(docs):
+        serving = [w for w in workloads(docs) if driver_mode(w) in ("node", "all")]
+        ensure(serving, "no workload serves the node")
+        for w in serving:
+            env = env_of(containers(w)["multicsi"])
+            ensure(env.get("MULTICSI_KUBELET_DIR", {}).get("value") == path,
+                   f"{w['kind']}/{w['metadata']['name']} MULTICSI_KUBELET_DIR={env.get('MULTICSI_KUBELET_DIR')}, want {path}")
+        for w in workloads(docs):
+            if driver_mode(w) == "controller":
+                ensure("MULTICSI_KUBELET_DIR" not in env_of(containers(w)["multicsi"]), "controller gets a kubelet dir")
+    a.__doc__ = f"every pod serving the node confines node paths to {path} (MULTICSI_KUBELET_DIR)"
+    return a
+
+
+def helm_test_hook(storage_class):
+    def a(docs):
+        hooks = [d for d in docs if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+        pvc = [d for d in hooks if d["kind"] == "PersistentVolumeClaim"]
+        pod = [d for d in hooks if d["kind"] == "Pod"]
+        ensure(len(pvc) == 1 and len(pod) == 1, f"test hooks: {[(d['kind'], d['metadata']['name']) for d in hooks]}")
+        pvc, pod = pvc[0], pod[0]
+        ensure(pvc["spec"]["storageClassName"] == storage_class, f"test claim class {pvc['spec'].get('storageClassName')}")
+        weight = lambda d: int(d["metadata"]["annotations"].get("helm.sh/hook-weight", "0"))
+        ensure(weight(pvc) < weight(pod), "the claim must exist before the pod")
+        for d in (pvc, pod):
+            policy = d["metadata"]["annotations"].get("helm.sh/hook-delete-policy", "").split(",")
+            ensure({"before-hook-creation", "hook-succeeded"} <= set(policy), f"{d['kind']} delete policy {policy}")
+        spec = pod["spec"]
+        ensure(spec["restartPolicy"] == "Never", "a test pod must end")
+        ensure(spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"], "pod uses the claim")
+        c = spec["containers"][0]
+        script = " ".join(c.get("command", []) + c.get("args", []))
+        mount = c["volumeMounts"][0]["mountPath"]
+        ensure(re.search(rf"> *{re.escape(mount)}/", script) and re.search(rf"cat {re.escape(mount)}/", script),
+               "the pod does not write and read back a file on the volume")
+        ensure(c["image"] == containers(get_controller(docs))["multicsi"]["image"], "test image is not the driver image")
+    a.__doc__ = f"helm test hook: claim of {storage_class}, pod writes and reads it back, both cleaned up"
+    return a
+
+
+def hostpath_shape(docs):
+    """hostpath DaemonSet: driver --mode=all, registrar, livenessprobe and the controller sidecars
+    (provisioner and snapshotter per node, attacher and resizer with leader election)"""
+    ensure(not by_kind(docs, "Deployment") or all(
+        d["metadata"]["name"].endswith("-snapshot-controller") for d in by_kind(docs, "Deployment")),
+        "a controller Deployment is rendered for hostpath")
+    ds = get_node(docs)
+    cs = containers(ds)
+    want = {"multicsi", "node-driver-registrar", "liveness-probe", "csi-provisioner", "csi-attacher", "csi-resizer",
+            "csi-snapshotter"}
+    ensure(set(cs) == want, f"containers {sorted(cs)}, want {sorted(want)}")
+    ensure("--node-deployment" in cs["csi-provisioner"]["args"], "provisioner not per node")
+    ensure("--node-deployment" in cs["csi-snapshotter"]["args"], "snapshotter not per node")
+    for n in ("csi-attacher", "csi-resizer"):
+        ensure("--leader-election" in cs[n]["args"], f"{n} without leader election")
+    for d in by_kind(docs, "Deployment"):
+        if d["metadata"]["name"].endswith("-snapshot-controller"):
+            ensure("--enable-distributed-snapshotting=true" in containers(d)["snapshot-controller"]["args"],
+                   "the snapshot controller does not assign snapshots to the node-deployment csi-snapshotter")
+    ensure(not by_kind(docs, "PodDisruptionBudget") or all(
+        p["metadata"]["name"].endswith("-snapshot-controller") for p in by_kind(docs, "PodDisruptionBudget")),
+        "controller PodDisruptionBudget without a controller Deployment")
+
+
 def a_csidriver(docs):
-    """CSIDriver: attachRequired, no pod info, fsGroupPolicy File, Persistent only"""
-    d = one(docs, "CSIDriver")
-    ensure(d["metadata"]["name"] == "multicsi.io", d["metadata"]["name"])
-    ensure(d["spec"] == {"attachRequired": True, "podInfoOnMount": False, "fsGroupPolicy": "File",
-                         "storageCapacity": False, "volumeLifecycleModes": ["Persistent"]}, str(d["spec"]))
+    """CSIDriver: attachRequired, no pod info, fsGroupPolicy File, Persistent only, capacity for hostpath"""
+    csidriver(True)(docs)
 
 
 def controller_shape(snapshots):
@@ -384,7 +699,7 @@ def controller_shape(snapshots):
                 ensure(c["image"].startswith(SIDECAR_REGISTRY), f"{name} image {c['image']}")
                 ensure(any(a.startswith("--timeout=") for a in c["args"]), f"{name} has no --timeout")
         p = cs["csi-provisioner"]["args"]
-        for flag in ("--feature-gates=Topology=true", "--default-fstype=ext4", "--extra-create-metadata"):
+        for flag in ("--default-fstype=ext4", "--extra-create-metadata"):
             ensure(flag in p, f"provisioner misses {flag}")
         spec = ctrl["spec"]["template"]["spec"]
         ensure(ctrl["spec"]["replicas"] >= 1, "replicas")
@@ -417,11 +732,12 @@ def node_common(docs):
     ds = get_node(docs)
     spec = ds["spec"]["template"]["spec"]
     cs = containers(ds)
-    ensure(set(cs) == {"multicsi", "node-driver-registrar", "liveness-probe"}, f"containers {sorted(cs)}")
+    ensure({"multicsi", "node-driver-registrar", "liveness-probe"} <= set(cs), f"containers {sorted(cs)}")
     ensure(cs["multicsi"]["securityContext"]["privileged"] is True, "driver not privileged")
     ensure(not spec.get("hostPID"), "hostPID must be off")
     args = cs["multicsi"]["args"]
-    ensure(args[:3] == ["serve", "--mode=node", "--endpoint=unix:///csi/csi.sock"], f"args {args}")
+    ensure(args[0] == "serve" and args[1] in ("--mode=node", "--mode=all") and args[2] == "--endpoint=unix:///csi/csi.sock",
+           f"args {args}")
     kubelet = mount_for_host_path(ds, "multicsi", "/var/lib/kubelet")
     ensure(kubelet["mountPath"] == "/var/lib/kubelet" and kubelet.get("mountPropagation") == "Bidirectional",
            f"kubelet dir mount {kubelet}")
@@ -437,7 +753,8 @@ def node_common(docs):
     ensure(spec["priorityClassName"] == "system-node-critical", "node priority class")
     for name, c in cs.items():
         ensure(c.get("resources", {}).get("requests"), f"{name} has no resource requests")
-        ensure(c.get("livenessProbe") or name == "liveness-probe", f"{name} has no liveness probe")
+        if name in ("multicsi", "node-driver-registrar"):
+            ensure(c.get("livenessProbe"), f"{name} has no liveness probe")
     ensure(env_of(cs["multicsi"]).keys().isdisjoint({"CLOUDSCALE_ACCESS_TOKEN", "CIVO_API_KEY", "PACKET_API_KEY"}),
            "node receives cloud credentials")
 
@@ -483,13 +800,6 @@ def packet_mounts_without_host_network(docs):
     ensure("/etc/iscsi" in host_paths(ds), "/etc/iscsi not mounted")
 
 
-def state_dir_shared(docs):
-    """hostpath: state dir /var/lib/multicsi mounted into controller and node"""
-    for w in (get_controller(docs), get_node(docs)):
-        ensure(mount_for_host_path(w, "multicsi", "/var/lib/multicsi")["mountPath"] == "/var/lib/multicsi",
-               f"{w['kind']} state dir")
-
-
 def node_state_dir_only(docs):
     """cloud backend: the node keeps its format markers in the state dir, the controller has none"""
     ensure("/var/lib/multicsi" not in host_paths(get_controller(docs)), "the controller mounts the state dir")
@@ -529,7 +839,15 @@ def LUKS(extra=None):
     return p
 
 
-def snapshot_objects(present, crds=True, ctrl=True):
+def snapshot_api_absent(docs):
+    """without the snapshot API: no VolumeSnapshotClass, csi-snapshotter or snapshot controller (install succeeds)"""
+    ensure(not by_kind(docs, "VolumeSnapshotClass"), "VolumeSnapshotClass rendered without its CRD")
+    ensure("csi-snapshotter" not in containers(get_controller(docs)), "csi-snapshotter without the snapshot API")
+    ensure(not [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-snapshot-controller")],
+           "snapshot controller without the snapshot API")
+
+
+def snapshot_objects(present, ctrl=True):
     def a(docs):
         ctrl_docs = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-snapshot-controller")]
         vsc = by_kind(docs, "VolumeSnapshotClass")
@@ -541,24 +859,22 @@ def snapshot_objects(present, crds=True, ctrl=True):
         ensure(len(vsc) == 1, f"{len(vsc)} VolumeSnapshotClasses")
         ensure(vsc[0]["driver"] == "multicsi.io" and vsc[0]["deletionPolicy"] == "Delete", str(vsc[0]))
         ensure(len(snap_roles) == 1, "snapshotter ClusterRole")
-        ensure(len(crd) == (3 if crds else 0), f"{len(crd)} CRDs")
-        for c in crd:
-            ensure(c["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep", "CRD not kept on uninstall")
-            ensure(c["metadata"]["annotations"].get("api-approved.kubernetes.io"), "protected group needs approval annotation")
+        ensure(not crd, f"{len(crd)} CRDs rendered as templates (they belong in crds/)")
         ensure(len(ctrl_docs) == (1 if ctrl else 0), f"{len(ctrl_docs)} snapshot controllers")
         if ctrl:
             c = containers(ctrl_docs[0])["snapshot-controller"]
             ensure(c["image"].startswith(SIDECAR_REGISTRY + "snapshot-controller:v8."), c["image"])
             ensure("--leader-election=true" in c["args"], "snapshot-controller leader election")
     state = "present" if present else "absent"
-    a.__doc__ = f"snapshot objects {state}" + ("" if not present else f" (CRDs {'on' if crds else 'off'}, controller {'on' if ctrl else 'off'})")
+    a.__doc__ = f"snapshot objects {state}" + ("" if not present else f" (controller {'on' if ctrl else 'off'})")
     return a
 
 
 def rbac_scoped(docs):
     """RBAC: one ServiceAccount per component, least privilege, leases only namespaced"""
     sas = {d["metadata"]["name"] for d in by_kind(docs, "ServiceAccount")}
-    ensure({"multicsi-controller", "multicsi-node"} <= sas, f"service accounts {sorted(sas)}")
+    want = {w["spec"]["template"]["spec"]["serviceAccountName"] for w in workloads(docs)}
+    ensure(want <= sas, f"service accounts {sorted(sas)}, pods use {sorted(want)}")
     for d in by_kind(docs, "ClusterRole"):
         for r in d["rules"]:
             ensure("*" not in r["verbs"] and "*" not in r["resources"], f"{d['metadata']['name']} uses wildcards")
@@ -588,13 +904,16 @@ def rbac_scoped(docs):
 
 
 def metrics_services(docs):
-    """metrics Services for controller and node on port 9820 named metrics; PDB for the controller"""
+    """metrics Service per component that runs (hostpath: node only) on port 9820 named metrics"""
     svcs = {d["metadata"]["name"]: d for d in by_kind(docs, "Service")}
-    ensure(set(svcs) == {"multicsi-controller-metrics", "multicsi-node-metrics"}, f"services {sorted(svcs)}")
+    want = {f"multicsi-{w['metadata']['labels']['app.kubernetes.io/component']}-metrics" for w in workloads(docs)
+            if driver_mode(w)}
+    ensure(set(svcs) == want, f"services {sorted(svcs)}, want {sorted(want)}")
     for s in svcs.values():
         ensure(s["spec"]["ports"] == [{"name": "metrics", "port": 9820, "targetPort": "metrics", "protocol": "TCP"}],
                str(s["spec"]["ports"]))
-    one(docs, "PodDisruptionBudget", "multicsi-controller")
+    if any(driver_mode(w) == "controller" for w in workloads(docs)):
+        one(docs, "PodDisruptionBudget", "multicsi-controller")
     ensure(not by_kind(docs, "ServiceMonitor"), "ServiceMonitor rendered although off")
 
 
@@ -748,6 +1067,7 @@ def custom_kubelet_dir(docs):
         ensure(p in hp, f"missing {p}")
     m = mount_for_host_path(ds, "multicsi", "/var/snap/microk8s/common/var/lib/kubelet")
     ensure(m["mountPath"] == "/var/snap/microk8s/common/var/lib/kubelet" and m["mountPropagation"] == "Bidirectional", str(m))
+    kubelet_dir_env("/var/snap/microk8s/common/var/lib/kubelet")(docs)
 
 
 def custom_classes(docs):
@@ -773,9 +1093,9 @@ def renamed(docs):
 def image_versions(docs):
     """images: driver from appVersion, sidecars pinned to registry.k8s.io/sig-storage"""
     want = {"multicsi": "ghcr.io/multicsi/multicsi:0.1.0",
-            "csi-provisioner": SIDECAR_REGISTRY + "csi-provisioner:v5.",
+            "csi-provisioner": SIDECAR_REGISTRY + "csi-provisioner:v6.",
             "csi-attacher": SIDECAR_REGISTRY + "csi-attacher:v4.",
-            "csi-resizer": SIDECAR_REGISTRY + "csi-resizer:v1.",
+            "csi-resizer": SIDECAR_REGISTRY + "csi-resizer:v2.",
             "csi-snapshotter": SIDECAR_REGISTRY + "csi-snapshotter:v8.",
             "liveness-probe": SIDECAR_REGISTRY + "livenessprobe:v2.",
             "node-driver-registrar": SIDECAR_REGISTRY + "csi-node-driver-registrar:v2."}
@@ -788,7 +1108,7 @@ def overridden_images(docs):
     """image overrides: driver digest and a mirrored sidecar registry"""
     cs = containers(get_controller(docs))
     ensure(cs["multicsi"]["image"] == "mirror.example/multicsi@sha256:" + "a" * 64, cs["multicsi"]["image"])
-    ensure(cs["csi-provisioner"]["image"] == "mirror.example/csi-provisioner:v5.3.0", cs["csi-provisioner"]["image"])
+    ensure(cs["csi-provisioner"]["image"] == "mirror.example/csi-provisioner:v6.3.0", cs["csi-provisioner"]["image"])
 
 
 # ================================================================= examples
@@ -813,12 +1133,27 @@ def check_examples(r: Runner):
         return found[0]
 
     def luks():
-        pvc, secret, sc = doc("luks-pvc.yaml", "PersistentVolumeClaim"), doc("luks-pvc.yaml", "Secret"), doc("luks-pvc.yaml", "StorageClass")
-        ensure(secret["metadata"]["name"] == pvc["metadata"]["name"] + "-luks-key", "key Secret name")
+        pvc, sc = doc("luks-pvc.yaml", "PersistentVolumeClaim"), doc("luks-pvc.yaml", "StorageClass")
+        secrets = {d["metadata"]["name"]: d for d in by_kind(loaded["luks-pvc.yaml"], "Secret")}
+        secret = secrets.get(pvc["metadata"]["name"] + "-luks-key")
+        ensure(secret, "no Secret <claim name>-luks-key")
         ensure("luksKey" in secret.get("stringData", secret.get("data", {})), "key luksKey")
         ensure(pvc["spec"]["storageClassName"] == sc["metadata"]["name"], "claim uses the LUKS class")
         ensure(sc["parameters"]["csi.storage.k8s.io/node-stage-secret-name"] == "${pvc.name}-luks-key", "secret template")
     r.check("[examples] luks-pvc.yaml: Secret <pvc>-luks-key with luksKey, LUKS class", luks)
+
+    def luks_per_volume():
+        classes = {d["metadata"]["name"]: d for d in by_kind(loaded["luks-pvc.yaml"], "StorageClass")}
+        secrets = {d["metadata"]["name"]: d for d in by_kind(loaded["luks-pvc.yaml"], "Secret")}
+        sc = classes.get("multicsi-luks-per-volume")
+        ensure(sc, "no per-volume key class")
+        params = sc["parameters"]
+        master = secrets.get(params["csi.storage.k8s.io/node-stage-secret-name"])
+        ensure(master and master["metadata"].get("namespace") == params["csi.storage.k8s.io/node-stage-secret-namespace"],
+               "the class's node-stage secret is in the example")
+        value = master.get("stringData", {}).get("luksMasterKey", "")
+        ensure(len(value) >= 32, "luksMasterKey of at least 32 bytes")
+    r.check("[examples] luks-pvc.yaml: a per-volume key class with its luksMasterKey Secret", luks_per_volume)
 
     def snapshot_chain():
         pvc = doc("pvc-pod.yaml", "PersistentVolumeClaim")
@@ -853,7 +1188,7 @@ def main():
     ap.add_argument("--helm", required=True)
     ap.add_argument("--chart", required=True)
     ap.add_argument("--examples", required=True)
-    ap.add_argument("--k8s", default="1.28.0,1.30.0,1.33.0")
+    ap.add_argument("--k8s", default="1.34.0,1.35.0,1.36.0")
     ap.add_argument("--promtool", default="", help="promtool, to check alert and dashboard queries")
     ap.add_argument("-v", "--verbose", action="store_true")
     o = ap.parse_args()
@@ -880,23 +1215,32 @@ def main():
             ensure(res.returncode == 0, (res.stdout + res.stderr).strip()[-400:])
         r.check(f"[lint] helm lint --strict {name}", lint)
 
-    # The CRD schemas the chart ships are what custom resources are checked against.
+    # The CRDs of crds/ are what custom resources are checked against.
     def crds():
-        res = r.template()
-        ensure(res.returncode == 0, res.stderr.strip()[:400])
-        r.capture_crd_schemas([d for d in yaml.safe_load_all(res.stdout) if d])
-    r.check("[crds] snapshot CRD schemas rendered by default", crds)
+        ensure(r.crds, f"no CRD in {o.chart}/crds: Helm installs only those ahead of the templates")
+        r.capture_crd_schemas()
+    r.check("[crds] snapshot.storage.k8s.io/v1 CRDs in the chart's crds/", crds)
 
+    hostpath_layout = [hostpath_controller_on_host, hostpath_shape, csidriver(True), capacity_tracking(True),
+                       kubelet_dir_env("/var/lib/kubelet")]
     r.scenario("defaults (hostpath)", asserts=[
-        a_csidriver, controller_shape(True), driver_env, node_common, node_not_host_network, state_dir_shared,
+        *hostpath_layout, driver_env, node_common, node_not_host_network,
         storage_classes({"multicsi-hostpath": {}}, "multicsi-hostpath"), snapshot_objects(True), rbac_scoped,
-        metrics_services, observability_off, no_credentials_needed, no_config, image_versions, no_civo_statsd])
+        metrics_services, observability_off, no_credentials_needed, no_config, image_versions, no_civo_statsd,
+        helm_test_hook("multicsi-hostpath")])
 
     r.scenario("values-hostpath.yaml", [ex("hostpath")], asserts=[
-        controller_shape(True), node_common, node_not_host_network, state_dir_shared, snapshot_objects(True),
+        *hostpath_layout, node_common, node_not_host_network, snapshot_objects(True),
         storage_classes({"multicsi-hostpath": {}, "multicsi-hostpath-xfs": {"csi.storage.k8s.io/fstype": "xfs"},
                          "multicsi-hostpath-luks": LUKS()}, "multicsi-hostpath")])
+    # The cluster states an install meets (see Runner.api_versions).
+    for label, files in [("defaults", [])] + [(f"values-{b}.yaml", [ex(b)]) for b in ("hostpath", "cloudscale")]:
+        r.scenario(f"{label}, snapshot CRDs already in the cluster (--skip-crds)", files, cluster="crds-present",
+                   asserts=[snapshot_objects(True)])
+        r.scenario(f"{label}, --skip-crds on a cluster without them", files, cluster="no-crds",
+                   asserts=[snapshot_api_absent])
     r.scenario("values-cloudscale.yaml", [ex("cloudscale")], asserts=[
+        csidriver(False), capacity_tracking(False), kubelet_dir_env("/var/lib/kubelet"), helm_test_hook("cloudscale-volume-ssd"),
         controller_shape(True), driver_env, node_common, node_not_host_network, node_state_dir_only, snapshot_objects(True),
         rbac_scoped, credentials_ref("multicsi-cloudscale", "CLOUDSCALE_ACCESS_TOKEN", created=False),
         storage_classes({"cloudscale-volume-ssd": {"multicsi.io/volume-type": "ssd"},
@@ -923,7 +1267,12 @@ def main():
         credentials_ref("multicsi-credentials", "CLOUDSCALE_ACCESS_TOKEN", created=True), node_common])
     r.scenario("civo defaults, snapshots switch left on", sets=[
         "backend=civo", "credentials.existingSecret=civo", "civo.region=FRA1", "civo.clusterId=abc"], asserts=[
-        controller_shape(False), snapshot_objects(False), storage_classes({"civo-volume": {}}, "civo-volume")])
+        controller_shape(False), snapshot_objects(False), storage_classes({"civo-volume": {}}, "civo-volume"),
+        plain_env({"CIVO_VOLUME_SNAPSHOTS": "false"})])
+    r.scenario("civo with volume snapshots", sets=[
+        "backend=civo", "credentials.existingSecret=civo", "civo.region=FRA1", "civo.clusterId=abc",
+        "civo.volumeSnapshots=true"], asserts=[
+        controller_shape(True), snapshot_objects(True), plain_env({"CIVO_VOLUME_SNAPSHOTS": "true"})])
     r.scenario("civo, credentials created by the chart", sets=[
         "backend=civo", "credentials.create=true", f"credentials.civoApiKey={SECRET_VALUE}", "civo.region=FRA1",
         "civo.clusterId=abc"], asserts=[credentials_ref("multicsi-credentials", "CIVO_API_KEY", created=True)])
@@ -944,10 +1293,12 @@ def main():
         credentials_ref("multicsi-credentials", "PACKET_API_KEY", created=True),
         plain_env({"PACKET_PROJECT_ID": "p1", "PACKET_FACILITY_ID": "ewr1"}), packet_mounts_without_host_network])
     r.scenario("hostpath pinned to a node", sets=["hostpath.nodeName=worker-1"], asserts=[pinned_to("worker-1")])
-    r.scenario("snapshots off", sets=["snapshots.enabled=false"], asserts=[
-        controller_shape(False), snapshot_objects(False)])
-    r.scenario("snapshot CRDs off", sets=["snapshotCRDs.enabled=false"], asserts=[
-        controller_shape(True), snapshot_objects(True, crds=False)])
+    r.scenario("snapshots off", sets=["snapshots.enabled=false"], asserts=[snapshot_objects(False)])
+    r.scenario("helm test hook off", sets=["tests.enabled=false"], asserts=[
+        lambda d: ensure(not [x for x in d if x["metadata"].get("annotations", {}).get("helm.sh/hook")], "hook rendered")])
+    r.scenario("helm test of another class", sets=["tests.storageClassName=fast"], asserts=[helm_test_hook("fast")])
+    r.scenario("node plugin updated OnDelete", set_json=['node.updateStrategy={"type":"OnDelete"}'], asserts=[
+        lambda d: ensure(get_node(d)["spec"]["updateStrategy"] == {"type": "OnDelete"}, str(get_node(d)["spec"]["updateStrategy"]))])
     r.scenario("snapshot controller off", sets=["snapshotController.enabled=false"], asserts=[
         snapshot_objects(True, ctrl=False)])
     r.scenario("VolumeSnapshotClass off", sets=["volumeSnapshotClass.enabled=false"], asserts=[
@@ -1034,9 +1385,13 @@ def main():
     r.must_fail("VolumeSnapshotClass deletionPolicy Keep", r"/volumeSnapshotClass/deletionPolicy", sets=["volumeSnapshotClass.deletionPolicy=Keep"])
     r.must_fail("log format yaml", r"/log/format", sets=["log.format=yaml"])
     r.must_fail("sidecar timeout without a unit", r"/sidecars/provisioner/timeout", sets=["sidecars.provisioner.timeout=60"])
-    r.must_fail("Kubernetes 1.27 (below kubeVersion)", r"kubeVersion|incompatible", extra=["--kube-version", "1.27.16"])
-    r.check("[kubeVersion] Kubernetes 1.28 accepted", lambda: ensure(
-        r.template(extra=["--kube-version", "1.28.0"]).returncode == 0, "1.28 refused"))
+    r.must_fail("Kubernetes 1.33 (below kubeVersion: csi-provisioner v6 needs 1.34)", r"kubeVersion|incompatible",
+                extra=["--kube-version", "1.33.5"])
+    for v in r.versions:
+        r.check(f"[kubeVersion] Kubernetes {v} accepted", lambda v=v: ensure(
+            r.template(extra=["--kube-version", v]).returncode == 0, f"{v} refused"))
+    r.must_fail("node plugin surging a second pod onto a host", r"maxSurge must be 0",
+                set_json=['node.updateStrategy={"type":"RollingUpdate","rollingUpdate":{"maxSurge":1,"maxUnavailable":0}}'])
     r.must_fail("alert error ratio above 1", r"/metrics/prometheusRule/rpcErrorRatio",
                 sets=["metrics.prometheusRule.rpcErrorRatio=5"])
     r.must_fail("throttling duration without a unit", r"/metrics/prometheusRule/throttledFor",
@@ -1044,6 +1399,36 @@ def main():
     r.must_fail("misspelt dashboard key", r"/metrics/dashboard.*additional properties .enable. not allowed",
                 sets=["metrics.dashboard.enable=true"])
     r.must_fail("zero controller replicas", r"/controller/replicas", sets=["controller.replicas=0"])
+
+    def dockerfile_builds_default_image():
+        root = os.path.dirname(os.path.abspath(o.chart.rstrip("/")))
+        root = os.path.dirname(root)
+        docker = open(os.path.join(root, "Dockerfile")).read()
+        chart = yaml.safe_load(open(os.path.join(o.chart, "Chart.yaml")))
+        values = yaml.safe_load(open(os.path.join(o.chart, "values.yaml")))
+        version = re.search(r"^ARG VERSION=(\S+)$", docker, re.M)
+        ensure(version and version.group(1) == chart["appVersion"],
+               f"Dockerfile VERSION {version and version.group(1)} is not the chart's appVersion {chart['appVersion']}")
+        ensure(values["image"]["tag"] in ("", chart["appVersion"]), "values image.tag differs from appVersion")
+        ensure(re.search(r"cargo build --release --locked", docker), "the build stage does not build the locked release")
+        ensure(re.search(r"COPY --from=build /out/multicsi /usr/local/bin/multicsi", docker), "binary not copied")
+        ensure('ENTRYPOINT ["/usr/local/bin/multicsi"]' in docker, "entrypoint")
+        runtime = docker.split("FROM debian:bookworm-slim", 1)[-1]
+        # The runtime stage installs the package list's `node` job.
+        ensure("COPY scripts/lib/packages.tsv" in runtime and '$i == "node"' in runtime,
+               "the runtime stage does not install the package list's node job")
+        node_packages = set()
+        with open(os.path.join(root, "scripts", "lib", "packages.tsv")) as f:
+            for line in f:
+                fields = line.split("#", 1)[0].split()
+                if len(fields) >= 3 and "node" in fields[2:]:
+                    node_packages.add(fields[1])
+        for pkg in ("e2fsprogs", "xfsprogs", "btrfs-progs", "mount", "cryptsetup-bin", "libcryptsetup12",
+                    "open-iscsi", "multipath-tools", "kmod", "udev", "ca-certificates"):
+            ensure(pkg in node_packages, f"the node image lacks {pkg}")
+        ensure(re.search(r"^FROM debian:bookworm-slim$", docker, re.M), "runtime base has no shell for the helm test pod")
+    r.check("[image] the Dockerfile builds the image the chart defaults to (appVersion, binary, node tools)",
+            dockerfile_builds_default_image)
 
     check_examples(r)
 

@@ -104,6 +104,22 @@ impl BackendUnderTest {
         b
     }
 
+    /// Civo (the default) and hostpath served by one driver.
+    pub fn civo_with_hostpath() -> Self {
+        let mut b = Self::civo();
+        b.name = "civo+hostpath";
+        b.node_id = INSTANCES[0].1;
+        b.args = vec![
+            "--backends",
+            "civo,hostpath",
+            "--state-dir",
+            "{dir}/state",
+            "--device-dir",
+            "{dir}/links",
+        ];
+        b
+    }
+
     /// Civo against its emulator, with extra emulator arguments (faults).
     pub fn civo_with(extra_emulator_args: Vec<&'static str>) -> Self {
         let mut emulator_args = vec![
@@ -134,6 +150,7 @@ impl BackendUnderTest {
                 ("CIVO_REGION", REGION),
                 ("CIVO_CLUSTER_ID", CLUSTER_ID),
                 ("CIVO_STATSD_FILE", "{dir}/no-civostatsd"),
+                ("CIVO_VOLUME_SNAPSHOTS", "true"),
             ],
             plugin_services: vec![
                 PluginService::ControllerService,
@@ -148,6 +165,9 @@ impl BackendUnderTest {
                 CtrlRpc::ListVolumesPublishedNodes,
                 CtrlRpc::GetVolume,
                 CtrlRpc::SingleNodeMultiWriter,
+                CtrlRpc::CreateDeleteSnapshot,
+                CtrlRpc::ListSnapshots,
+                CtrlRpc::GetSnapshot,
             ],
             node_rpcs: vec![
                 NodeRpc::StageUnstageVolume,
@@ -165,6 +185,7 @@ impl BackendUnderTest {
             topology_key: "region",
             unknown_volume_id: "00000000-0000-4000-8000-000000000000",
             unknown_snapshot_id: "00000000-0000-4000-8000-000000000001",
+            records_sources: false,
             alt_parameters: vec![("multicsi.io/volume-type", "ms-xfs-2-replicas")],
             stored_volumes: |_dir: &Path, url| {
                 emulated_volumes(url.expect("the civo backend runs with its emulator"))
@@ -269,14 +290,7 @@ pub async fn one_node_id_for_every_backend(b: BackendUnderTest) {
     let (instance_id, hostname) = INSTANCES[0];
     let mut mixed = b.clone();
     mixed.node_id = hostname;
-    mixed.args = vec![
-        "--backends",
-        "civo,hostpath",
-        "--state-dir",
-        "{dir}/state",
-        "--device-dir",
-        "{dir}/links",
-    ];
+    mixed.args = BackendUnderTest::civo_with_hostpath().args;
     let s = Server::start(&mixed).await;
     let info = ok(
         "NodeGetInfo",
@@ -452,4 +466,34 @@ pub async fn quota_limits_creates(b: BackendUnderTest) {
         c.get_capacity(csi::GetCapacityRequest::default()).await,
     ));
     assert_eq!(free, DISK_GB_LIMIT * GIB);
+}
+
+/// Volume snapshots are used only where the operator turned them on
+/// (CIVO_VOLUME_SNAPSHOTS): without the setting they are neither
+/// advertised nor served.
+pub async fn snapshots_need_the_setting(mut b: BackendUnderTest) {
+    b.env.retain(|(key, _)| *key != "CIVO_VOLUME_SNAPSHOTS");
+    b.controller_rpcs.retain(|r| {
+        !matches!(
+            r,
+            CtrlRpc::CreateDeleteSnapshot | CtrlRpc::ListSnapshots | CtrlRpc::GetSnapshot
+        )
+    });
+    let s = Server::start(&b).await;
+    let advertised = s.advertised().await;
+    assert!(!advertised.controller(CtrlRpc::CreateDeleteSnapshot));
+    assert!(!advertised.controller(CtrlRpc::ListSnapshots));
+    let volume = s.create("conf-civo-nosnap", GIB, mount_cap("ext4")).await;
+    fails(
+        "CreateSnapshot without CIVO_VOLUME_SNAPSHOTS",
+        s.controller()
+            .create_snapshot(csi::CreateSnapshotRequest {
+                source_volume_id: volume.volume_id.clone(),
+                name: "conf-civo-nosnap".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::Unimplemented,
+    );
+    s.delete(&volume.volume_id).await;
 }

@@ -36,6 +36,11 @@ async fn cloud(s: &Server, method: reqwest::Method, path: &str, body: Option<Val
     }
 }
 
+/// A volume as the emulated cloud stores it.
+async fn stored_volume(s: &Server, id: &str) -> Value {
+    cloud(s, reqwest::Method::GET, &format!("/v1/volumes/{id}"), None).await
+}
+
 fn zone(volume: &csi::Volume) -> String {
     volume.accessible_topology[0].segments["csi.cloudscale.ch/zone"].clone()
 }
@@ -55,13 +60,7 @@ pub async fn volume_types_and_size_steps(b: BackendUnderTest) {
     bulk.parameters = params(&[("csi.cloudscale.ch/volume-type", "bulk")]);
     let bulk = s.create_with(bulk).await;
     assert_eq!(bulk.capacity_bytes, 100 * GIB, "bulk: one step by default");
-    let stored = cloud(
-        &s,
-        reqwest::Method::GET,
-        &format!("/v1/volumes/{}", bulk.volume_id),
-        None,
-    )
-    .await;
+    let stored = stored_volume(&s, &bulk.volume_id).await;
     assert_eq!(stored["type"], "bulk");
     assert_eq!(stored["size_gb"], 100);
     let mut tight = create_request("cs-bulk-tight", GIB as u64, cap.clone());
@@ -130,13 +129,7 @@ pub async fn restore_inherits_type_and_zone_then_grows(b: BackendUnderTest) {
     let restored = s.create_with(restore.clone()).await;
     assert_eq!(zone(&restored), "rma1", "zone from the snapshot");
     assert_eq!(restored.capacity_bytes, 200 * GIB, "grown in bulk steps");
-    let stored = cloud(
-        &s,
-        reqwest::Method::GET,
-        &format!("/v1/volumes/{}", restored.volume_id),
-        None,
-    )
-    .await;
+    let stored = stored_volume(&s, &restored.volume_id).await;
     assert_eq!(
         (stored["type"].as_str(), stored["size_gb"].as_u64()),
         (Some("bulk"), Some(200))
@@ -202,13 +195,7 @@ pub async fn a_volume_attaches_to_one_server(b: BackendUnderTest) {
         Code::FailedPrecondition,
     );
     s.controller_unpublish(&volume.volume_id).await;
-    let info = cloud(
-        &s,
-        reqwest::Method::GET,
-        &format!("/v1/volumes/{}", volume.volume_id),
-        None,
-    )
-    .await;
+    let info = stored_volume(&s, &volume.volume_id).await;
     assert_eq!(info["server_uuids"], json!([]));
     s.delete(&volume.volume_id).await;
 }
@@ -283,13 +270,7 @@ pub async fn a_clone_leaves_no_snapshot_behind(b: BackendUnderTest) {
     clone.volume_content_source = volume_source(&source.volume_id);
     let made = s.create_with(clone.clone()).await;
     assert_eq!(made.content_source, volume_source(&source.volume_id));
-    let stored = cloud(
-        &s,
-        reqwest::Method::GET,
-        &format!("/v1/volumes/{}", made.volume_id),
-        None,
-    )
-    .await;
+    let stored = stored_volume(&s, &made.volume_id).await;
     assert_eq!(stored["type"], "bulk");
     let snapshots = cloud(&s, reqwest::Method::GET, "/v1/volume-snapshots", None).await;
     assert!(
@@ -323,4 +304,71 @@ pub async fn a_node_needs_no_token(mut b: BackendUnderTest) {
     assert_eq!(info.node_id, SERVER_UUID);
     let probe = ok("Probe", s.identity().probe(csi::ProbeRequest {}).await);
     assert_eq!(probe.ready, Some(true));
+}
+
+/// The provisioner's PVC name and namespace and PV name, and the
+/// StorageClass's own `multicsi.io/tags`, are kept as tags on the cloud
+/// volume (restores too), so an operator finds a PVC's volume with a tag
+/// filter; reserved or malformed class tags are refused.
+pub async fn volumes_carry_their_pvc_and_class_tags(b: BackendUnderTest) {
+    let s = Server::start(&b).await;
+    let mut c = s.controller();
+    let cap = mount_cap("ext4");
+    let metadata = [
+        ("csi.storage.k8s.io/pvc/name", "data"),
+        ("csi.storage.k8s.io/pvc/namespace", "shop"),
+        ("csi.storage.k8s.io/pv/name", "pvc-6f1c"),
+    ];
+    let mut with_tags: Vec<(&str, &str)> = metadata.to_vec();
+    with_tags.push(("multicsi.io/tags", "team=storage, env=test"));
+    let mut request = create_request("cs-tagged", GIB as u64, cap.clone());
+    request.parameters = params(&with_tags);
+    let volume = s.create_with(request.clone()).await;
+    let stored = stored_volume(&s, &volume.volume_id).await;
+    let expected = json!({
+        "csi.storage.k8s.io/pvc/name": "data",
+        "csi.storage.k8s.io/pvc/namespace": "shop",
+        "csi.storage.k8s.io/pv/name": "pvc-6f1c",
+        "team": "storage",
+        "env": "test",
+    });
+    assert_eq!(stored["tags"], expected);
+    assert_eq!(
+        s.create_with(request).await.volume_id,
+        volume.volume_id,
+        "a repeat is the same volume"
+    );
+    let found = cloud(
+        &s,
+        reqwest::Method::GET,
+        "/v1/volumes?tag:csi.storage.k8s.io/pvc/namespace=shop",
+        None,
+    )
+    .await;
+    assert_eq!(found.as_array().map(Vec::len), Some(1), "{found}");
+
+    let snap = s.snapshot("cs-tagged-snap", &volume.volume_id).await;
+    let mut restore = create_request("cs-tagged-restored", GIB as u64, cap.clone());
+    restore.parameters = params(&metadata);
+    restore.volume_content_source = snapshot_source(&snap.snapshot_id);
+    let restored = s.create_with(restore).await;
+    let stored = stored_volume(&s, &restored.volume_id).await;
+    assert_eq!(stored["tags"]["csi.storage.k8s.io/pvc/name"], "data");
+    assert_eq!(
+        stored["tags"]["multicsi.io/source-snapshot"],
+        snap.snapshot_id.as_str()
+    );
+
+    for bad in ["team", "multicsi.io/source-snapshot=x"] {
+        let mut request = create_request("cs-bad-tags", GIB as u64, cap.clone());
+        request.parameters = params(&[("multicsi.io/tags", bad)]);
+        fails(
+            "CreateVolume with bad class tags",
+            c.create_volume(request).await,
+            Code::InvalidArgument,
+        );
+    }
+    s.delete(&restored.volume_id).await;
+    s.delete_snapshot(&snap.snapshot_id).await;
+    s.delete(&volume.volume_id).await;
 }

@@ -70,6 +70,10 @@ pub struct BackendUnderTest {
     /// Well-formed IDs that name nothing.
     pub unknown_volume_id: &'static str,
     pub unknown_snapshot_id: &'static str,
+    /// Whether the cloud records a volume's content source, so that a
+    /// repeated CreateVolume asking for another source is told apart
+    /// (Civo's API records none: a repeat is checked by size and type).
+    pub records_sources: bool,
     /// Valid StorageClass parameters that make a different volume than none.
     pub alt_parameters: Vec<(&'static str, &'static str)>,
     /// The volume IDs the backend's storage holds (for leak checks), given
@@ -213,6 +217,7 @@ impl BackendUnderTest {
             topology_key: "topology.multicsi.io/node",
             unknown_volume_id: "hp-00000000000000000000000000000000",
             unknown_snapshot_id: "hps-00000000000000000000000000000000",
+            records_sources: true,
             alt_parameters: vec![("multicsi.io/mkfs-reserved-percent", "1")],
             emulator: None,
             stored_volumes: |dir, _| {
@@ -288,6 +293,7 @@ impl BackendUnderTest {
             topology_key: "csi.cloudscale.ch/zone",
             unknown_volume_id: "00000000-0000-4000-8000-000000000000",
             unknown_snapshot_id: "00000000-0000-4000-8000-000000000001",
+            records_sources: true,
             alt_parameters: vec![("csi.cloudscale.ch/volume-type", "bulk")],
             emulator: Some(Emulator {
                 provider: "cloudscale",
@@ -405,6 +411,7 @@ impl BackendUnderTest {
             topology_key: "topology.multicsi.io/facility",
             unknown_volume_id: "00000000-0000-4000-8000-000000000000",
             unknown_snapshot_id: "00000000-0000-4000-8000-000000000001",
+            records_sources: true,
             alt_parameters: vec![("multicsi.io/plan", "performance")],
             emulator: Some(Emulator {
                 provider: "packet",

@@ -141,3 +141,75 @@ pub async fn two_backends_route_by_id(b: BackendUnderTest) {
     assert!(s.stored_volumes().is_empty(), "volumes left behind");
     assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
 }
+
+fn capacity_request(parameters: &[(&str, &str)]) -> csi::GetCapacityRequest {
+    csi::GetCapacityRequest {
+        parameters: params(parameters),
+        ..Default::default()
+    }
+}
+
+/// GetCapacity answers for the backend the StorageClass selects: hostpath
+/// reports its space, the default cloudscale (whose API reports none)
+/// says so instead of lending hostpath's figure.
+pub async fn capacity_follows_the_storage_class(b: BackendUnderTest) {
+    let s = Server::start(&b).await;
+    let mut c = s.controller();
+    let local = ok(
+        "GetCapacity for hostpath",
+        c.get_capacity(capacity_request(&[(BACKEND, "hostpath")]))
+            .await,
+    );
+    assert!(local.available_capacity > 0, "{local:?}");
+    let status = fails(
+        "GetCapacity for cloudscale (the default)",
+        c.get_capacity(capacity_request(&[])).await,
+        Code::Unimplemented,
+    );
+    assert!(
+        status.message().contains("cloudscale"),
+        "{}",
+        status.message()
+    );
+    fails(
+        "GetCapacity for a backend this driver does not serve",
+        c.get_capacity(capacity_request(&[(BACKEND, "nowhere")]))
+            .await,
+        Code::InvalidArgument,
+    );
+}
+
+/// Civo (offline expansion, no read-only attach) beside hostpath: only what
+/// both offer is advertised, and GetCapacity answers for each backend.
+pub async fn only_shared_capabilities_are_advertised(b: BackendUnderTest) {
+    use multicsi::csi::controller_service_capability::rpc::Type as Rpc;
+    let s = Server::start(&b).await;
+    let advertised = s.advertised().await;
+    assert!(
+        !advertised.online_expansion,
+        "Civo expands detached volumes only: expansion must be OFFLINE"
+    );
+    assert!(
+        !advertised.controller(Rpc::PublishReadonly),
+        "Civo attaches read-write only: PUBLISH_READONLY must not be advertised"
+    );
+    let mut c = s.controller();
+    let civo = ok(
+        "GetCapacity for civo (the default)",
+        c.get_capacity(capacity_request(&[])).await,
+    );
+    let local = ok(
+        "GetCapacity for hostpath",
+        c.get_capacity(capacity_request(&[(BACKEND, "hostpath")]))
+            .await,
+    );
+    assert_eq!(
+        civo.available_capacity as u64,
+        multicsi::emulator::civo::state::DISK_GB_LIMIT << 30,
+        "civo answers with its quota"
+    );
+    assert_ne!(
+        local.maximum_volume_size, civo.maximum_volume_size,
+        "hostpath answers for itself: {local:?} {civo:?}"
+    );
+}

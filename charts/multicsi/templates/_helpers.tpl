@@ -92,9 +92,49 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .repository .tag -}}
 {{- end -}}
 
-{{/* "true" when the backend supports snapshots and they are switched on; civo and packet have none. */}}
+{{/* "true" when the backend supports snapshots and they are switched on; packet has none, civo only with civo.volumeSnapshots. */}}
 {{- define "multicsi.snapshotsEnabled" -}}
-{{- if and .Values.snapshots.enabled (ne .Values.backend "civo") (ne .Values.backend "packet") -}}true{{- end -}}
+{{- if and .Values.snapshots.enabled (or (ne .Values.backend "civo") .Values.civo.volumeSnapshots) (ne .Values.backend "packet") -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when the snapshot.storage.k8s.io/v1 API can be used: snapshots are on
+and the cluster serves the API. On `helm install` the API is there when the
+chart's crds/ were installed first or the cluster already had the CRDs; with
+`--skip-crds` on a cluster without them, nothing that needs the API is
+rendered and the install still succeeds. `helm template` knows no cluster:
+pass `--api-versions snapshot.storage.k8s.io/v1/VolumeSnapshotClass`.
+*/}}
+{{- define "multicsi.snapshotAPI" -}}
+{{- if and (include "multicsi.snapshotsEnabled" .) (.Capabilities.APIVersions.Has "snapshot.storage.k8s.io/v1/VolumeSnapshotClass") -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when the controller service runs inside the node plugin pods, one
+process per host (hostpath: the host's state directory has exactly one owner,
+which also needs the host's /dev and mounts for copies, freezes and loop
+devices). The other backends run a separate controller Deployment.
+*/}}
+{{- define "multicsi.controllerOnNodes" -}}
+{{- if eq .Values.backend "hostpath" -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when the driver reports capacity per node and the scheduler should use
+it (CSIDriver storageCapacity, csi-provisioner --enable-capacity): hostpath,
+whose volumes are limited by the free space of the host's state directory.
+*/}}
+{{- define "multicsi.storageCapacity" -}}
+{{- if eq .Values.backend "hostpath" -}}true{{- end -}}
+{{- end -}}
+
+{{/* Service account of the pods that run the controller service and its sidecars. */}}
+{{- define "multicsi.controllerSidecarsServiceAccount" -}}
+{{- if include "multicsi.controllerOnNodes" . -}}
+{{- include "multicsi.nodeServiceAccount" . -}}
+{{- else -}}
+{{- include "multicsi.controllerServiceAccount" . -}}
+{{- end -}}
 {{- end -}}
 
 {{/* "true" when the node plugin uses the host network. */}}
@@ -128,6 +168,11 @@ workload template so that a bad combination fails early.
 {{- if and (ne .Values.backend "hostpath") (not (include "multicsi.credentialsSecret" .)) -}}
 {{- fail (printf "backend %s needs credentials: set credentials.existingSecret to the name of a Secret, or credentials.create=true with the token (see docs/install.md)" .Values.backend) -}}
 {{- end -}}
+{{- with .Values.node.updateStrategy.rollingUpdate }}
+{{- if and (hasKey . "maxSurge") (ne (toString .maxSurge) "0") (ne (toString .maxSurge) "0%") -}}
+{{- fail "node.updateStrategy.rollingUpdate.maxSurge must be 0: a surge pod would run a second driver on the host's state directory next to the old one (see docs/install.md, Upgrading)" -}}
+{{- end }}
+{{- end }}
 {{- $names := list -}}
 {{- range (include "multicsi.storageClasses" . | fromYaml).items -}}
 {{- if has .name $names -}}
@@ -163,11 +208,17 @@ Include with (dict "ctx" $ "mode" "controller").
   value: {{ $ctx.Values.log.level | quote }}
 - name: MULTICSI_METRICS_ADDRESS
   value: {{ printf "0.0.0.0:%d" (int $ctx.Values.metrics.port) | quote }}
+{{- if ne .mode "controller" }}
+- name: MULTICSI_KUBELET_DIR
+  value: {{ trimSuffix "/" $ctx.Values.kubeletDir | quote }}
+{{- end }}
 {{- if eq $ctx.Values.backend "civo" }}
 - name: CIVO_REGION
   value: {{ $ctx.Values.civo.region | quote }}
 - name: CIVO_CLUSTER_ID
   value: {{ $ctx.Values.civo.clusterId | quote }}
+- name: CIVO_VOLUME_SNAPSHOTS
+  value: {{ ternary "true" "false" (eq (include "multicsi.snapshotsEnabled" $ctx) "true") | quote }}
 {{- end }}
 {{- if eq $ctx.Values.backend "packet" }}
 - name: PACKET_PROJECT_ID
@@ -177,7 +228,7 @@ Include with (dict "ctx" $ "mode" "controller").
   value: {{ . | quote }}
 {{- end }}
 {{- end }}
-{{- if eq .mode "controller" }}
+{{- if ne .mode "node" }}
 {{- $secret := include "multicsi.credentialsSecret" $ctx }}
 {{- $key := get (dict "cloudscale" "CLOUDSCALE_ACCESS_TOKEN" "civo" "CIVO_API_KEY" "packet" "PACKET_API_KEY") $ctx.Values.backend }}
 {{- if and $secret $key }}
@@ -265,4 +316,14 @@ items:
 {{- else -}}
 items: []
 {{- end -}}
+{{- end -}}
+
+
+{{/* Name of the chart's default StorageClass: the first marked default, else the first. */}}
+{{- define "multicsi.defaultStorageClass" -}}
+{{- $classes := (include "multicsi.storageClasses" . | fromYaml).items -}}
+{{- $name := "" -}}
+{{- range $classes }}{{ if and (not $name) .default }}{{ $name = .name }}{{ end }}{{ end -}}
+{{- if not $name }}{{ with first $classes }}{{ $name = .name }}{{ end }}{{ end -}}
+{{- $name -}}
 {{- end -}}

@@ -48,6 +48,30 @@ impl ApiVolume {
     }
 }
 
+/// A volume snapshot as the API shows it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct ApiSnapshot {
+    pub snapshot_id: String,
+    pub name: String,
+    pub volume_id: String,
+    /// GB a restored volume needs at least.
+    pub restore_size: u64,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub creation_time: Option<String>,
+}
+
+impl ApiSnapshot {
+    pub fn is_available(&self) -> bool {
+        self.state.eq_ignore_ascii_case("available")
+    }
+
+    pub fn is_deleting(&self) -> bool {
+        self.state.eq_ignore_ascii_case("deleting")
+    }
+}
+
 /// The account quota (the fields the driver reads).
 #[derive(Clone, Copy, Debug, Deserialize)]
 pub struct Quota {
@@ -119,14 +143,16 @@ impl CivoApi {
             .await
     }
 
-    /// Creates a volume; returns its ID. Safe to repeat: names are unique
-    /// per region, so a repeat answers `database_volume_duplicate_name`.
+    /// Creates a volume (from `snapshot_id` when given); returns its ID.
+    /// Safe to repeat: names are unique per region, so a repeat answers
+    /// `database_volume_duplicate_name`.
     pub async fn create_volume(
         &self,
         name: &str,
         size_gb: u64,
         volume_type: Option<&str>,
         cluster_id: Option<&str>,
+        snapshot_id: Option<&str>,
     ) -> Result<String, ApiError> {
         let mut body = json!({
             "name": name,
@@ -139,6 +165,9 @@ impl CivoApi {
         }
         if let Some(c) = cluster_id {
             body["cluster_id"] = json!(c);
+        }
+        if let Some(s) = snapshot_id {
+            body["snapshot_id"] = json!(s);
         }
         let request = Request::post("create_volume", self.path("/v2/volumes"), body).idempotent();
         let created: Created = self.client.json(&request).await?;
@@ -177,6 +206,43 @@ impl CivoApi {
         let path = self.path(&format!("/v2/volumes/{id}/resize"));
         self.client
             .send(&Request::put("resize_volume", path, body))
+            .await
+            .map(|_| ())
+    }
+
+    /// Starts a snapshot of a volume (the official client's call).
+    pub async fn create_snapshot(
+        &self,
+        volume_id: &str,
+        name: &str,
+    ) -> Result<ApiSnapshot, ApiError> {
+        let body = json!({ "name": name, "description": "", "region": self.region });
+        let path = self.path(&format!("/v2/volumes/{volume_id}/snapshots"));
+        self.client
+            .json(&Request::post("create_snapshot", path, body))
+            .await
+    }
+
+    /// The volume snapshots of the region.
+    pub async fn list_snapshots(&self) -> Result<Vec<ApiSnapshot>, ApiError> {
+        let path = format!("/v2/snapshots?resource_type=volume&region={}", self.region);
+        self.client
+            .json(&Request::get("list_snapshots", path))
+            .await
+    }
+
+    pub async fn get_snapshot(&self, id: &str) -> Result<ApiSnapshot, ApiError> {
+        let path = format!(
+            "/v2/snapshots/{id}?resource_type=volume&region={}",
+            self.region
+        );
+        self.client.json(&Request::get("get_snapshot", path)).await
+    }
+
+    pub async fn delete_snapshot(&self, id: &str) -> Result<(), ApiError> {
+        let path = self.path(&format!("/v2/snapshots/{id}"));
+        self.client
+            .send(&Request::delete("delete_snapshot", path))
             .await
             .map(|_| ())
     }
@@ -225,6 +291,12 @@ pub fn is_volume_not_found(e: &ApiError) -> bool {
         || (e.is_not_found() && code(e).is_none())
 }
 
+/// Whether a failure says the snapshot does not exist.
+pub fn is_snapshot_not_found(e: &ApiError) -> bool {
+    code(e).as_deref() == Some("database_snapshot_not_found")
+        || (e.is_not_found() && code(e).is_none())
+}
+
 /// Whether a failure is the duplicate-name answer of a create.
 pub fn is_duplicate_name(e: &ApiError) -> bool {
     code(e).as_deref() == Some("database_volume_duplicate_name")
@@ -249,7 +321,7 @@ pub fn to_csi(e: &ApiError, what: &str) -> CsiError {
     let message = format!("{what}: {e}");
     match code.as_str() {
         "database_volume_not_found" => CsiError::NotFound(format!("{what} does not exist: {e}")),
-        "database_instance_not_found" => CsiError::NotFound(format!(
+        "database_instance_find" => CsiError::NotFound(format!(
             "{what}: the node is not a Civo instance in this region: {e}"
         )),
         "database_kubernetes_cluster_not_found" => CsiError::FailedPrecondition(format!(
@@ -274,7 +346,13 @@ pub fn to_csi(e: &ApiError, what: &str) -> CsiError {
         "volume_invalid_size"
         | "parameter_volume_size_incorrect"
         | "parameter_volume_size_must_increase" => CsiError::OutOfRange(message),
-        "database_volume_not_ready" => CsiError::Unavailable(message),
+        "database_snapshot_not_found" => CsiError::NotFound(format!("{what} does not exist: {e}")),
+        "cannot_resize_volume" | "cannot_restore_new_volume" | "database_snapshot_create" => {
+            CsiError::Unavailable(format!("{message} (it is busy; retry)"))
+        }
+        "parameter_name_invalid" | "parameter_value_missing" | "parameter_size_missing" => {
+            CsiError::InvalidArgument(message)
+        }
         _ => e.to_csi(),
     }
 }
@@ -303,7 +381,9 @@ mod tests {
     fn codes_decide_over_statuses() {
         let cases = [
             ("database_volume_not_found", Code::NotFound),
-            ("database_instance_not_found", Code::NotFound),
+            ("database_instance_find", Code::NotFound),
+            ("database_snapshot_not_found", Code::NotFound),
+            ("parameter_value_missing", Code::InvalidArgument),
             (
                 "database_volume_cannot_multiple_attach",
                 Code::FailedPrecondition,
@@ -314,7 +394,7 @@ mod tests {
             ),
             ("quota_limit_reached", Code::ResourceExhausted),
             ("volume_invalid_size", Code::OutOfRange),
-            ("database_volume_not_ready", Code::Unavailable),
+            ("cannot_resize_volume", Code::Unavailable),
         ];
         for (c, expected) in cases {
             assert_eq!(to_csi(&civo(400, c), "volume v").code(), expected, "{c}");
@@ -336,10 +416,7 @@ mod tests {
             Code::Unavailable
         );
         assert!(is_volume_not_found(&failed(404, "not json")));
-        assert!(!is_volume_not_found(&civo(
-            404,
-            "database_instance_not_found"
-        )));
+        assert!(!is_volume_not_found(&civo(404, "database_instance_find")));
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! volume is found by its CSI name (Civo's volume names are unique per
 //! region), so a restarted or killed driver picks up where it was.
 //!
-//! Civo has no snapshots (not advertised) and resizes detached volumes
-//! only (offline expansion).
+//! Volume snapshots (and restores from them) go through the API the
+//! official client uses (`/v2/volumes/{id}/snapshots`, `/v2/snapshots`);
+//! Civo's public documentation does not describe them, so they are off
+//! unless `CIVO_VOLUME_SNAPSHOTS` turns them on. Civo resizes detached
+//! volumes only (offline expansion) and has no clones.
 
 pub mod api;
 pub mod identity;
@@ -17,12 +20,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
-use self::api::{ApiVolume, CivoApi};
+use self::api::{ApiSnapshot, ApiVolume, CivoApi};
 use super::size::{self, GIB, SizeRules};
 use super::{
-    Backend, Capacity, CreateVolume, Features, Map, NodeBackend, Snapshot, Volume, VolumeStatus,
+    Backend, Capacity, ContentSource, CreateVolume, Features, Map, NodeBackend, Snapshot, Volume,
+    VolumeStatus,
 };
 use crate::cloud::http::{ApiClient, Auth, ClientOptions};
+use crate::cloud::timestamp;
 use crate::config::Settings;
 use crate::error::{CsiError, CsiResult};
 
@@ -36,6 +41,9 @@ const DEFAULT_API_URL: &str = "https://api.civo.com";
 const MAX_VOLUME_GB: u64 = 1000;
 /// How long a call waits for a volume to reach a resting state.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(90);
+/// How long CreateSnapshot waits for a snapshot to become available (it
+/// answers ready_to_use=false after that; the CO asks again).
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(15);
 
 const RULES: SizeRules = SizeRules {
     step: GIB,
@@ -67,6 +75,8 @@ pub struct Civo {
     region: String,
     cluster_id: Option<String>,
     cluster_volume_type: OnceCell<Option<String>>,
+    /// Whether volume snapshots are used (`CIVO_VOLUME_SNAPSHOTS`).
+    snapshots: bool,
 }
 
 /// Builds the Civo controller (when the mode serves it) and node.
@@ -79,7 +89,11 @@ pub async fn open(settings: &Settings) -> Result<(Arc<dyn Backend>, Arc<dyn Node
         )
     })?;
     let client = |region: &str| -> Result<Option<CivoApi>, String> {
-        let Some(key) = civo.api_key.clone().filter(|k| !k.is_empty()) else {
+        let Some(key) = civo
+            .api_key
+            .clone()
+            .filter(|k| !secrecy::ExposeSecret::expose_secret(k).is_empty())
+        else {
             return Ok(None);
         };
         check_region(region)?;
@@ -152,6 +166,7 @@ pub async fn open(settings: &Settings) -> Result<(Arc<dyn Backend>, Arc<dyn Node
         region: region.unwrap_or(me.region),
         cluster_id,
         cluster_volume_type: OnceCell::new(),
+        snapshots: civo.volume_snapshots.unwrap_or(false),
     });
     Ok((controller, node))
 }
@@ -172,6 +187,20 @@ fn check_region(region: &str) -> Result<(), String> {
 
 fn what(id: &str) -> String {
     format!("Civo volume {id}")
+}
+
+fn to_snapshot(s: &ApiSnapshot) -> Snapshot {
+    Snapshot {
+        id: s.snapshot_id.clone(),
+        source_volume_id: s.volume_id.clone(),
+        size_bytes: s.restore_size * GIB,
+        created: s
+            .creation_time
+            .as_deref()
+            .and_then(timestamp::parse)
+            .unwrap_or(std::time::UNIX_EPOCH),
+        ready: s.is_available(),
+    }
 }
 
 impl Civo {
@@ -330,15 +359,17 @@ impl Civo {
         Ok(())
     }
 
-    /// Creates the volume `r` names after a quota check; returns its ID.
-    /// When a concurrent or earlier call made it first (duplicate name),
-    /// that volume is the answer.
+    /// Creates the volume `r` names after a quota check (from `snapshot`
+    /// when given); returns its ID. When a concurrent or earlier call made
+    /// it first (duplicate name), that volume is the answer.
     async fn create_new(
         &self,
         r: &CreateVolume,
-        size_gb: u64,
         explicit_type: Option<&str>,
+        snapshot: Option<&ApiSnapshot>,
     ) -> CsiResult<String> {
+        let floor = snapshot.map_or(0, |s| s.restore_size * GIB);
+        let size_gb = size::choose(RULES, r.required_bytes, r.limit_bytes, floor)? / GIB;
         let volume_type = self.volume_type(&r.parameters).await?;
         self.check_quota(size_gb, true).await?;
         let created = self
@@ -348,6 +379,7 @@ impl Civo {
                 size_gb,
                 volume_type.as_deref(),
                 self.cluster_id.as_deref(),
+                snapshot.map(|s| s.snapshot_id.as_str()),
             )
             .await;
         match created {
@@ -369,6 +401,73 @@ impl Civo {
         }
     }
 
+    /// The snapshot named `name` (the oldest when several carry it), not
+    /// counting one being deleted.
+    async fn snapshot_named(&self, name: &str) -> CsiResult<Option<ApiSnapshot>> {
+        let mut all: Vec<ApiSnapshot> = self
+            .api
+            .list_snapshots()
+            .await
+            .map_err(|e| api::to_csi(&e, "listing Civo volume snapshots"))?
+            .into_iter()
+            .filter(|s| s.name == name && !s.is_deleting())
+            .collect();
+        all.sort_by(|a, b| {
+            (&a.creation_time, &a.snapshot_id).cmp(&(&b.creation_time, &b.snapshot_id))
+        });
+        Ok(all.into_iter().next())
+    }
+
+    /// Polls a snapshot until it is available or `SNAPSHOT_WAIT` is over;
+    /// the last state seen. NotFound when it vanishes.
+    async fn settle_snapshot(&self, mut snapshot: ApiSnapshot) -> CsiResult<ApiSnapshot> {
+        let id = snapshot.snapshot_id.clone();
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(50);
+        while !snapshot.is_available() && started.elapsed() < SNAPSHOT_WAIT {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 3 / 2).min(Duration::from_secs(2));
+            snapshot = match self.api.get_snapshot(&id).await {
+                Ok(s) if !s.is_deleting() => s,
+                Ok(_) => {
+                    return Err(CsiError::NotFound(format!(
+                        "snapshot {id} is being deleted"
+                    )));
+                }
+                Err(e) if api::is_snapshot_not_found(&e) => {
+                    return Err(CsiError::NotFound(format!("snapshot {id} does not exist")));
+                }
+                Err(e) => return Err(api::to_csi(&e, &format!("Civo snapshot {id}"))),
+            };
+        }
+        Ok(snapshot)
+    }
+
+    /// The available snapshot a volume is restored from.
+    async fn restorable(&self, id: &str) -> CsiResult<ApiSnapshot> {
+        let missing = || CsiError::NotFound(format!("source snapshot {id} does not exist"));
+        if check_id(id).is_err() {
+            return Err(missing());
+        }
+        let snapshot = match self.api.get_snapshot(id).await {
+            Ok(s) if !s.is_deleting() => s,
+            Ok(_) => return Err(missing()),
+            Err(e) if api::is_snapshot_not_found(&e) => return Err(missing()),
+            Err(e) => return Err(api::to_csi(&e, &format!("Civo snapshot {id}"))),
+        };
+        let snapshot = self.settle_snapshot(snapshot).await.map_err(|e| match e {
+            CsiError::NotFound(_) => missing(),
+            other => other,
+        })?;
+        if !snapshot.is_available() {
+            return Err(CsiError::Unavailable(format!(
+                "source snapshot {id} is {}, not yet available; retry later",
+                snapshot.state
+            )));
+        }
+        Ok(snapshot)
+    }
+
     /// Whether a requisite topology lets the volume live in this region.
     fn reachable(&self, requisite: &[Map]) -> bool {
         requisite.is_empty()
@@ -387,7 +486,7 @@ impl Backend for Civo {
 
     fn features(&self) -> Features {
         Features {
-            snapshots: false,
+            snapshots: self.snapshots,
             clone: false,
             expand: true,
             capacity: true,
@@ -424,15 +523,29 @@ impl Backend for Civo {
                 self.region
             )));
         }
-        let bytes = size::choose(RULES, r.required_bytes, r.limit_bytes, 0)?;
-        let size_gb = bytes / GIB;
+        size::choose(RULES, r.required_bytes, r.limit_bytes, 0)?;
         let explicit_type = r.parameters.get(PARAM_VOLUME_TYPE).map(String::as_str);
         let id = match self.by_name(&r.name).await? {
+            // Civo records no volume's source: a repeat is checked by size
+            // and type only.
             Some(v) => {
                 Self::compatible(&v, r, explicit_type)?;
                 v.id
             }
-            None => self.create_new(r, size_gb, explicit_type).await?,
+            None => {
+                let snapshot = match &r.source {
+                    None => None,
+                    Some(ContentSource::Snapshot(id)) if self.snapshots => {
+                        Some(self.restorable(id).await?)
+                    }
+                    Some(_) => {
+                        return Err(CsiError::Unimplemented(
+                            "this Civo backend makes volumes from no content source (clones are not offered; snapshots need CIVO_VOLUME_SNAPSHOTS)".into(),
+                        ));
+                    }
+                };
+                self.create_new(r, explicit_type, snapshot.as_ref()).await?
+            }
         };
         let ready = self
             .wait_until(&id, "available", |v| {
@@ -445,7 +558,9 @@ impl Backend for Civo {
                     r.name
                 ))
             })?;
-        Ok(self.to_volume(&ready, r.node_context.clone()))
+        let mut volume = self.to_volume(&ready, r.node_context.clone());
+        volume.source = r.source.clone();
+        Ok(volume)
     }
 
     async fn delete_volume(&self, id: &str) -> CsiResult<()> {
@@ -598,21 +713,70 @@ impl Backend for Civo {
         })
     }
 
-    async fn create_snapshot(&self, _source: &str, _name: &str) -> CsiResult<Snapshot> {
-        Err(no_snapshots())
+    async fn create_snapshot(&self, source: &str, name: &str) -> CsiResult<Snapshot> {
+        self.require_snapshots()?;
+        check_id(source)?;
+        if let Some(existing) = self.snapshot_named(name).await? {
+            if existing.volume_id != source {
+                return Err(CsiError::AlreadyExists(format!(
+                    "snapshot {name:?} exists already ({}) for volume {}, not {source}",
+                    existing.snapshot_id, existing.volume_id
+                )));
+            }
+            return Ok(to_snapshot(&self.settle_snapshot(existing).await?));
+        }
+        if self.find(source).await?.is_none() {
+            return Err(CsiError::NotFound(format!(
+                "source volume {source} does not exist"
+            )));
+        }
+        let snapshot = self
+            .api
+            .create_snapshot(source, name)
+            .await
+            .map_err(|e| api::to_csi(&e, &format!("snapshotting {}", what(source))))?;
+        tracing::info!(snapshot_id = %snapshot.snapshot_id, volume_id = %source, "Civo snapshot started");
+        Ok(to_snapshot(&self.settle_snapshot(snapshot).await?))
     }
 
-    async fn delete_snapshot(&self, _id: &str) -> CsiResult<()> {
-        Err(no_snapshots())
+    async fn delete_snapshot(&self, id: &str) -> CsiResult<()> {
+        self.require_snapshots()?;
+        if check_id(id).is_err() {
+            return Ok(());
+        }
+        match self.api.delete_snapshot(id).await {
+            Ok(()) => {
+                tracing::info!(snapshot_id = %id, "deleted Civo snapshot");
+                Ok(())
+            }
+            Err(e) if api::is_snapshot_not_found(&e) => Ok(()),
+            Err(e) => Err(api::to_csi(&e, &format!("Civo snapshot {id}"))),
+        }
     }
 
     async fn list_snapshots(&self) -> CsiResult<Vec<Snapshot>> {
-        Err(no_snapshots())
+        self.require_snapshots()?;
+        let mut all = self
+            .api
+            .list_snapshots()
+            .await
+            .map_err(|e| api::to_csi(&e, "listing Civo volume snapshots"))?;
+        all.retain(|s| !s.is_deleting());
+        all.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
+        Ok(all.iter().map(to_snapshot).collect())
     }
 }
 
-fn no_snapshots() -> CsiError {
-    CsiError::Unimplemented("the Civo API offers no volume snapshots".into())
+impl Civo {
+    fn require_snapshots(&self) -> CsiResult<()> {
+        if self.snapshots {
+            Ok(())
+        } else {
+            Err(CsiError::Unimplemented(
+                "Civo volume snapshots are off: set CIVO_VOLUME_SNAPSHOTS=true (or [civo] volume-snapshots) where the region offers them".into(),
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

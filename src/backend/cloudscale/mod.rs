@@ -34,6 +34,11 @@ pub const TOPOLOGY_KEY: &str = "csi.cloudscale.ch/zone";
 pub const VOLUME_TYPE: &str = "multicsi.io/volume-type";
 /// The same, under the key of cloudscale's own driver.
 pub const UPSTREAM_VOLUME_TYPE: &str = "csi.cloudscale.ch/volume-type";
+/// StorageClass parameter: tags every volume of the class carries,
+/// `key=value` pairs separated by commas.
+pub const TAGS: &str = "multicsi.io/tags";
+/// Tag key prefixes the driver writes itself; a StorageClass cannot set them.
+const RESERVED_TAG_PREFIXES: &[&str] = &["multicsi.io/", "csi.storage.k8s.io/"];
 /// Publish context key: the server the controller attached the volume to.
 pub const PUBLISHED_SERVER: &str = "multicsi.io/cloudscale-server";
 /// Publish context key: the volume that was attached.
@@ -115,6 +120,36 @@ fn requested_type(parameters: &Map) -> CsiResult<VolumeType> {
             ))
         }),
     }
+}
+
+/// The tags of a new volume: the StorageClass's own (`multicsi.io/tags`),
+/// then what the provisioner says the volume is for (PVC name and
+/// namespace, PV name), so the cloud console tells whose volume it is.
+fn volume_tags(request: &CreateVolume) -> CsiResult<serde_json::Map<String, serde_json::Value>> {
+    let mut tags = serde_json::Map::new();
+    let text = request.parameters.get(TAGS).map_or("", String::as_str);
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| {
+                CsiError::InvalidArgument(format!(
+                    "parameter {TAGS}: {pair:?} is not key=value; write tags like team=storage,env=prod"
+                ))
+            })?;
+        if RESERVED_TAG_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            return Err(CsiError::InvalidArgument(format!(
+                "parameter {TAGS}: tag {key:?} is reserved for the driver (keys starting with {}); choose another key",
+                RESERVED_TAG_PREFIXES.join(" or ")
+            )));
+        }
+        tags.insert(key.to_string(), json!(value));
+    }
+    for (key, value) in &request.metadata {
+        tags.insert(key.clone(), json!(value));
+    }
+    Ok(tags)
 }
 
 /// Where a new volume may go: `allowed` None = any zone; `first` is the
@@ -484,7 +519,7 @@ impl Cloudscale {
             "name": request.name,
             "size_gb": size / GIB,
             "type": kind.as_str(),
-            "tags": {},
+            "tags": volume_tags(request)?,
         });
         if let Some(zone) = &placement.first {
             body["zone"] = json!(zone);
@@ -565,10 +600,12 @@ impl Cloudscale {
             request.limit_bytes,
             floor,
         )?;
+        let mut tags = volume_tags(request)?;
+        tags.insert(tag.to_string(), json!(source));
         let body = json!({
             "name": request.name,
             "volume_snapshot_uuid": snapshot.uuid,
-            "tags": { tag: source },
+            "tags": tags,
         });
         let volume = self.post_volume(&request.name, body).await?;
         let kind = VolumeType::parse(&volume.kind).unwrap_or(VolumeType::Ssd);
@@ -681,7 +718,7 @@ impl Backend for Cloudscale {
     }
 
     fn parameter_keys(&self) -> &'static [&'static str] {
-        &[VOLUME_TYPE, UPSTREAM_VOLUME_TYPE]
+        &[VOLUME_TYPE, UPSTREAM_VOLUME_TYPE, TAGS]
     }
 
     async fn ready(&self) -> CsiResult<()> {
@@ -690,6 +727,7 @@ impl Backend for Cloudscale {
 
     async fn create_volume(&self, request: &CreateVolume) -> CsiResult<Volume> {
         let kind = requested_type(&request.parameters)?;
+        volume_tags(request)?;
         let placement = placement(request);
         if let Some(existing) = self.find_volume(&request.name).await? {
             return self.adopt(existing, request, kind, &placement).await;
@@ -928,6 +966,7 @@ mod tests {
             fs_type: None,
             requisite: segs(requisite),
             preferred: segs(preferred),
+            metadata: Map::new(),
         }
     }
 
@@ -985,6 +1024,32 @@ mod tests {
         assert_eq!(p.allowed, Some(vec!["lpg1".to_string()]));
         let p = placement(&request(&[], &["rma1"]));
         assert_eq!((p.allowed, p.first.as_deref()), (None, Some("rma1")));
+    }
+
+    #[test]
+    fn tags_come_from_the_class_and_the_provisioner() {
+        let mut r = request(&[], &[]);
+        r.parameters
+            .insert(TAGS.into(), " team=storage , env=test,".into());
+        r.metadata
+            .insert("csi.storage.k8s.io/pvc/name".into(), "data".into());
+        let tags = volume_tags(&r).unwrap();
+        assert_eq!(
+            serde_json::Value::Object(tags),
+            json!({"team": "storage", "env": "test", "csi.storage.k8s.io/pvc/name": "data"})
+        );
+        for bad in [
+            "team",
+            "=x",
+            "multicsi.io/source-snapshot=x",
+            "csi.storage.k8s.io/pv/name=y",
+        ] {
+            r.parameters.insert(TAGS.into(), bad.into());
+            assert!(
+                matches!(volume_tags(&r), Err(CsiError::InvalidArgument(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

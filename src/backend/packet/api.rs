@@ -227,10 +227,10 @@ impl Api {
             .await
     }
 
-    /// Replaces a volume's description.
+    /// Replaces a volume's description (PATCH, as the official client updates).
     pub async fn set_description(&self, id: &str, description: &str) -> Result<(), ApiError> {
         let body = json!({ "description": description });
-        let request = Request::put("update_volume", format!("/storage/{id}"), body);
+        let request = Request::patch("update_volume", format!("/storage/{id}"), body).idempotent();
         self.client.send(&request).await.map(|_| ())
     }
 

@@ -681,6 +681,7 @@ mod tests {
             fs_type: None,
             requisite: requisite.iter().map(seg).collect(),
             preferred: preferred.iter().map(seg).collect(),
+            metadata: Map::new(),
         }
     }
 

@@ -1,12 +1,15 @@
 //! Emulator of the Civo API (v2) as civo-csi and civogo use it: volumes
-//! with their asynchronous states, the account quota and a Kubernetes
-//! cluster's instances. Requests carry `?region=`; errors answer
-//! `{"code","reason","details"}`; lists are bare arrays (no paging).
+//! with their asynchronous states, volume snapshots, volume types, the
+//! account quota, `/v2/ping` and a Kubernetes cluster with its instances.
+//! Requests carry `?region=`; errors answer `{"code","reason","details"}`
+//! with codes the official client knows; lists are bare arrays (no paging)
+//! except the clusters' page. docs/emulators.md lists what it leaves out.
 //!
 //! An attached volume appears on this host as a loop device linked as
 //! `scsi-0Civo_Volume_<volume id>`: a link name that ends with the full
 //! volume id, whose disk reports the volume id as its serial.
 
+pub mod snapshot;
 pub mod state;
 
 use std::sync::{Arc, Mutex};
@@ -38,19 +41,38 @@ struct Emulator {
 type App = Arc<Emulator>;
 
 impl Emulator {
+    /// The account's state, with finished snapshot deletions swept (their
+    /// images removed in the background).
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let gone = state.sweep_snapshots();
+        if let (false, Some(devices)) = (gone.is_empty(), self.options.devices.clone()) {
+            tokio::task::spawn_blocking(move || {
+                for id in gone {
+                    if let Err(e) = devices.remove(&id) {
+                        tracing::warn!(snapshot = %id, error = %e, "removing a deleted snapshot's image failed");
+                    }
+                }
+            });
+        }
+        state
     }
 }
 
 /// The routes of the emulated API.
 pub fn router(options: Options) -> Router {
     let app: App = Arc::new(Emulator {
-        state: Mutex::new(State::default()),
+        state: Mutex::new(State {
+            transition: Duration::from_millis(options.transition_ms),
+            ..State::default()
+        }),
         options,
     });
     Router::new()
+        .route("/v2/ping", get(ping))
         .route("/v2/quota", get(quota))
+        .route("/v2/volumetypes", get(volume_types))
+        .route("/v2/kubernetes/clusters", get(clusters))
         .route("/v2/kubernetes/clusters/{id}", get(cluster))
         .route("/v2/kubernetes/clusters/{id}/instances", get(instances))
         .route("/v2/volumes", get(list).post(create))
@@ -58,20 +80,25 @@ pub fn router(options: Options) -> Router {
         .route("/v2/volumes/{id}/attach", put(attach))
         .route("/v2/volumes/{id}/detach", put(detach))
         .route("/v2/volumes/{id}/resize", put(resize))
+        .route(
+            "/v2/volumes/{id}/snapshots",
+            get(volume_snapshots).post(create_snapshot),
+        )
+        .route(
+            "/v2/volumes/{id}/snapshots/{snapshot}",
+            get(volume_snapshot),
+        )
+        .route("/v2/snapshots", get(all_snapshots))
+        .route(
+            "/v2/snapshots/{id}",
+            get(one_snapshot).delete(delete_snapshot),
+        )
         .with_state(app)
 }
 
 /// The body the API answers an injected fault with: Rails' generic error
-/// for 5xx, Civo's error shape for 429.
+/// (no Civo code: none the client knows means "throttled").
 pub fn error_body(status: u16) -> String {
-    if status == 429 {
-        return json!({
-            "code": "too_many_requests",
-            "reason": "Too many requests, slow down",
-            "details": "",
-        })
-        .to_string();
-    }
     let reason = StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
@@ -82,6 +109,9 @@ pub fn error_body(status: u16) -> String {
 #[derive(Deserialize)]
 struct RegionQuery {
     region: Option<String>,
+    /// DELETE of a volume: its snapshots go too.
+    #[serde(default)]
+    delete_snapshot: bool,
 }
 
 impl RegionQuery {
@@ -126,6 +156,23 @@ macro_rules! auth {
     };
 }
 
+/// The client's reachability check: any 2xx answer will do.
+async fn ping(headers: HeaderMap) -> Response {
+    auth!(headers);
+    Json(json!({ "result": "pong" })).into_response()
+}
+
+async fn volume_types(headers: HeaderMap) -> Response {
+    auth!(headers);
+    let list: Vec<Value> = state::VOLUME_TYPES
+        .iter()
+        .map(|(name, description)| {
+            json!({ "name": name, "description": description, "enabled": true, "labels": [] })
+        })
+        .collect();
+    Json(list).into_response()
+}
+
 async fn quota(Shared(app): Shared<App>, headers: HeaderMap) -> Response {
     auth!(headers);
     Json(app.lock().quota()).into_response()
@@ -160,9 +207,8 @@ fn cluster_instances(id: &str) -> Result<Value, ApiError> {
     ))
 }
 
-async fn cluster(headers: HeaderMap, Path(id): Path<String>) -> Response {
-    auth!(headers);
-    reply(cluster_instances(&id).map(|instances| {
+fn cluster_json(id: &str) -> Result<Value, ApiError> {
+    cluster_instances(id).map(|instances| {
         json!({
             "id": id,
             "name": "emulated",
@@ -171,7 +217,21 @@ async fn cluster(headers: HeaderMap, Path(id): Path<String>) -> Response {
             "volume_type": state::DEFAULT_VOLUME_TYPE,
             "instances": instances,
         })
-    }))
+    })
+}
+
+async fn cluster(headers: HeaderMap, Path(id): Path<String>) -> Response {
+    auth!(headers);
+    reply(cluster_json(&id))
+}
+
+/// The account's clusters: one page holding the emulated cluster.
+async fn clusters(headers: HeaderMap) -> Response {
+    auth!(headers);
+    reply(
+        cluster_json(state::CLUSTER_ID)
+            .map(|cluster| json!({ "page": 1, "per_page": 20, "pages": 1, "items": [cluster] })),
+    )
 }
 
 async fn instances(headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -195,11 +255,11 @@ async fn show(
 }
 
 fn bad_body(e: impl std::fmt::Display) -> Response {
-    failure(ApiError {
-        status: 400,
-        code: "parameter_invalid",
-        reason: format!("The request body is invalid: {e}"),
-    })
+    failure(ApiError::new(
+        400,
+        "parameter_value_missing",
+        format!("The request body is invalid: {e}"),
+    ))
 }
 
 async fn create(
@@ -213,14 +273,22 @@ async fn create(
         Ok(r) => r,
         Err(e) => return bad_body(e),
     };
+    let source = request.snapshot_id.clone();
     let created = app.lock().create(request, &q.region());
-    match created {
-        Ok((value, pending)) => {
-            finish_later(app, pending);
-            Json(value).into_response()
+    let (value, pending) = match created {
+        Ok(created) => created,
+        Err(e) => return failure(e),
+    };
+    // A restore starts from the snapshot's image; the transition grows it.
+    if let (Some(source), Some(devices)) = (source, app.options.devices.clone()) {
+        let id = pending.volume_id.clone();
+        let copied = tokio::task::spawn_blocking(move || devices.copy(&source, &id)).await;
+        if let Err(e) = copied.unwrap_or_else(|e| Err(e.to_string())) {
+            tracing::warn!(volume = %pending.volume_id, error = %e, "copying a snapshot's image failed");
         }
-        Err(e) => failure(e),
     }
+    finish_later(app, pending);
+    Json(value).into_response()
 }
 
 async fn delete(
@@ -230,7 +298,7 @@ async fn delete(
     q: Query<RegionQuery>,
 ) -> Response {
     auth!(headers);
-    let deleted = app.lock().delete(&id, &q.region());
+    let deleted = app.lock().delete(&id, &q.region(), q.delete_snapshot);
     if let Err(e) = deleted {
         return failure(e);
     }
@@ -395,4 +463,107 @@ fn finish_later(app: App, pending: Pending) {
         }
         v.generation += 1;
     });
+}
+
+#[derive(Deserialize)]
+struct SnapshotBody {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+    region: Option<String>,
+}
+
+/// Starts a snapshot of a volume: 201 with the snapshot, `creating`; its
+/// image is copied at once (the point in time), the state follows later.
+async fn create_snapshot(
+    Shared(app): Shared<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Query<RegionQuery>,
+    body: axum::body::Bytes,
+) -> Response {
+    auth!(headers);
+    let body: SnapshotBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return bad_body(e),
+    };
+    let region = put_region(&q, body.region);
+    let created = app
+        .lock()
+        .create_snapshot(&id, &body.name, &body.description, &region);
+    let snapshot = match created {
+        Ok(s) => s,
+        Err(e) => return failure(e),
+    };
+    let snapshot_id = snapshot["snapshot_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if let Some(devices) = app.options.devices.clone() {
+        let (from, to) = (id.clone(), snapshot_id.clone());
+        let copied = tokio::task::spawn_blocking(move || devices.copy(&from, &to)).await;
+        if let Err(e) = copied.unwrap_or_else(|e| Err(e.to_string())) {
+            app.lock().abandon_snapshot(&snapshot_id);
+            return failure(ApiError::new(
+                500,
+                "database_snapshot_create",
+                format!("The snapshot of volume {id} could not be made: {e}"),
+            ));
+        }
+    }
+    (StatusCode::CREATED, Json(snapshot)).into_response()
+}
+
+async fn volume_snapshots(
+    Shared(app): Shared<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Query<RegionQuery>,
+) -> Response {
+    auth!(headers);
+    reply(app.lock().snapshots_of(&id, &q.region()))
+}
+
+async fn volume_snapshot(
+    Shared(app): Shared<App>,
+    headers: HeaderMap,
+    Path((id, snapshot)): Path<(String, String)>,
+    q: Query<RegionQuery>,
+) -> Response {
+    auth!(headers);
+    reply(app.lock().snapshot(&snapshot, Some(&id), &q.region()))
+}
+
+async fn all_snapshots(
+    Shared(app): Shared<App>,
+    headers: HeaderMap,
+    q: Query<RegionQuery>,
+) -> Response {
+    auth!(headers);
+    Json(app.lock().snapshot_list(&q.region(), None)).into_response()
+}
+
+async fn one_snapshot(
+    Shared(app): Shared<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Query<RegionQuery>,
+) -> Response {
+    auth!(headers);
+    reply(app.lock().snapshot(&id, None, &q.region()))
+}
+
+async fn delete_snapshot(
+    Shared(app): Shared<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Query<RegionQuery>,
+) -> Response {
+    auth!(headers);
+    reply(
+        app.lock()
+            .delete_snapshot(&id, &q.region())
+            .map(|()| json!({ "result": "success" })),
+    )
 }

@@ -3,7 +3,7 @@
 //! the routes in `super` only translate HTTP.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
@@ -24,9 +24,15 @@ pub const INSTANCES: &[(&str, &str)] = &[
 ];
 /// The volume type volumes get when the request names none.
 pub const DEFAULT_VOLUME_TYPE: &str = "standard";
+/// The volume types of the emulated region: (name, description).
+pub const VOLUME_TYPES: &[(&str, &str)] = &[
+    (DEFAULT_VOLUME_TYPE, "Standard block storage"),
+    ("ms-xfs-2-replicas", "Block storage with two replicas"),
+];
 /// Account quota (the API's defaults are smaller; tests need room).
 pub const DISK_GB_LIMIT: u64 = 2000;
 pub const VOLUME_COUNT_LIMIT: u64 = 200;
+pub const SNAPSHOT_COUNT_LIMIT: u64 = 30;
 /// Largest single volume (Civo documents LVM for more than 1 TB).
 pub const MAX_VOLUME_GB: u64 = 1000;
 const NETWORK_ID: &str = "5c16ab17-8b1e-4a7d-9c3e-2f0a1b2c3d4e";
@@ -40,7 +46,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: u16, code: &'static str, reason: impl Into<String>) -> Self {
+    pub fn new(status: u16, code: &'static str, reason: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -120,6 +126,9 @@ pub struct CreateRequest {
     pub cluster_id: Option<String>,
     #[serde(default)]
     pub volume_type: Option<String>,
+    /// Restore: the volume snapshot the new volume is made from.
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
 }
 
 /// What a transition that was started must finish.
@@ -132,9 +141,12 @@ pub struct Pending {
 #[derive(Default)]
 pub struct State {
     pub volumes: BTreeMap<String, Volume>,
+    pub snapshots: BTreeMap<String, super::snapshot::Snapshot>,
+    /// How long a snapshot takes to be made or deleted.
+    pub transition: Duration,
 }
 
-fn not_found(id: &str) -> ApiError {
+pub(super) fn not_found(id: &str) -> ApiError {
     ApiError::new(
         404,
         "database_volume_not_found",
@@ -143,7 +155,7 @@ fn not_found(id: &str) -> ApiError {
 }
 
 impl State {
-    fn volume_mut(&mut self, id: &str, region: &str) -> Result<&mut Volume, ApiError> {
+    pub(super) fn volume_mut(&mut self, id: &str, region: &str) -> Result<&mut Volume, ApiError> {
         self.volumes
             .get_mut(id)
             .filter(|v| v.region.eq_ignore_ascii_case(region))
@@ -180,8 +192,8 @@ impl State {
             "disk_gb_usage": used,
             "disk_volume_count_limit": VOLUME_COUNT_LIMIT,
             "disk_volume_count_usage": self.volumes.len(),
-            "disk_snapshot_count_limit": 30,
-            "disk_snapshot_count_usage": 0,
+            "disk_snapshot_count_limit": SNAPSHOT_COUNT_LIMIT,
+            "disk_snapshot_count_usage": self.snapshots.len(),
         })
     }
 
@@ -204,7 +216,7 @@ impl State {
         Ok(size)
     }
 
-    fn check_quota(&self, extra_gb: u64, extra_volumes: u64) -> Result<(), ApiError> {
+    pub(super) fn check_quota(&self, extra_gb: u64, extra_volumes: u64) -> Result<(), ApiError> {
         let used: u64 = self.volumes.values().map(|v| v.size_gb).sum();
         if used + extra_gb > DISK_GB_LIMIT
             || self.volumes.len() as u64 + extra_volumes > VOLUME_COUNT_LIMIT
@@ -218,15 +230,32 @@ impl State {
         Ok(())
     }
 
+    /// Creates a volume (from a snapshot when `snapshot_id` is set).
     pub fn create(&mut self, r: CreateRequest, region: &str) -> Result<(Value, Pending), ApiError> {
         if r.name.trim().is_empty() {
             return Err(ApiError::new(
                 400,
-                "parameter_name_empty",
+                "parameter_name_invalid",
                 "The volume name must not be empty",
             ));
         }
         let size_gb = Self::check_size(r.size_gb)?;
+        if let Some(t) = r.volume_type.as_deref().filter(|t| !t.is_empty())
+            && !VOLUME_TYPES.iter().any(|(name, _)| *name == t)
+        {
+            let known: Vec<&str> = VOLUME_TYPES.iter().map(|(name, _)| *name).collect();
+            return Err(ApiError::new(
+                400,
+                "parameter_value_missing",
+                format!(
+                    "Volume type {t} does not exist in this region; use one of {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+        if let Some(snapshot_id) = &r.snapshot_id {
+            self.check_restore(snapshot_id, size_gb, region)?;
+        }
         if self
             .volumes
             .values()
@@ -266,10 +295,13 @@ impl State {
         ))
     }
 
-    fn busy(v: &Volume) -> ApiError {
+    /// The refusal of `code`'s action on a volume between two states (the
+    /// API documents no code for it; this is the client-known code of the
+    /// refused action).
+    fn busy(v: &Volume, code: &'static str) -> ApiError {
         ApiError::new(
             409,
-            "database_volume_not_ready",
+            code,
             format!(
                 "The volume {} is {}; try again shortly",
                 v.id,
@@ -297,7 +329,7 @@ impl State {
         {
             return Err(ApiError::new(
                 404,
-                "database_instance_not_found",
+                "database_instance_find",
                 format!("Failed to find the instance {instance_id} within your account"),
             ));
         }
@@ -315,21 +347,20 @@ impl State {
                 v.instance_id = Some(instance_id.to_string());
                 Ok(Some(Self::begin(v, Status::Attaching)))
             }
-            _ => Err(Self::busy(v)),
+            _ => Err(Self::busy(v, "database_volume_cannot_multiple_attach")),
         }
     }
 
     pub fn detach(&mut self, id: &str, region: &str) -> Result<Option<Pending>, ApiError> {
         let v = self.volume_mut(id, region)?;
         match v.status {
-            Status::Attached => Ok(Some(Self::begin(v, Status::Detaching))),
+            Status::Attached | Status::Attaching => Ok(Some(Self::begin(v, Status::Detaching))),
             Status::Detaching => Ok(None),
-            Status::Available => Err(ApiError::new(
+            Status::Available | Status::Creating | Status::Resizing => Err(ApiError::new(
                 409,
                 "database_volume_not_attached",
                 format!("The volume {id} is not attached to an instance"),
             )),
-            _ => Err(Self::busy(v)),
         }
     }
 
@@ -355,15 +386,19 @@ impl State {
                 "database_volume_still_attached_cannot_resize",
                 format!("The volume {id} is attached; detach it before resizing"),
             )),
-            _ => Err(Self::busy(v)),
+            _ => Err(Self::busy(v, "cannot_resize_volume")),
         }
     }
 
-    pub fn delete(&mut self, id: &str, region: &str) -> Result<(), ApiError> {
+    /// Deletes a volume; its snapshots stay unless `with_snapshots`.
+    pub fn delete(&mut self, id: &str, region: &str, with_snapshots: bool) -> Result<(), ApiError> {
         let v = self.volume_mut(id, region)?;
         match v.status {
             Status::Available => {
                 self.volumes.remove(id);
+                if with_snapshots {
+                    self.delete_snapshots_of(id);
+                }
                 Ok(())
             }
             Status::Attached | Status::Attaching | Status::Detaching => Err(ApiError::new(
@@ -371,7 +406,7 @@ impl State {
                 "database_volume_delete_failed",
                 format!("The volume {id} is attached to an instance; detach it first"),
             )),
-            _ => Err(Self::busy(v)),
+            _ => Err(Self::busy(v, "database_volume_delete_failed")),
         }
     }
 
@@ -405,6 +440,7 @@ mod tests {
                 size_gb,
                 cluster_id: None,
                 volume_type: None,
+                snapshot_id: None,
             },
             REGION,
         )?;
@@ -456,12 +492,12 @@ mod tests {
         let (one, two) = (INSTANCES[0].0, INSTANCES[1].0);
         assert_eq!(
             s.attach(&id, one, REGION).unwrap_err().code,
-            "database_volume_not_ready"
+            "database_volume_cannot_multiple_attach"
         );
         settle(&mut s, &id, Status::Available);
         assert_eq!(
             s.attach(&id, "no-such", REGION).unwrap_err().code,
-            "database_instance_not_found"
+            "database_instance_find"
         );
         assert!(s.attach(&id, one, REGION).unwrap().is_some());
         assert!(s.attach(&id, one, REGION).unwrap().is_none());
@@ -475,7 +511,7 @@ mod tests {
             "database_volume_still_attached_cannot_resize"
         );
         assert_eq!(
-            s.delete(&id, REGION).unwrap_err().code,
+            s.delete(&id, REGION, false).unwrap_err().code,
             "database_volume_delete_failed"
         );
         assert!(s.detach(&id, REGION).unwrap().is_some());

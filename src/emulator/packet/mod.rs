@@ -1,8 +1,11 @@
 //! Emulator of the Packet (Equinix Metal) API and metadata service, as the
-//! CSI driver uses them: project volumes (paged listing, create with plan
-//! and facility, `queued` -> `provisioning` -> `active`), attachments
-//! (synchronous; a detach is refused with 422 while the server still uses
-//! the volume), facilities, and `/metadata` of the server it runs on.
+//! CSI driver and the official clients use them: project volumes (paged
+//! listing, create with plan and facility, `queued` -> `provisioning` ->
+//! `active`, update/lock/unlock with PATCH, no delete while locked),
+//! attachments (synchronous; a detach answers 200, 404 once gone, and is
+//! refused with 422 while the server still uses the volume), facilities,
+//! and `/metadata` and `/userdata` of the server it runs on.
+//! docs/emulators.md lists what it leaves out.
 //!
 //! Errors have the API's shape `{"errors": ["..."]}`. Every API route needs
 //! an `X-Auth-Token`; `/metadata` needs none. With a device host, a volume
@@ -32,6 +35,8 @@ const GIB: u64 = 1 << 30;
 /// Size limits of a volume, in GB.
 pub const MIN_SIZE: u64 = 10;
 pub const MAX_SIZE: u64 = 10_000;
+/// The user data the emulated server was created with (`GET /userdata`).
+pub const USER_DATA: &str = "#cloud-config\nhostname: emulated-node-1\n";
 /// The refusal of a detach while the server still uses the volume.
 pub const IN_USE: &str = "Cannot detach since volume is actively being used on your server";
 
@@ -54,6 +59,7 @@ pub fn router(options: Options) -> Router {
     });
     Router::new()
         .route("/metadata", get(metadata))
+        .route("/userdata", get(userdata))
         .route("/facilities", get(facilities))
         .route(
             "/projects/{project}/storage",
@@ -61,7 +67,10 @@ pub fn router(options: Options) -> Router {
         )
         .route(
             "/storage/{id}",
-            get(get_volume).put(update_volume).delete(delete_volume),
+            get(get_volume)
+                .patch(update_volume)
+                .put(update_volume)
+                .delete(delete_volume),
         )
         .route("/storage/{id}/attachments", post(attach))
         .route(
@@ -127,6 +136,15 @@ impl Emulator {
 
 async fn metadata(State(emu): State<Shared>) -> Response {
     ok(StatusCode::OK, emu.project().metadata_json(&HOST))
+}
+
+/// The user data, as given when the server was made (plain text).
+async fn userdata() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain")],
+        USER_DATA,
+    )
+        .into_response()
 }
 
 async fn facilities(State(_): State<Shared>, headers: HeaderMap) -> Response {
@@ -246,6 +264,7 @@ async fn create_volume(
         plan,
         facility,
         billing_cycle,
+        locked: false,
         created: Instant::now(),
         created_at: model::now(),
     };
@@ -273,8 +292,9 @@ async fn get_volume(
     })
 }
 
-/// Updates a volume's description (the one field the driver changes;
-/// resizing is not emulated and refused).
+/// Updates a volume (PATCH, and PUT as older clients send it): its
+/// description, `locked` (the official client's lock and unlock) and size
+/// (growth only); answers the volume.
 async fn update_volume(
     State(emu): State<Shared>,
     Path(id): Path<String>,
@@ -294,15 +314,39 @@ async fn update_volume(
     let Some(volume) = state.volumes.get_mut(&id) else {
         return error(StatusCode::NOT_FOUND, "Not found");
     };
-    if body
-        .get("size")
-        .is_some_and(|s| s.as_u64() != Some(volume.size))
+    let size = match body.get("size") {
+        None => volume.size,
+        Some(size) => match size.as_u64() {
+            Some(size) if (volume.size..=MAX_SIZE).contains(&size) => size,
+            _ => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &format!(
+                        "size must be a whole number of GB from the current {} up to {MAX_SIZE}; volumes do not shrink",
+                        volume.size
+                    ),
+                );
+            }
+        },
+    };
+    let locked = match body.get("locked") {
+        None => volume.locked,
+        Some(Value::Bool(locked)) => *locked,
+        Some(_) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "locked must be true or false",
+            );
+        }
+    };
+    if size > volume.size
+        && let Some(host) = &emu.devices
+        && let Err(e) = host.provision(&volume.id, size * GIB)
     {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Resizing volumes is not supported by this emulator",
-        );
+        return error(StatusCode::INTERNAL_SERVER_ERROR, &e);
     }
+    volume.size = size;
+    volume.locked = locked;
     match body.get("description") {
         None => {}
         Some(Value::String(s)) => volume.description = Some(s.clone()),
@@ -328,8 +372,14 @@ async fn delete_volume(
         return denied;
     }
     let mut state = emu.project();
-    if !state.volumes.contains_key(&id) {
+    let Some(volume) = state.volumes.get(&id) else {
         return error(StatusCode::NOT_FOUND, "Not found");
+    };
+    if volume.locked {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Cannot delete a locked volume; unlock it first",
+        );
     }
     if !state.attachments_of(&id).is_empty() {
         return error(
@@ -439,7 +489,7 @@ async fn detach(State(emu): State<Shared>, Path(id): Path<String>, headers: Head
         }
     }
     state.attachments.remove(&id);
-    StatusCode::NO_CONTENT.into_response()
+    StatusCode::OK.into_response()
 }
 
 /// Whether the server still uses the volume's device: mounted, or held

@@ -111,6 +111,8 @@ pub struct Volume {
     pub plan: &'static Plan,
     pub facility: &'static Facility,
     pub billing_cycle: String,
+    /// A locked volume cannot be deleted.
+    pub locked: bool,
     pub created: Instant,
     pub created_at: String,
 }
@@ -184,7 +186,7 @@ impl Project {
             "name": volume.name(),
             "description": volume.description,
             "size": volume.size,
-            "locked": false,
+            "locked": volume.locked,
             "billing_cycle": volume.billing_cycle,
             "state": volume.state(transition),
             "created_at": volume.created_at,
