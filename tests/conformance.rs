@@ -97,9 +97,28 @@ macro_rules! api_sections {
     };
 }
 
+/// Node calls that must touch only their own volume, inside the kubelet
+/// directory, and never lose data: every backend whose node runs here.
+macro_rules! node_safety_section {
+    ($backend:path) => {
+        section!($backend, node_safety in node: [
+            node_paths_outside_the_kubelet_dir_are_invalid,
+            publish_from_another_volumes_staging_is_refused,
+            unstage_while_published_is_failed_precondition,
+            foreign_mounts_are_never_unmounted,
+            second_publish_of_a_single_writer_volume_is_failed_precondition,
+            block_data_is_never_formatted,
+            luks_key_without_encryption_context_is_refused,
+            a_luks_device_is_never_formatted_in_plaintext,
+            node_input_errors_are_invalid_argument,
+        ]);
+    };
+}
+
 /// Sections that format and mount real devices: root only.
 macro_rules! node_sections {
     ($backend:path) => {
+        node_safety_section!($backend);
         section!($backend, node: [
             node_capabilities_and_info,
             node_missing_fields_are_invalid,
@@ -127,15 +146,6 @@ macro_rules! node_sections {
             stage_onto_a_foreign_mount_is_already_exists,
             mkfs_options_and_mount_flags_reach_the_filesystem,
             luks_without_key_or_dm_crypt_touches_nothing,
-            node_paths_outside_the_kubelet_dir_are_invalid,
-            publish_from_another_volumes_staging_is_refused,
-            unstage_while_published_is_failed_precondition,
-            foreign_mounts_are_never_unmounted,
-            second_publish_of_a_single_writer_volume_is_failed_precondition,
-            block_data_is_never_formatted,
-            luks_key_without_encryption_context_is_refused,
-            a_luks_device_is_never_formatted_in_plaintext,
-            node_input_errors_are_invalid_argument,
         ]);
         section!($backend, node_crash in crash: [
             crash_during_node_stage,
@@ -203,16 +213,8 @@ mod civo {
         stage_onto_a_foreign_mount_is_already_exists,
         mkfs_options_and_mount_flags_reach_the_filesystem,
         luks_without_key_or_dm_crypt_touches_nothing,
-        node_paths_outside_the_kubelet_dir_are_invalid,
-        publish_from_another_volumes_staging_is_refused,
-        unstage_while_published_is_failed_precondition,
-        foreign_mounts_are_never_unmounted,
-        second_publish_of_a_single_writer_volume_is_failed_precondition,
-        block_data_is_never_formatted,
-        luks_key_without_encryption_context_is_refused,
-        a_luks_device_is_never_formatted_in_plaintext,
-        node_input_errors_are_invalid_argument,
     ]);
+    node_safety_section!(crate::harness::BackendUnderTest::civo);
     section!(crate::harness::BackendUnderTest::civo, node_crash in crash: [
         crash_during_node_stage,
     ]);

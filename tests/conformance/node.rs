@@ -2203,18 +2203,30 @@ pub async fn block_data_is_never_formatted(b: BackendUnderTest) {
     );
     assert!(!status.message().is_empty(), "the refusal must say why");
     assert!(mount_at(Path::new(&v.staging)).is_none(), "mounted");
+    refused_stage_kept(&s, &v, &attached, 4096, &data).await;
+}
+
+/// After a refused stage: nothing more attached than before it, `data`
+/// still at `offset` of the volume; then the volume is torn down.
+async fn refused_stage_kept(
+    s: &Server,
+    v: &NodeVolume,
+    attached: &[String],
+    offset: u64,
+    data: &[u8],
+) {
     assert_eq!(
         s.host_leftovers(),
         attached,
         "the refused stage left a device"
     );
     assert_eq!(
-        read_through_block(&s, &v, 4096, data.len()).await,
+        read_through_block(s, v, offset, data.len()).await,
         data,
-        "the raw data was overwritten"
+        "the volume's bytes at {offset} were overwritten"
     );
-    s.teardown(&v).await;
-    assert_no_leftovers(&s);
+    s.teardown(v).await;
+    assert_no_leftovers(s);
 }
 
 /// A `luksKey` in the node-stage secrets with a volume context that lacks
@@ -2291,14 +2303,7 @@ pub async fn a_luks_device_is_never_formatted_in_plaintext(b: BackendUnderTest) 
         Code::FailedPrecondition,
     );
     assert!(status.message().contains("LUKS"), "{}", status.message());
-    assert_eq!(s.host_leftovers(), attached);
-    assert_eq!(
-        read_through_block(&s, &v, 0, header.len()).await,
-        header,
-        "the LUKS header was overwritten"
-    );
-    s.teardown(&v).await;
-    assert_no_leftovers(&s);
+    refused_stage_kept(&s, &v, &attached, 0, &header).await;
 }
 
 /// Input errors are INVALID_ARGUMENT naming the field, and touch nothing:
