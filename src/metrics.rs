@@ -76,6 +76,10 @@ static NODE_DURATION: Histogram = Histogram::new(
     SECONDS_BUCKETS,
 );
 
+/// Files the hostpath backend keeps aside (images and records its journal
+/// does not name), counted at start.
+static KEPT_ASIDE: Mutex<Option<u64>> = Mutex::new(None);
+
 /// The backend this process serves, for the build-info metric.
 static BACKEND: OnceLock<String> = OnceLock::new();
 
@@ -178,6 +182,11 @@ pub fn node_op<T, E>(operation: &'static str, work: impl FnOnce() -> Result<T, E
     result
 }
 
+/// Records how many files the hostpath backend keeps aside.
+pub fn set_kept_aside(files: u64) {
+    *KEPT_ASIDE.lock().unwrap_or_else(|e| e.into_inner()) = Some(files);
+}
+
 /// Names the backend in the build-info metric; the first call wins.
 pub fn set_backend(name: &str) {
     let _ = BACKEND.set(name.to_string());
@@ -236,6 +245,17 @@ pub fn render() -> String {
     CLOUD_RETRIES.render(&mut out);
     NODE_OPS.render(&mut out);
     NODE_DURATION.render(&mut out);
+    let kept_aside = *KEPT_ASIDE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(files) = kept_aside {
+        let name = "multicsi_hostpath_kept_aside_files";
+        registry::write_family(
+            &mut out,
+            name,
+            "Images and records of the hostpath state that its journal did not name at start: moved to the kept-aside directory, never deleted; an operator decides.",
+            "gauge",
+        );
+        registry::write_sample(&mut out, name, &[], &[] as &[&str], files as f64);
+    }
     process::render(&mut out);
     out
 }

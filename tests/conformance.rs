@@ -31,6 +31,8 @@ mod routing;
 mod soak;
 #[path = "conformance/socket.rs"]
 mod socket;
+#[path = "conformance/state.rs"]
+mod state;
 
 /// One `#[test]` per listed test body, run against `$backend()`.
 /// `section!(backend, name in module: [...])` takes the bodies from `module`.
@@ -154,6 +156,15 @@ mod hostpath {
     section!(crate::harness::BackendUnderTest::hostpath, hostpath_node in node: [
         snapshot_of_a_mounted_volume_holds_unflushed_writes,
         expand_grows_read_only_block_views,
+    ]);
+    section!(crate::harness::BackendUnderTest::hostpath, state: [
+        a_second_server_on_the_state_dir_is_refused,
+        an_unknown_image_is_kept_aside,
+        a_flipped_byte_in_the_last_batch_is_refused,
+        a_flipped_byte_in_the_middle_is_refused,
+        damage_in_the_compacted_batch_is_refused,
+        a_truncated_journal_is_refused,
+        a_missing_journal_with_images_is_refused,
     ]);
     section!(crate::harness::BackendUnderTest::hostpath, node_snapshot_crash in crash: [
         crash_during_snapshot_of_a_mounted_volume,

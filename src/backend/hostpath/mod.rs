@@ -7,6 +7,10 @@
 mod files;
 pub(crate) mod image;
 mod journal;
+pub mod owner;
+mod recover;
+
+pub use recover::{RecoverArgs, recover_main};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use self::files::ImageDir;
-use self::journal::{Journal, Replay};
+use self::journal::{Journal, OpenError, Replay};
+use self::owner::StateLock;
 use super::size::{self, GIB, MIB, SizeRules};
 use super::{
     Backend, Capacity, ContentSource, CreateVolume, Features, Map, NodeBackend, Snapshot, Volume,
@@ -38,6 +43,11 @@ const DEFAULT_MAX_VOLUMES: u64 = 256;
 /// The directory of the state where a freeze for a copy is recorded while
 /// it lasts (see [`freeze`]).
 const FREEZE_RECORDS: &str = "frozen";
+/// The state journal's file name.
+const JOURNAL: &str = "journal";
+/// The directory of the state where images and records the journal does
+/// not name are moved to (never deleted).
+pub const KEPT_ASIDE: &str = "kept-aside";
 
 /// Sizes: MiB steps, 1 GiB by default, xfs needs 300 MiB.
 fn size_rules(fs_type: Option<&str>, maximum: u64) -> SizeRules {
@@ -113,6 +123,13 @@ impl Replay for State {
         }
     }
 
+    fn frees_space(change: &Change) -> bool {
+        matches!(
+            change,
+            Change::VolumeDeleted(_) | Change::SnapshotDeleted(_)
+        )
+    }
+
     fn entries(&self) -> Vec<Change> {
         let volumes = self.volumes.values().cloned().map(Change::Volume);
         let snapshots = self.snapshots.values().cloned().map(Change::Snapshot);
@@ -130,6 +147,7 @@ pub struct HostPath {
     busy: InFlight,
     max_volume_bytes: u64,
     max_volumes: u64,
+    _lock: StateLock,
 }
 
 /// Runs blocking file work off the async workers; an I/O error becomes
@@ -154,10 +172,14 @@ fn now_unix() -> Duration {
 }
 
 impl HostPath {
-    /// Opens the state directory: replays the journal (moving the records
-    /// of earlier versions into it), removes what an interrupted operation
-    /// left and repairs images that a crash left short.
+    /// Opens the state directory: takes its lock (see [`owner`]), replays
+    /// the journal (moving the records of earlier versions into it),
+    /// finishes deletions the journal committed, keeps aside what the
+    /// journal does not name, and repairs images that a crash left short.
+    /// Nothing is ever deleted because the journal does not name it; a
+    /// journal that cannot be trusted stops the start.
     pub fn open(root: &Path, node_id: &str, max_volumes: u64) -> Result<Self, String> {
+        let lock = StateLock::acquire(root).map_err(|e| e.to_string())?;
         let cannot_open = |e| format!("cannot open state directory {}: {e}", root.display());
         let volumes = ImageDir::open(root.join("volumes")).map_err(cannot_open)?;
         let snapshots = ImageDir::open(root.join("snapshots")).map_err(cannot_open)?;
@@ -183,16 +205,33 @@ impl HostPath {
             legacy_files.push(path);
             legacy.push(Change::Snapshot(record));
         }
-        let journal_path = root.join("journal");
-        let (store, recovered) = Journal::<State>::open(&journal_path, legacy).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::InvalidData {
-                format!("{e}; refusing to start rather than forget volumes (keep a copy of the file and repair or restore it)")
-            } else {
-                format!("cannot open the state journal {}: {e}", journal_path.display())
+        let journal_path = root.join(JOURNAL);
+        if legacy.is_empty() && !journal_path.exists() {
+            let (ids, _) = volumes.ids().map_err(cannot_read(&volumes))?;
+            let (snapshot_ids, _) = snapshots.ids().map_err(cannot_read(&snapshots))?;
+            if !ids.is_empty() || !snapshot_ids.is_empty() {
+                return Err(format!(
+                    "the state journal {} is missing, but the state directory holds {} volume(s) and {} snapshot(s); refusing to start as an empty state, which would forget them. {}",
+                    journal_path.display(),
+                    ids.len(),
+                    snapshot_ids.len(),
+                    recovery_hint(root)
+                ));
             }
-        })?;
+        }
+        let (store, recovered) =
+            Journal::<State>::open(&journal_path, legacy).map_err(|e| match e {
+                OpenError::Damaged { .. } => format!(
+                    "{e}; refusing to start, so that no volume is forgotten. Keep a copy of the file. {}",
+                    recovery_hint(root)
+                ),
+                OpenError::Io { .. } => e.to_string(),
+            })?;
         if recovered.torn_bytes > 0 {
             tracing::warn!(bytes = recovered.torn_bytes, path = %journal_path.display(), "dropped the torn last batch of the state journal (a change cut off by a crash, never acknowledged)");
+        }
+        if let Some(why) = &recovered.not_compacted {
+            tracing::warn!(path = %journal_path.display(), error = %why, "the state journal could not be compacted (no space); appending to it as it is");
         }
         if !legacy_files.is_empty() {
             for path in &legacy_files {
@@ -206,26 +245,23 @@ impl HostPath {
                 "moved the state records into the journal"
             );
         }
-        let (removed, repairs) = {
+        let repairs = {
             let state = store.state();
-            let mut removed = volumes
-                .clean_leftovers(|id| state.volumes.contains_key(id))
-                .map_err(|e| format!("cannot clean {}: {e}", volumes.path().display()))?;
-            removed.extend(
-                snapshots
-                    .clean_leftovers(|id| state.snapshots.contains_key(id))
-                    .map_err(|e| format!("cannot clean {}: {e}", snapshots.path().display()))?,
-            );
-            let repairs: Vec<(PathBuf, u64)> = state
+            let aside = root.join(KEPT_ASIDE);
+            let stamp = now_unix().as_secs();
+            settle(&volumes, &aside.join("volumes"), stamp, |id| {
+                state.volumes.get(id).map(VolumeRecord::own_record)
+            })?;
+            settle(&snapshots, &aside.join("snapshots"), stamp, |id| {
+                state.snapshots.get(id).cloned()
+            })?;
+            state
                 .volumes
                 .values()
                 .map(|r| (volumes.image_path(&r.id), r.capacity_bytes))
-                .collect();
-            (removed, repairs)
+                .collect::<Vec<(PathBuf, u64)>>()
         };
-        for path in removed {
-            tracing::info!(path = %path.display(), "removed leftover of an interrupted operation");
-        }
+        report_kept_aside(root);
         for (image, capacity) in repairs {
             repair_image(&image, capacity)?;
         }
@@ -257,6 +293,7 @@ impl HostPath {
             } else {
                 max_volumes
             },
+            _lock: lock,
         })
     }
 
@@ -330,6 +367,141 @@ impl HostPath {
 
     async fn write_volume(&self, record: VolumeRecord) -> CsiResult<()> {
         self.commit(Change::Volume(record)).await
+    }
+
+    /// Writes the own record kept beside an object's image.
+    async fn write_own_record<T: Serialize + Send + 'static>(
+        &self,
+        dir: &ImageDir,
+        id: &str,
+        record: T,
+    ) -> CsiResult<()> {
+        let (dir, id) = (dir.clone(), id.to_string());
+        blocking(
+            format!("cannot write the record of {id} beside its image"),
+            move || dir.write_record(&id, &record),
+        )
+        .await
+    }
+
+    /// Removes the files of an object whose deletion the journal has
+    /// committed: first its record becomes a deletion mark, so that a
+    /// start after a crash here finishes the deletion rather than keeping
+    /// the image aside.
+    async fn remove_files(&self, dir: &ImageDir, id: &str) -> CsiResult<()> {
+        let (dir, id) = (dir.clone(), id.to_string());
+        blocking(format!("cannot remove the files of {id}"), move || {
+            dir.mark_deleted(&id)?;
+            dir.finish_deletion(&id)
+        })
+        .await
+    }
+}
+
+impl VolumeRecord {
+    /// The record kept beside the image: the journal's, without what
+    /// changes with every publish.
+    fn own_record(&self) -> VolumeRecord {
+        VolumeRecord {
+            published: BTreeMap::new(),
+            ..self.clone()
+        }
+    }
+}
+
+/// What a look at a state directory finds, without taking it over.
+#[derive(Debug, Default)]
+pub struct Inspection {
+    /// The process serving it, as its lock file names it.
+    pub holder: Option<String>,
+    pub journal: bool,
+    /// Images of volumes and snapshots.
+    pub images: usize,
+    /// Files start-up kept aside.
+    pub kept_aside: Vec<PathBuf>,
+}
+
+/// Looks at a state directory (read only; it may be served meanwhile).
+pub fn inspect(root: &Path) -> Inspection {
+    let count = |name: &str| {
+        std::fs::read_dir(root.join(name)).map_or(0, |entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "img"))
+                .count()
+        })
+    };
+    Inspection {
+        holder: owner::holder(root).ok().flatten(),
+        journal: root.join(JOURNAL).exists(),
+        images: count("volumes") + count("snapshots"),
+        kept_aside: files::kept_aside(&root.join(KEPT_ASIDE)).unwrap_or_default(),
+    }
+}
+
+/// How to rebuild a journal that cannot be used.
+fn recovery_hint(root: &Path) -> String {
+    format!(
+        "Rebuild the journal from the images' own records with `multicsi recover --state-dir {}` (it keeps the old journal beside the new one), then start again; see Troubleshooting in the README",
+        root.display()
+    )
+}
+
+/// Brings one directory of images in line with the journal: removes
+/// temporary files, finishes deletions the journal committed (their own
+/// mark says so), writes the own record of every object the journal names
+/// where it is missing or stale, and keeps aside (moves into `aside`) every
+/// image and record the journal does not name.
+fn settle<T>(
+    dir: &ImageDir,
+    aside: &Path,
+    stamp: u64,
+    known: impl Fn(&str) -> Option<T>,
+) -> Result<(), String>
+where
+    T: Serialize + serde::de::DeserializeOwned + PartialEq,
+{
+    let at = |e: std::io::Error| format!("cannot settle {}: {e}", dir.path().display());
+    for path in dir.remove_temps().map_err(at)? {
+        tracing::info!(path = %path.display(), "removed a temporary file of an interrupted operation");
+    }
+    let (ids, deleted) = dir.ids().map_err(at)?;
+    for id in ids {
+        match known(&id) {
+            Some(record) => {
+                if deleted.contains(&id)
+                    || !matches!(dir.read_record::<T>(&id), Ok(Some(r)) if r == record)
+                {
+                    dir.write_record(&id, &record).map_err(at)?;
+                }
+            }
+            None if deleted.contains(&id) => {
+                dir.finish_deletion(&id).map_err(at)?;
+                tracing::info!(id = %id, dir = %dir.path().display(), "finished a deletion the journal had committed");
+            }
+            None => {
+                let moved = dir.keep_aside(&id, aside, stamp).map_err(at)?;
+                let moved: Vec<String> = moved.iter().map(|p| p.display().to_string()).collect();
+                tracing::warn!(id = %id, moved_to = ?moved, "kept aside: the state journal does not name this image; it was not deleted (see Troubleshooting in the README)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Counts what lies kept aside, for the log and the metric.
+fn report_kept_aside(root: &Path) {
+    let aside = root.join(KEPT_ASIDE);
+    match files::kept_aside(&aside) {
+        Ok(found) => {
+            crate::metrics::set_kept_aside(found.len() as u64);
+            if !found.is_empty() {
+                tracing::warn!(files = found.len(), dir = %aside.display(), "files kept aside wait for an operator: move them back and run `multicsi recover`, or delete them");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, dir = %aside.display(), "cannot list the files kept aside")
+        }
     }
 }
 
@@ -412,6 +584,9 @@ impl Backend for HostPath {
     }
 
     async fn ready(&self) -> CsiResult<()> {
+        if let Some(why) = self.store.trouble() {
+            return Err(CsiError::Unavailable(why));
+        }
         let probe = self.volumes.temp_path("probe");
         blocking(
             format!("state directory {} is not writable", self.root.display()),
@@ -484,8 +659,15 @@ impl Backend for HostPath {
             created_unix: now_unix().as_secs(),
         };
         let volume = self.to_volume(&record);
-        if let Err(e) = self.write_volume(record).await {
-            let _ = std::fs::remove_file(self.volumes.image_path(&id));
+        let own = record.own_record();
+        let written = self.write_own_record(&self.volumes, &id, own).await;
+        if let Err(e) = match written {
+            Ok(()) => self.write_volume(record).await,
+            Err(e) => Err(e),
+        } {
+            // Never acknowledged: this call's own image and record go.
+            let _ = files::remove_if_present(&self.volumes.image_path(&id));
+            let _ = files::remove_if_present(&self.volumes.record_path(&id));
             return Err(e);
         }
         tracing::info!(volume_id = %id, name = %request.name, bytes = size, "volume created");
@@ -518,13 +700,7 @@ impl Backend for HostPath {
             )));
         }
         self.commit(Change::VolumeDeleted(id.to_string())).await?;
-        // A crash before the image is gone leaves an orphan that the next
-        // start removes.
-        let image = self.volumes.image_path(id);
-        blocking(format!("cannot remove {}", image.display()), move || {
-            files::remove_if_present(&image)
-        })
-        .await?;
+        self.remove_files(&self.volumes, id).await?;
         tracing::info!(volume_id = %id, "volume deleted");
         Ok(())
     }
@@ -597,7 +773,9 @@ impl Backend for HostPath {
         })
         .await?;
         record.capacity_bytes = size;
+        let own = record.own_record();
         self.write_volume(record).await?;
+        self.write_own_record(&self.volumes, id, own).await?;
         tracing::info!(volume_id = %id, bytes = size, "volume expanded");
         Ok(size)
     }
@@ -644,8 +822,15 @@ impl Backend for HostPath {
             size_bytes: size,
             created_unix_nanos: now_unix().as_nanos(),
         };
-        if let Err(e) = self.commit(Change::Snapshot(record.clone())).await {
-            let _ = std::fs::remove_file(self.snapshots.image_path(&id));
+        let written = self
+            .write_own_record(&self.snapshots, &id, record.clone())
+            .await;
+        if let Err(e) = match written {
+            Ok(()) => self.commit(Change::Snapshot(record.clone())).await,
+            Err(e) => Err(e),
+        } {
+            let _ = files::remove_if_present(&self.snapshots.image_path(&id));
+            let _ = files::remove_if_present(&self.snapshots.record_path(&id));
             return Err(e);
         }
         tracing::info!(snapshot_id = %id, volume_id = %source_volume_id, "snapshot created");
@@ -658,11 +843,7 @@ impl Backend for HostPath {
             return Ok(());
         }
         self.commit(Change::SnapshotDeleted(id.to_string())).await?;
-        let image = self.snapshots.image_path(id);
-        blocking(format!("cannot remove {}", image.display()), move || {
-            files::remove_if_present(&image)
-        })
-        .await
+        self.remove_files(&self.snapshots, id).await
     }
 
     async fn list_snapshots(&self) -> CsiResult<Vec<Snapshot>> {
@@ -795,7 +976,7 @@ mod state_tests {
     }
 
     #[test]
-    fn start_removes_orphans_and_repairs_short_images() {
+    fn start_keeps_orphans_aside_and_repairs_short_images() {
         let tmp = tempfile::tempdir().unwrap();
         let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -806,13 +987,27 @@ mod state_tests {
         drop(backend);
         let volumes = tmp.path().join("volumes");
         image::create(&volumes.join("hp-a.img"), MIB).unwrap();
-        image::create(&volumes.join("hp-orphan.img"), MIB).unwrap();
+        std::fs::write(volumes.join("hp-orphan.img"), b"data").unwrap();
         std::fs::write(volumes.join("hp-b.tmp-1-1"), b"x").unwrap();
         let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
         assert_eq!(image::size(&volumes.join("hp-a.img")).unwrap(), 8 * MIB);
         assert!(!volumes.join("hp-orphan.img").exists());
+        let aside = files::kept_aside(&tmp.path().join(KEPT_ASIDE)).unwrap();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(std::fs::read(&aside[0]).unwrap(), b"data");
         assert!(!volumes.join("hp-b.tmp-1-1").exists());
         assert_eq!(backend.state().volumes.len(), 1);
+        // The known volume got its own record beside its image.
+        let own: VolumeRecord = backend.volumes.read_record("hp-a").unwrap().unwrap();
+        assert_eq!(own, record("hp-a", 8 * MIB));
+    }
+
+    #[test]
+    fn a_second_open_of_the_state_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _first = HostPath::open(tmp.path(), "n", 0).unwrap();
+        let err = HostPath::open(tmp.path(), "n", 0).err().unwrap();
+        assert!(err.contains("in use by another multicsi process"), "{err}");
     }
 
     #[test]
