@@ -157,6 +157,9 @@ mod hostpath {
         snapshot_of_a_mounted_volume_holds_unflushed_writes,
         expand_grows_read_only_block_views,
     ]);
+    section!(crate::harness::BackendUnderTest::hostpath, made_as in controller: [
+        volumes_keep_what_they_were_made_as,
+    ]);
     section!(crate::harness::BackendUnderTest::hostpath, state: [
         a_second_server_on_the_state_dir_is_refused,
         an_unknown_image_is_kept_aside,
@@ -237,6 +240,9 @@ mod cloudscale {
 
 mod packet {
     api_sections!(crate::harness::BackendUnderTest::packet);
+    section!(crate::harness::BackendUnderTest::packet, made_as in controller: [
+        volumes_keep_what_they_were_made_as,
+    ]);
 }
 
 mod packet_soak {

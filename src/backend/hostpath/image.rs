@@ -6,12 +6,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Creates (or truncates to) a sparse file of `size` bytes.
+/// Creates a sparse file of `size` bytes; a file already there is never
+/// overwritten (an error).
 pub fn create(path: &Path, size: u64) -> io::Result<()> {
     let file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)?;
     file.set_len(size)
@@ -39,8 +39,7 @@ pub fn copy(src: &Path, dst: &Path, size: u64) -> io::Result<()> {
     let input = File::open(src)?;
     let output = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(dst)?;
     let len = input.metadata()?.len();

@@ -28,6 +28,7 @@ use super::{
     Backend, Capacity, ContentSource, CreateVolume, Features, Map, NodeBackend, Snapshot, Volume,
     VolumeStatus,
 };
+use crate::csi::made_as::{MadeAs, without_made_as};
 use crate::error::{CsiError, CsiResult};
 use crate::locks::InFlight;
 use crate::node::{freeze, loopdev};
@@ -466,24 +467,40 @@ where
         tracing::info!(path = %path.display(), "removed a temporary file of an interrupted operation");
     }
     let (ids, deleted) = dir.ids().map_err(at)?;
+    // Failures below only leave things where they are (nothing is lost, and
+    // an image in place is never overwritten): warned, and the start goes
+    // on, so that a full disk does not keep the driver down.
+    let warn = |what: &str, id: &str, e: std::io::Error| {
+        tracing::warn!(id = %id, dir = %dir.path().display(), error = %e, "cannot {what}");
+    };
     for id in ids {
         match known(&id) {
             Some(record) => {
-                if deleted.contains(&id)
-                    || !matches!(dir.read_record::<T>(&id), Ok(Some(r)) if r == record)
+                let current = matches!(dir.read_record::<T>(&id), Ok(Some(r)) if r == record);
+                if (deleted.contains(&id) || !current)
+                    && let Err(e) = dir.write_record(&id, &record)
                 {
-                    dir.write_record(&id, &record).map_err(at)?;
+                    warn("write the record beside the image", &id, e);
                 }
             }
-            None if deleted.contains(&id) => {
-                dir.finish_deletion(&id).map_err(at)?;
-                tracing::info!(id = %id, dir = %dir.path().display(), "finished a deletion the journal had committed");
-            }
-            None => {
-                let moved = dir.keep_aside(&id, aside, stamp).map_err(at)?;
-                let moved: Vec<String> = moved.iter().map(|p| p.display().to_string()).collect();
-                tracing::warn!(id = %id, moved_to = ?moved, "kept aside: the state journal does not name this image; it was not deleted (see Troubleshooting in the README)");
-            }
+            None if deleted.contains(&id) => match dir.finish_deletion(&id) {
+                Ok(()) => {
+                    tracing::info!(id = %id, dir = %dir.path().display(), "finished a deletion the journal had committed")
+                }
+                Err(e) => warn("finish a committed deletion", &id, e),
+            },
+            None => match dir.keep_aside(&id, aside, stamp) {
+                Ok(moved) => {
+                    let moved: Vec<String> =
+                        moved.iter().map(|p| p.display().to_string()).collect();
+                    tracing::warn!(id = %id, moved_to = ?moved, "kept aside: the state journal does not name this image; it was not deleted (see Troubleshooting in the README)");
+                }
+                Err(e) => warn(
+                    "keep aside an image the journal does not name (left in place)",
+                    &id,
+                    e,
+                ),
+            },
         }
     }
     Ok(())
@@ -545,7 +562,16 @@ fn same_request(record: &VolumeRecord, request: &CreateVolume) -> Result<(), Str
     if record.source != request.source {
         return Err("a different content source".into());
     }
-    if record.parameters != request.parameters || record.node_context != request.node_context {
+    let wanted = MadeAs::from_context(&request.node_context)
+        .map_err(|e| e.to_string())?
+        .unwrap_or_else(|| made_as_from_fs(request.fs_type.as_deref()));
+    let made = record.made_as();
+    if made != wanted {
+        return Err(format!("{wanted}, but it is {made}"));
+    }
+    if record.parameters != request.parameters
+        || without_made_as(&record.node_context) != without_made_as(&request.node_context)
+    {
         return Err("different parameters".into());
     }
     if record.capacity_bytes < request.required_bytes
@@ -556,10 +582,47 @@ fn same_request(record: &VolumeRecord, request: &CreateVolume) -> Result<(), Str
             record.capacity_bytes
         ));
     }
-    if request.fs_type.is_some() && record.fs_type.is_some() && record.fs_type != request.fs_type {
-        return Err("a different filesystem".into());
-    }
     Ok(())
+}
+
+/// What a volume with this filesystem (none: raw block) was made as.
+fn made_as_from_fs(fs_type: Option<&str>) -> MadeAs {
+    match fs_type {
+        Some(fs) => MadeAs::Filesystem(fs.to_string()),
+        None => MadeAs::Block,
+    }
+}
+
+impl VolumeRecord {
+    /// What the volume was made as: recorded in its context; a volume of an
+    /// earlier version has only its filesystem, none for a block volume.
+    fn made_as(&self) -> MadeAs {
+        MadeAs::from_context(&self.node_context)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| made_as_from_fs(self.fs_type.as_deref()))
+    }
+}
+
+/// What a hostpath volume was made as, from the backend's own record: the
+/// node checks a stage or publish against it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub made_as: MadeAs,
+    /// Whether it was created encrypted (LUKS).
+    pub encrypted: bool,
+}
+
+impl HostPath {
+    /// What volume `id` was made as, from its record (NOT_FOUND when there
+    /// is none).
+    pub fn recorded(&self, id: &str) -> CsiResult<Recorded> {
+        let record = self.volume(id)?;
+        Ok(Recorded {
+            made_as: record.made_as(),
+            encrypted: crate::csi::params::luks(&record.node_context)?.is_some(),
+        })
+    }
 }
 
 #[async_trait]
