@@ -168,6 +168,7 @@ mod hostpath {
         damage_in_the_compacted_batch_is_refused,
         a_truncated_journal_is_refused,
         a_missing_journal_with_images_is_refused,
+        space_is_honest_on_a_small_state_disk,
     ]);
     section!(crate::harness::BackendUnderTest::hostpath, node_snapshot_crash in crash: [
         crash_during_snapshot_of_a_mounted_volume,

@@ -792,6 +792,15 @@ impl Server {
     }
 }
 
+/// Bytes of a file allocated on disk.
+pub fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .blocks()
+        * 512
+}
+
 /// Runs `cmd` (its own process group) and waits for it to exit, at most
 /// 20 s; returns the status and what it printed.
 pub fn run_expecting_exit(mut cmd: Command) -> (ExitStatus, String) {

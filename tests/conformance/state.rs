@@ -308,3 +308,159 @@ pub async fn a_missing_journal_with_images_is_refused(b: BackendUnderTest) {
     std::fs::remove_file(journal(&s)).expect("remove the journal");
     refused_then_recovered(&mut s, &ids, "missing journal").await;
 }
+
+/// Runs a command of the host; it must succeed.
+fn host(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Fills the filesystem of `path` with a file there until it is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("filler file");
+    let block = vec![0x5a; 64 * 1024];
+    while file.write_all(&block).is_ok() {}
+    let small = [0x5a; 512];
+    while file.write_all(&small).is_ok() {}
+    let _ = file.sync_all();
+}
+
+async fn probe_ready(s: &Server) -> bool {
+    ok(
+        "Probe",
+        s.identity().probe(multicsi::csi::ProbeRequest {}).await,
+    )
+    .ready
+        == Some(true)
+}
+
+async fn volume_condition(s: &Server, id: &str) -> multicsi::csi::VolumeCondition {
+    ok(
+        "ControllerGetVolume",
+        s.controller()
+            .controller_get_volume(multicsi::csi::ControllerGetVolumeRequest {
+                volume_id: id.to_string(),
+            })
+            .await,
+    )
+    .status
+    .and_then(|st| st.volume_condition)
+    .expect("a volume condition")
+}
+
+/// The state on a small filesystem of its own: a volume's space is
+/// reserved when it is made; a create that does not fit is
+/// RESOURCE_EXHAUSTED with the free space; thin volumes count against the
+/// capacity; on a full disk the driver reports not ready, deletes work, it
+/// starts again, and it is ready once there is space.
+pub async fn space_is_honest_on_a_small_state_disk(b: BackendUnderTest) {
+    crate::harness::require_node(&b);
+    let mut b = b;
+    b.args.extend(["--metrics-address", "127.0.0.1:0"]);
+    let mut s = Server::start(&b).await;
+    s.terminate();
+    let disk = s.dir().join("small-state.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("disk image");
+    let disk = disk.display().to_string();
+    let state = state_dir(&s).display().to_string();
+    host("mkfs.ext4", &["-q", "-F", "-m", "0", &disk]);
+    host("mount", &["-o", "loop", &disk, &state]);
+    s.spawn().await;
+    assert!(probe_ready(&s).await, "not ready on an empty state disk");
+
+    let mib: u64 = 1 << 20;
+    let thick = s.create("space-thick", 8 * mib, mount_cap("ext4")).await;
+    assert!(
+        crate::harness::allocated_bytes(&image(&s, &thick.volume_id)) >= 8 * mib,
+        "the thick volume's space is not reserved"
+    );
+    let status = fails(
+        "CreateVolume larger than the disk",
+        s.controller()
+            .create_volume(create_request("space-huge", 200 * mib, mount_cap("ext4")))
+            .await,
+        tonic::Code::ResourceExhausted,
+    );
+    assert!(
+        status.message().contains("available"),
+        "the refusal does not tell the free space: {}",
+        status.message()
+    );
+    let capacity = |s: &Server| {
+        let mut c = s.controller();
+        async move {
+            ok(
+                "GetCapacity",
+                c.get_capacity(multicsi::csi::GetCapacityRequest::default())
+                    .await,
+            )
+            .available_capacity as u64
+        }
+    };
+    let before = capacity(&s).await;
+    let mut thin_request = create_request("space-thin", 16 * mib, mount_cap("ext4"));
+    thin_request.parameters = params(&[("multicsi.io/provisioning", "thin")]);
+    let thin = s.create_with(thin_request).await;
+    assert!(
+        crate::harness::allocated_bytes(&image(&s, &thin.volume_id)) < 8 * mib,
+        "a thin volume was allocated"
+    );
+    let after = capacity(&s).await;
+    assert!(
+        after + 15 * mib <= before,
+        "the thin volume is not counted: capacity {before} -> {after}"
+    );
+    let mut bad = create_request("space-bad", 8 * mib, mount_cap("ext4"));
+    bad.parameters = params(&[("multicsi.io/provisioning", "sometimes")]);
+    let status = fails(
+        "CreateVolume with an unknown provisioning",
+        s.controller().create_volume(bad).await,
+        tonic::Code::InvalidArgument,
+    );
+    assert!(status.message().contains("multicsi.io/provisioning"));
+
+    // The disk fills up.
+    let filler = state_dir(&s).join("filler");
+    fill(&filler);
+    assert!(!probe_ready(&s).await, "ready on a full state disk");
+    let (readyz, _) = http_get(metrics_address(&s), "/readyz");
+    assert!(readyz.contains(" 503 "), "/readyz on a full disk: {readyz}");
+    let condition = volume_condition(&s, &thin.volume_id).await;
+    assert!(
+        condition.abnormal,
+        "a thin volume on a full disk is reported healthy"
+    );
+    assert!(!volume_condition(&s, &thick.volume_id).await.abnormal);
+    // Deletes still work, and the driver starts on a full disk.
+    s.delete(&thick.volume_id).await;
+    fill(&filler);
+    s.kill9();
+    s.spawn().await;
+    assert!(
+        !probe_ready(&s).await,
+        "ready on a full state disk after a restart"
+    );
+    assert!(
+        s.log_tail(40).contains("could not be compacted"),
+        "the restart on a full disk did not append to the journal as it is"
+    );
+    s.delete(&thin.volume_id).await;
+    assert!(s.list_volume_ids(0).await.is_empty());
+    std::fs::remove_file(&filler).expect("remove the filler");
+    assert!(probe_ready(&s).await, "not ready once there is space again");
+    s.create("space-again", 8 * mib, mount_cap("ext4")).await;
+}

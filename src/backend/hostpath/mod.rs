@@ -50,6 +50,56 @@ const JOURNAL: &str = "journal";
 /// not name are moved to (never deleted).
 pub const KEPT_ASIDE: &str = "kept-aside";
 
+/// StorageClass parameter: `thick` (the default: a volume's space is
+/// reserved when it is made, so writes to it never fail for lack of space)
+/// or `thin` (allocated as written; its size still counts against the
+/// capacity).
+pub const PROVISIONING: &str = "multicsi.io/provisioning";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Provisioning {
+    Thick,
+    Thin,
+}
+
+fn provisioning(parameters: &Map) -> CsiResult<Provisioning> {
+    match parameters.get(PROVISIONING).map(String::as_str) {
+        None | Some("thick") => Ok(Provisioning::Thick),
+        Some("thin") => Ok(Provisioning::Thin),
+        Some(other) => Err(CsiError::InvalidArgument(format!(
+            "parameter {PROVISIONING}={other:?}: use thick or thin"
+        ))),
+    }
+}
+
+/// Space of the state filesystem.
+struct Space {
+    free: u64,
+    /// Bytes thin volumes may still take as they are written.
+    promised: u64,
+}
+
+impl Space {
+    /// What a new volume may have.
+    fn available(&self) -> u64 {
+        self.free.saturating_sub(self.promised)
+    }
+}
+
+/// An I/O error as a CSI error: a full filesystem is RESOURCE_EXHAUSTED.
+fn space_error(what: String, e: std::io::Error) -> CsiError {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) {
+        CsiError::ResourceExhausted(format!(
+            "{what}: the state filesystem is full ({e}); free space or ask for less"
+        ))
+    } else {
+        CsiError::io(what, e)
+    }
+}
+
 /// Sizes: MiB steps, 1 GiB by default, xfs needs 300 MiB.
 fn size_rules(fs_type: Option<&str>, maximum: u64) -> SizeRules {
     SizeRules {
@@ -319,22 +369,91 @@ impl HostPath {
     }
 
     fn status(&self, record: &VolumeRecord) -> VolumeStatus {
-        let image = self.volumes.image_path(&record.id);
-        let abnormal = match std::fs::metadata(&image) {
-            Ok(meta) if meta.len() >= record.capacity_bytes => None,
-            Ok(meta) => Some(format!(
-                "image {} is {} bytes, smaller than the volume's {}",
-                image.display(),
-                meta.len(),
-                record.capacity_bytes
-            )),
-            Err(e) => Some(format!("image {} is unreadable: {e}", image.display())),
-        };
         VolumeStatus {
             volume: self.to_volume(record),
             published_nodes: record.published.keys().cloned().collect(),
-            abnormal,
+            abnormal: self.abnormal(record),
         }
+    }
+
+    /// What is wrong with a volume's image, if anything: unreadable (an I/O
+    /// error of the backing store), shorter than the volume, or thin on a
+    /// full filesystem (writes to its unallocated parts fail).
+    fn abnormal(&self, record: &VolumeRecord) -> Option<String> {
+        let image = self.volumes.image_path(&record.id);
+        let len = match image::size(&image).and_then(|len| {
+            image::check_readable(&image)?;
+            Ok(len)
+        }) {
+            Ok(len) => len,
+            Err(e) => return Some(format!("image {} is unreadable: {e}", image.display())),
+        };
+        if len < record.capacity_bytes {
+            return Some(format!(
+                "image {} is {len} bytes, smaller than the volume's {}",
+                image.display(),
+                record.capacity_bytes
+            ));
+        }
+        let thin = provisioning(&record.parameters).ok() == Some(Provisioning::Thin);
+        let allocated = image::allocated(&image).unwrap_or(len);
+        if thin && allocated < record.capacity_bytes {
+            let free = crate::node::fs::stats(&self.root).map_or(u64::MAX, |s| s.available_bytes);
+            if free == 0 {
+                return Some(format!(
+                    "the filesystem of {} is full and this thin volume has {} bytes not yet allocated: writes there fail",
+                    self.root.display(),
+                    record.capacity_bytes - allocated
+                ));
+            }
+        }
+        None
+    }
+
+    /// The condition of volume `id` (for NodeGetVolumeStats): what is wrong
+    /// with its backing store, `None` when healthy.
+    pub fn condition(&self, id: &str) -> CsiResult<Option<String>> {
+        let record = self.volume(id)?;
+        Ok(self.abnormal(&record))
+    }
+
+    /// Free space of the state filesystem and what thin volumes may still
+    /// take of it.
+    async fn space(&self) -> CsiResult<Space> {
+        let root = self.root.clone();
+        let thin: Vec<(PathBuf, u64)> = self
+            .state()
+            .volumes
+            .values()
+            .filter(|r| provisioning(&r.parameters).ok() == Some(Provisioning::Thin))
+            .map(|r| (self.volumes.image_path(&r.id), r.capacity_bytes))
+            .collect();
+        crate::blocking::run(move || {
+            let free = crate::node::fs::stats(&root)?.available_bytes;
+            let promised = thin
+                .iter()
+                .map(|(image, capacity)| {
+                    capacity.saturating_sub(image::allocated(image).unwrap_or(0))
+                })
+                .sum();
+            Ok(Space { free, promised })
+        })
+        .await
+    }
+
+    /// RESOURCE_EXHAUSTED, with the free space, when `bytes` do not fit.
+    async fn check_space(&self, bytes: u64) -> CsiResult<()> {
+        let space = self.space().await?;
+        if bytes > space.available() {
+            return Err(CsiError::ResourceExhausted(format!(
+                "{bytes} bytes do not fit: the state filesystem of {} has {} bytes available ({} free, {} of it promised to thin volumes); free space or ask for less",
+                self.root.display(),
+                space.available(),
+                space.free,
+                space.promised
+            )));
+        }
+        Ok(())
     }
 
     fn to_volume(&self, record: &VolumeRecord) -> Volume {
@@ -643,12 +762,21 @@ impl Backend for HostPath {
     }
 
     fn parameter_keys(&self) -> &'static [&'static str] {
-        &[]
+        &[PROVISIONING]
     }
 
     async fn ready(&self) -> CsiResult<()> {
         if let Some(why) = self.store.trouble() {
             return Err(CsiError::Unavailable(why));
+        }
+        let space = self.space().await?;
+        let journal = std::fs::metadata(self.root.join(JOURNAL)).map_or(0, |m| m.len());
+        if space.free < journal {
+            return Err(CsiError::Unavailable(format!(
+                "the state filesystem of {} has {} bytes free, less than the {journal} the state journal needs to compact: free space there (deleting volumes works meanwhile)",
+                self.root.display(),
+                space.free
+            )));
         }
         let probe = self.volumes.temp_path("probe");
         blocking(
@@ -702,11 +830,30 @@ impl Backend for HostPath {
             }
         };
         let size = size::choose(rules, request.required_bytes, request.limit_bytes, floor)?;
+        let thin = provisioning(&request.parameters)? == Provisioning::Thin;
+        self.check_space(size).await?;
         let what = format!("cannot create image {}", target.display());
         let records = self.root.join(FREEZE_RECORDS);
-        blocking(what, move || match source_image {
-            None => image::create(&target, size),
-            Some(source) => copy_live(&source, &target, size, &records),
+        crate::blocking::run(move || {
+            let made = match source_image {
+                None => image::create(&target, size),
+                Some(source) => copy_live(&source, &target, size, &records),
+            }
+            .and_then(|()| {
+                if thin {
+                    Ok(())
+                } else {
+                    image::reserve(&target, size)
+                }
+            });
+            if let Err(e) = made {
+                // Never acknowledged: this call's own image goes.
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    let _ = files::remove_if_present(&target);
+                }
+                return Err(space_error(what, e));
+            }
+            Ok(())
         })
         .await?;
         let record = VolumeRecord {
@@ -830,9 +977,17 @@ impl Backend for HostPath {
         }
         let rules = size_rules(record.fs_type.as_deref(), self.max_volume_bytes);
         let size = size::choose(rules, required_bytes, limit_bytes, record.capacity_bytes)?;
+        let thin = provisioning(&record.parameters)? == Provisioning::Thin;
+        self.check_space(size - record.capacity_bytes).await?;
         let image = self.volumes.image_path(id);
-        blocking(format!("cannot grow {}", image.display()), move || {
-            image::grow(&image, size)
+        let what = format!("cannot grow {}", image.display());
+        crate::blocking::run(move || {
+            if thin {
+                image::grow(&image, size)
+            } else {
+                image::reserve(&image, size)
+            }
+            .map_err(|e| space_error(what, e))
         })
         .await?;
         record.capacity_bytes = size;
@@ -844,10 +999,7 @@ impl Backend for HostPath {
     }
 
     async fn capacity(&self) -> CsiResult<Capacity> {
-        let root = self.root.clone();
-        let available =
-            crate::blocking::run(move || Ok(crate::node::fs::stats(&root)?.available_bytes))
-                .await?;
+        let available = self.space().await?.available();
         Ok(Capacity {
             available_bytes: available,
             maximum_volume_bytes: available.min(self.max_volume_bytes),
