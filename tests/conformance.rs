@@ -81,6 +81,7 @@ macro_rules! api_sections {
             controller_expand_is_idempotent,
             get_capacity_reports_space,
             create_volume_honours_topology,
+            mkfs_parameters_are_checked_at_create,
             concurrent_calls_on_one_volume,
             parallel_calls_on_different_volumes,
         ]);
@@ -157,8 +158,9 @@ mod hostpath {
         snapshot_of_a_mounted_volume_holds_unflushed_writes,
         expand_grows_read_only_block_views,
     ]);
-    section!(crate::harness::BackendUnderTest::hostpath, made_as in controller: [
+    section!(crate::harness::BackendUnderTest::hostpath, hostpath_controller in controller: [
         volumes_keep_what_they_were_made_as,
+        publish_beyond_the_node_limit_is_resource_exhausted,
     ]);
     section!(crate::harness::BackendUnderTest::hostpath, state: [
         a_second_server_on_the_state_dir_is_refused,

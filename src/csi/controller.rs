@@ -103,6 +103,29 @@ fn source_from_pb(source: Option<&pb::VolumeContentSource>) -> CsiResult<Option<
     }
 }
 
+/// The mkfs parameters of a filesystem volume, checked now against what its
+/// filesystem accepts (the node would refuse them only at stage), with the
+/// node's own parsing and rules. A raw block volume ignores them.
+fn check_mkfs(context: &Map, made_as: &MadeAs) -> CsiResult<()> {
+    let MadeAs::Filesystem(fs_type) = made_as else {
+        return Ok(());
+    };
+    let options = crate::node::volume::mkfs_options(context)?;
+    options.validate(fs_type).map_err(|e| {
+        let key = match &e {
+            crate::node::HostError::InvalidMkfsOption { option, .. } => match *option {
+                "inode size" => params::MKFS_INODE_SIZE,
+                "block size" => params::MKFS_BLOCK_SIZE,
+                _ => params::MKFS_RESERVED_PERCENT,
+            },
+            _ => "csi.storage.k8s.io/fstype",
+        };
+        CsiError::InvalidArgument(format!(
+            "parameter {key} cannot work for a {fs_type} volume: {e}"
+        ))
+    })
+}
+
 /// Confirms only capabilities that ask for what the volume was made as:
 /// as its backend recorded it, else as the request's volume context says
 /// (a backend that keeps no context); a volume that records neither (made
@@ -172,6 +195,7 @@ impl Driver {
             MadeAs::Block => None,
         };
         let mut node_context = parameters.node_context;
+        check_mkfs(&node_context, &made_as)?;
         node_context.extend(made_as.to_context());
         let (requisite, preferred) = match &r.accessibility_requirements {
             Some(t) => (topologies(&t.requisite), topologies(&t.preferred)),

@@ -2023,3 +2023,85 @@ pub async fn volumes_keep_what_they_were_made_as(b: BackendUnderTest) {
     s.delete(&fs_volume.volume_id).await;
     s.delete(&block_volume.volume_id).await;
 }
+
+/// StorageClass mkfs parameters that the volume's filesystem can never
+/// take are INVALID_ARGUMENT at CreateVolume, naming the parameter, and
+/// nothing is created.
+pub async fn mkfs_parameters_are_checked_at_create(b: BackendUnderTest) {
+    let s = Server::start(&b).await;
+    let mut c = s.controller();
+    let cases = [
+        ("ext4", "multicsi.io/mkfs-block-size", "3000"),
+        ("ext4", "multicsi.io/mkfs-inode-size", "100"),
+        ("xfs", "multicsi.io/mkfs-reserved-percent", "5"),
+        ("xfs", "multicsi.io/mkfs-inode-size", "256"),
+        ("btrfs", "multicsi.io/mkfs-block-size", "4096"),
+        ("ext4", "multicsi.io/mkfs-reserved-percent", "80"),
+    ];
+    for (i, (fs, key, value)) in cases.into_iter().enumerate() {
+        let mut request = create_request(&name("conf-mkfs", i), b.fs_bytes(fs), mount_cap(fs));
+        request.parameters = params(&[(key, value)]);
+        let status = fails(
+            &format!("CreateVolume {fs} with {key}={value}"),
+            c.create_volume(request).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            status.message().contains(key),
+            "the refusal does not name {key}: {}",
+            status.message()
+        );
+    }
+    assert!(
+        s.stored_volumes().is_empty(),
+        "a refused create left storage behind"
+    );
+    let mut fine = create_request("conf-mkfs-ok", b.fs_bytes("ext4"), mount_cap("ext4"));
+    fine.parameters = params(&[
+        ("multicsi.io/mkfs-block-size", "4096"),
+        ("multicsi.io/mkfs-reserved-percent", "1"),
+    ]);
+    let volume = s.create_with(fine).await;
+    s.delete(&volume.volume_id).await;
+}
+
+/// ControllerPublishVolume beyond the node's volume limit is
+/// RESOURCE_EXHAUSTED; a repeat of a publish that is there is not.
+pub async fn publish_beyond_the_node_limit_is_resource_exhausted(b: BackendUnderTest) {
+    let mut b = b;
+    b.args.extend(["--max-volumes-per-node", "2"]);
+    let s = Server::start(&b).await;
+    let cap = mount_cap("ext4");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            s.create(&name("conf-limit", i), b.sizes.small, cap.clone())
+                .await
+                .volume_id,
+        );
+    }
+    s.controller_publish(&ids[0], &cap, false).await;
+    s.controller_publish(&ids[1], &cap, false).await;
+    let status = fails(
+        "ControllerPublishVolume of a third volume",
+        s.controller()
+            .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+                volume_id: ids[2].clone(),
+                node_id: b.node_id.to_string(),
+                volume_capability: Some(cap.clone()),
+                ..Default::default()
+            })
+            .await,
+        Code::ResourceExhausted,
+    );
+    assert!(status.message().contains("limit"), "{}", status.message());
+    s.controller_publish(&ids[0], &cap, false).await;
+    s.controller_unpublish(&ids[1]).await;
+    s.controller_publish(&ids[2], &cap, false).await;
+    for id in [&ids[0], &ids[2]] {
+        s.controller_unpublish(id).await;
+    }
+    for id in &ids {
+        s.delete(id).await;
+    }
+}

@@ -944,6 +944,17 @@ impl Backend for HostPath {
             }
             None => {}
         }
+        let on_node = self
+            .state()
+            .volumes
+            .values()
+            .filter(|r| r.published.contains_key(node_id))
+            .count() as u64;
+        if on_node >= self.max_volumes {
+            return Err(CsiError::ResourceExhausted(format!(
+                "node {node_id} has {on_node} volumes published, its limit (--max-volumes-per-node); unpublish one first"
+            )));
+        }
         record.published.insert(node_id.to_string(), read_only);
         self.write_volume(record).await?;
         Ok(Map::new())
