@@ -170,6 +170,19 @@ pub async fn a_second_server_on_the_state_dir_is_refused(b: BackendUnderTest) {
         tree(&state_dir(&s)),
         "the second server changed the state directory"
     );
+    // Nor does `multicsi recover` run beside it.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_multicsi"));
+    cmd.arg("recover").arg("--state-dir").arg(state_dir(&s));
+    let (status, out) = run_expecting_exit(cmd);
+    assert!(
+        !status.success() && out.contains(&holder),
+        "recover ran beside the server:\n{out}"
+    );
+    assert_eq!(
+        before,
+        tree(&state_dir(&s)),
+        "recover changed the state directory"
+    );
     // The owner goes on, and what it acknowledges survives its restart.
     let late = s
         .create("state-late", b.sizes.small, mount_cap("ext4"))

@@ -1229,6 +1229,39 @@ mod state_tests {
     }
 
     #[test]
+    fn a_deletion_cut_off_by_a_crash_is_finished_only_when_marked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for id in ["hp-marked", "hp-unmarked"] {
+            rt.block_on(backend.commit(Change::Volume(record(id, MIB))))
+                .unwrap();
+            image::create(&backend.volumes.image_path(id), MIB).unwrap();
+            backend.volumes.write_record(id, &record(id, MIB)).unwrap();
+            rt.block_on(backend.commit(Change::VolumeDeleted(id.into())))
+                .unwrap();
+        }
+        // Cut off after the mark, and before it.
+        backend.volumes.mark_deleted("hp-marked").unwrap();
+        drop(backend);
+        let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
+        let (ids, _) = backend.volumes.ids().unwrap();
+        assert!(ids.is_empty(), "{ids:?}");
+        let aside = files::kept_aside(&tmp.path().join(KEPT_ASIDE)).unwrap();
+        let names: Vec<String> = aside
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(
+            names.iter().all(|n| n.starts_with("hp-unmarked-")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
     fn a_second_open_of_the_state_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let _first = HostPath::open(tmp.path(), "n", 0).unwrap();
