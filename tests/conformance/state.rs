@@ -256,47 +256,40 @@ fn find_first(data: &[u8], what: &str) -> usize {
         .unwrap_or_else(|| panic!("{what} is not in the journal"))
 }
 
-/// A byte flipped inside the last batch, which was acknowledged: that is
-/// damage, not a torn write.
-pub async fn a_flipped_byte_in_the_last_batch_is_refused(b: BackendUnderTest) {
+/// Three volumes with data, the server stopped (after one restart, which
+/// compacts the journal, when `compacted`), a byte of `name`'s last record
+/// in the journal flipped; then the start must refuse and recover restore.
+async fn flipped_then_recovered(b: BackendUnderTest, compacted: bool, name: &str, what: &str) {
     let mut s = Server::start(&b).await;
     let ids = volumes_with_data(&s).await;
     s.terminate();
+    if compacted {
+        s.spawn().await;
+        s.terminate();
+    }
     write_markers(&s, &ids);
     let mut data = std::fs::read(journal(&s)).expect("journal");
-    let at = find_last(&data, NAMES[2]);
+    let at = find_last(&data, name);
     data[at] ^= 0x20;
     std::fs::write(journal(&s), &data).expect("damage the journal");
-    refused_then_recovered(&mut s, &ids, "flipped byte in the last batch").await;
+    refused_then_recovered(&mut s, &ids, what).await;
+}
+
+/// A byte flipped inside the last batch, which was acknowledged: that is
+/// damage, not a torn write.
+pub async fn a_flipped_byte_in_the_last_batch_is_refused(b: BackendUnderTest) {
+    flipped_then_recovered(b, false, NAMES[2], "flipped byte in the last batch").await;
 }
 
 /// A byte flipped in a batch in the middle of the journal.
 pub async fn a_flipped_byte_in_the_middle_is_refused(b: BackendUnderTest) {
-    let mut s = Server::start(&b).await;
-    let ids = volumes_with_data(&s).await;
-    s.terminate();
-    write_markers(&s, &ids);
-    let mut data = std::fs::read(journal(&s)).expect("journal");
-    let at = find_last(&data, NAMES[1]);
-    data[at] ^= 0x20;
-    std::fs::write(journal(&s), &data).expect("damage the journal");
-    refused_then_recovered(&mut s, &ids, "flipped byte in the middle").await;
+    flipped_then_recovered(b, false, NAMES[1], "flipped byte in the middle").await;
 }
 
 /// After a restart the journal is one compacted batch; damage inside it
 /// is corruption, never a torn write.
 pub async fn damage_in_the_compacted_batch_is_refused(b: BackendUnderTest) {
-    let mut s = Server::start(&b).await;
-    let ids = volumes_with_data(&s).await;
-    s.terminate();
-    s.spawn().await;
-    s.terminate();
-    write_markers(&s, &ids);
-    let mut data = std::fs::read(journal(&s)).expect("journal");
-    let at = find_last(&data, NAMES[2]);
-    data[at] ^= 0x20;
-    std::fs::write(journal(&s), &data).expect("damage the journal");
-    refused_then_recovered(&mut s, &ids, "damage in the compacted batch").await;
+    flipped_then_recovered(b, true, NAMES[2], "damage in the compacted batch").await;
 }
 
 /// A journal cut short (inside its records).

@@ -318,33 +318,48 @@ fn write_loop<S: Replay>(
                     let _ = done.send(Ok(()));
                 }
             }
-            Err(AppendError::NoRoom(e)) => {
-                // The file is intact; a later compaction may find space.
-                let why = format!(
-                    "the state journal {} is full and cannot be compacted ({e}); free space on its filesystem",
-                    log.path.display()
-                );
-                tracing::error!(error = %e, path = %log.path.display(), "state journal full");
-                set_trouble(Some(why.clone()));
-                for p in batch {
-                    let _ = p.done.send(Err(io::Error::new(e.kind(), why.clone())));
+            Err(error) => {
+                // No room: the file is intact and a later compaction may
+                // find space. A failed write or fdatasync: the file's
+                // contents are unknown, so further changes are refused
+                // until a restart replays it.
+                let (e, why, stops) = match error {
+                    AppendError::NoRoom(e) => {
+                        let why = format!(
+                            "the state journal {} is full and cannot be compacted ({e}); free space on its filesystem",
+                            log.path.display()
+                        );
+                        (e, why, false)
+                    }
+                    AppendError::Write(e) => {
+                        let why = format!(
+                            "the state journal {} could not be written ({e}); restart the driver",
+                            log.path.display()
+                        );
+                        (e, why, true)
+                    }
+                };
+                tracing::error!(error = %e, path = %log.path.display(), "state journal cannot take changes");
+                refuse(batch, &e, &why, &set_trouble);
+                if stops {
+                    failed = Some(why);
                 }
-            }
-            Err(AppendError::Write(e)) => {
-                // After a failed write or fdatasync the file's contents are
-                // unknown: refuse further changes until a restart replays it.
-                let why = format!(
-                    "the state journal {} could not be written ({e}); restart the driver",
-                    log.path.display()
-                );
-                tracing::error!(error = %e, path = %log.path.display(), "state journal write failed");
-                set_trouble(Some(why.clone()));
-                for p in batch {
-                    let _ = p.done.send(Err(io::Error::new(e.kind(), why.clone())));
-                }
-                failed = Some(why);
             }
         }
+    }
+}
+
+/// Answers every change of a batch that was not written with `why`, and
+/// records it as the journal's trouble.
+fn refuse<E>(
+    batch: Vec<Pending<E>>,
+    e: &io::Error,
+    why: &str,
+    set_trouble: &impl Fn(Option<String>),
+) {
+    set_trouble(Some(why.to_string()));
+    for p in batch {
+        let _ = p.done.send(Err(io::Error::new(e.kind(), why.to_string())));
     }
 }
 
@@ -367,6 +382,17 @@ struct Log {
 }
 
 impl Log {
+    fn at(path: &Path, file: File, tail: u64, capacity: u64, seq: u64) -> Log {
+        Log {
+            path: path.to_path_buf(),
+            file,
+            tail,
+            capacity,
+            seq,
+            no_room: None,
+        }
+    }
+
     /// Writes `live` as a fresh journal file with room for `room` more
     /// bytes (at least), and replaces the file at `path` with it.
     fn create(path: &Path, live: &[Vec<u8>], room: u64) -> io::Result<Log> {
@@ -382,14 +408,7 @@ impl Log {
         fs::rename(&temp, path)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         File::open(dir)?.sync_all()?;
-        Ok(Log {
-            path: path.to_path_buf(),
-            file,
-            tail,
-            capacity,
-            seq,
-            no_room: None,
-        })
+        Ok(Log::at(path, file, tail, capacity, seq))
     }
 
     fn write_file(temp: &Path, live: &[Vec<u8>], room: u64) -> io::Result<(File, u64, u64, u64)> {
@@ -441,14 +460,7 @@ impl Log {
             at += n as u64;
         }
         file.sync_data()?;
-        Ok(Log {
-            path: path.to_path_buf(),
-            file,
-            tail,
-            capacity,
-            seq,
-            no_room: None,
-        })
+        Ok(Log::at(path, file, tail, capacity, seq))
     }
 
     /// Appends one batch durably; compacts first (with the live state from
