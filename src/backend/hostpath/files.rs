@@ -209,12 +209,24 @@ impl ImageDir {
             .recursive(true)
             .mode(0o700)
             .create(aside)?;
+        // A name nothing has there yet: a rename would replace a file.
+        let base = (0u32..)
+            .map(|n| match n {
+                0 => format!("{id}-{stamp}"),
+                n => format!("{id}-{stamp}-{n}"),
+            })
+            .find(|base| {
+                [IMAGE_EXT, RECORD_EXT]
+                    .iter()
+                    .all(|ext| !aside.join(format!("{base}.{ext}")).exists())
+            })
+            .unwrap_or_default();
         let mut moved = Vec::new();
         for (from, ext) in [
             (self.image_path(id), IMAGE_EXT),
             (self.record_path(id), RECORD_EXT),
         ] {
-            let to = aside.join(format!("{id}-{stamp}.{ext}"));
+            let to = aside.join(format!("{base}.{ext}"));
             match fs::rename(&from, &to) {
                 Ok(()) => moved.push(to),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -287,6 +299,11 @@ mod tests {
         assert_eq!(moved.len(), 2);
         assert_eq!(fs::read(aside.join("orphan-7.img")).unwrap(), b"data");
         assert_eq!(kept_aside(&aside).unwrap().len(), 2);
+        // The same ID kept aside again in the same second replaces nothing.
+        fs::write(dir.image_path("orphan"), b"later").unwrap();
+        dir.keep_aside("orphan", &aside, 7).unwrap();
+        assert_eq!(fs::read(aside.join("orphan-7.img")).unwrap(), b"data");
+        assert_eq!(fs::read(aside.join("orphan-7-1.img")).unwrap(), b"later");
         assert!(dir.image_path("kept").exists());
         let (records, broken) = dir.legacy_records::<R>().unwrap();
         assert_eq!(records.len(), 1);

@@ -174,7 +174,11 @@ pub fn recover(root: &Path, node_id: Option<&str>) -> Result<Recovery, String> {
     }
     let journal = root.join(JOURNAL);
     if journal.exists() {
-        let kept = root.join(format!("{JOURNAL}.replaced-{}", now_unix().as_secs()));
+        let stamp = now_unix().as_secs();
+        let kept = (0u32..)
+            .map(|n| root.join(format!("{JOURNAL}.replaced-{stamp}-{n}")))
+            .find(|path| !path.exists())
+            .unwrap_or_else(|| root.join(format!("{JOURNAL}.replaced-{stamp}")));
         std::fs::rename(&journal, &kept)
             .map_err(|e| format!("cannot move the old journal aside: {e}"))?;
         done.old_journal = Some(kept);
@@ -215,4 +219,50 @@ fn modified(path: &Path) -> u128 {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::hostpath::HostPath;
+
+    #[test]
+    fn the_journal_is_rebuilt_from_the_images_and_their_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        drop(HostPath::open(tmp.path(), "n", 0).unwrap());
+        let volumes = ImageDir::open(tmp.path().join("volumes")).unwrap();
+        let with_record = VolumeRecord {
+            id: "hp-a".into(),
+            name: "pvc-a".into(),
+            capacity_bytes: 1 << 20,
+            parameters: Default::default(),
+            node_context: Default::default(),
+            fs_type: Some("ext4".into()),
+            source: None,
+            node_id: "node-1".into(),
+            published: Default::default(),
+            created_unix: 1,
+        };
+        image::create(&volumes.image_path("hp-a"), 2 << 20).unwrap();
+        volumes.write_record("hp-a", &with_record).unwrap();
+        image::create(&volumes.image_path("hp-bare"), 1 << 20).unwrap();
+        image::create(&volumes.image_path("hp-gone"), 1 << 20).unwrap();
+        volumes.mark_deleted("hp-gone").unwrap();
+        std::fs::write(tmp.path().join(JOURNAL), b"damaged").unwrap();
+
+        let done = recover(tmp.path(), None).unwrap();
+        assert_eq!(done.volumes, vec!["hp-a", "hp-bare"]);
+        assert_eq!(done.without_record, vec!["hp-bare"]);
+        assert_eq!(done.skipped.len(), 1, "{:?}", done.skipped);
+        let old = done.old_journal.unwrap();
+        assert_eq!(std::fs::read(old).unwrap(), b"damaged");
+
+        let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
+        let state = backend.state();
+        assert_eq!(state.volumes["hp-a"].name, "pvc-a");
+        assert_eq!(state.volumes["hp-a"].capacity_bytes, 2 << 20);
+        assert_eq!(state.volumes["hp-bare"].node_id, "node-1");
+        assert!(!state.volumes.contains_key("hp-gone"));
+        assert!(!volumes.image_path("hp-gone").exists());
+    }
 }
