@@ -25,8 +25,8 @@ use self::journal::{Journal, OpenError, Replay};
 use self::owner::StateLock;
 use super::size::{self, GIB, MIB, SizeRules};
 use super::{
-    Backend, Capacity, ContentSource, CreateVolume, Features, Map, NodeBackend, Snapshot, Volume,
-    VolumeStatus,
+    Backend, Capacity, ContentSource, CreateVolume, Features, Map, NodeBackend, Recorded, Snapshot,
+    Volume, VolumeStatus,
 };
 use crate::csi::made_as::{MadeAs, without_made_as};
 use crate::error::{CsiError, CsiResult};
@@ -723,15 +723,6 @@ impl VolumeRecord {
     }
 }
 
-/// What a hostpath volume was made as, from the backend's own record: the
-/// node checks a stage or publish against it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Recorded {
-    pub made_as: MadeAs,
-    /// Whether it was created encrypted (LUKS).
-    pub encrypted: bool,
-}
-
 impl HostPath {
     /// What volume `id` was made as, from its record (NOT_FOUND when there
     /// is none).
@@ -1134,6 +1125,14 @@ impl NodeBackend for HostPath {
         .await
     }
 
+    async fn recorded(&self, volume_id: &str) -> CsiResult<Option<Recorded>> {
+        HostPath::recorded(self, volume_id).map(Some)
+    }
+
+    async fn backing_condition(&self, volume_id: &str) -> CsiResult<Option<String>> {
+        self.condition(volume_id)
+    }
+
     async fn refresh_device(&self, volume_id: &str) -> CsiResult<u64> {
         let image = self.volumes.image_path(volume_id);
         let id = volume_id.to_string();
@@ -1259,6 +1258,42 @@ mod state_tests {
             names.iter().all(|n| n.starts_with("hp-unmarked-")),
             "{names:?}"
         );
+    }
+
+    #[test]
+    fn the_node_reads_what_a_volume_was_made_as_and_its_condition() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut block = CreateVolume::sized("pvc-block", MIB, 0);
+        block.node_context = MadeAs::Block.to_context();
+        block
+            .node_context
+            .insert(crate::csi::params::LUKS_ENCRYPTED.into(), "true".into());
+        let mut fs = CreateVolume::sized("pvc-fs", MIB, 0);
+        fs.fs_type = Some("xfs".into());
+        fs.node_context = MadeAs::Filesystem("xfs".into()).to_context();
+        let node: &dyn NodeBackend = &backend;
+        rt.block_on(async {
+            let block = backend.create_volume(&block).await.unwrap();
+            let fs = backend.create_volume(&fs).await.unwrap();
+            let recorded = node.recorded(&block.id).await.unwrap().unwrap();
+            assert_eq!(recorded.made_as, MadeAs::Block);
+            assert!(recorded.encrypted);
+            let recorded = node.recorded(&fs.id).await.unwrap().unwrap();
+            assert_eq!(recorded.made_as, MadeAs::Filesystem("xfs".into()));
+            assert!(!recorded.encrypted);
+            assert!(matches!(
+                node.recorded("hp-unknown").await,
+                Err(CsiError::NotFound(_))
+            ));
+            assert_eq!(node.backing_condition(&fs.id).await.unwrap(), None);
+            std::fs::remove_file(backend.volumes.image_path(&fs.id)).unwrap();
+            let condition = node.backing_condition(&fs.id).await.unwrap().unwrap();
+            assert!(condition.contains("unreadable"), "{condition}");
+        });
     }
 
     #[test]
