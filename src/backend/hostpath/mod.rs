@@ -100,6 +100,30 @@ fn space_error(what: String, e: std::io::Error) -> CsiError {
     }
 }
 
+/// Makes a new image at `target` with `make`, off the async workers; a file
+/// already there is never touched (an error). When `make` fails, what it
+/// left at `target` goes: it is this call's own, never acknowledged. A full
+/// filesystem is RESOURCE_EXHAUSTED.
+async fn make_image(
+    target: PathBuf,
+    what: String,
+    make: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> CsiResult<()> {
+    crate::blocking::run(move || {
+        if std::fs::symlink_metadata(&target).is_ok() {
+            return Err(CsiError::Internal(format!(
+                "{what}: a file the state does not name is in the way at {}; it is kept as it is: restart the driver to move it aside (see Troubleshooting)",
+                target.display()
+            )));
+        }
+        make().map_err(|e| {
+            let _ = files::remove_if_present(&target);
+            space_error(what, e)
+        })
+    })
+    .await
+}
+
 /// Sizes: MiB steps, 1 GiB by default, xfs needs 300 MiB.
 fn size_rules(fs_type: Option<&str>, maximum: u64) -> SizeRules {
     SizeRules {
@@ -825,8 +849,8 @@ impl Backend for HostPath {
         self.check_space(size).await?;
         let what = format!("cannot create image {}", target.display());
         let records = self.root.join(FREEZE_RECORDS);
-        crate::blocking::run(move || {
-            let made = match source_image {
+        make_image(target.clone(), what, move || {
+            match source_image {
                 None => image::create(&target, size),
                 Some(source) => copy_live(&source, &target, size, &records),
             }
@@ -836,15 +860,7 @@ impl Backend for HostPath {
                 } else {
                     image::reserve(&target, size)
                 }
-            });
-            if let Err(e) = made {
-                // Never acknowledged: this call's own image goes.
-                if e.kind() != std::io::ErrorKind::AlreadyExists {
-                    let _ = files::remove_if_present(&target);
-                }
-                return Err(space_error(what, e));
-            }
-            Ok(())
+            })
         })
         .await?;
         let record = VolumeRecord {
@@ -1027,10 +1043,10 @@ impl Backend for HostPath {
         let to = self.snapshots.image_path(&id);
         let size = source.capacity_bytes;
         let records = self.root.join(FREEZE_RECORDS);
-        blocking(
-            format!("cannot copy {} to {}", from.display(), to.display()),
-            move || copy_live(&from, &to, size, &records),
-        )
+        let what = format!("cannot copy {} to {}", from.display(), to.display());
+        make_image(to.clone(), what, move || {
+            copy_live(&from, &to, size, &records)
+        })
         .await?;
         let record = SnapshotRecord {
             id: id.clone(),
@@ -1294,6 +1310,23 @@ mod state_tests {
             let condition = node.backing_condition(&fs.id).await.unwrap().unwrap();
             assert!(condition.contains("unreadable"), "{condition}");
         });
+    }
+
+    #[test]
+    fn a_create_never_overwrites_a_file_in_its_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let target = backend
+            .volumes
+            .image_path(&id_for(VOLUME_PREFIX, "pvc-in-the-way"));
+        std::fs::write(&target, b"someone's data").unwrap();
+        let request = CreateVolume::sized("pvc-in-the-way", MIB, 0);
+        let err = rt.block_on(backend.create_volume(&request)).unwrap_err();
+        assert!(err.to_string().contains("in the way"), "{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"someone's data");
     }
 
     #[test]
