@@ -1185,6 +1185,12 @@ mod tests {
 mod state_tests {
     use super::*;
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
     fn record(id: &str, capacity_bytes: u64) -> VolumeRecord {
         VolumeRecord {
             id: id.into(),
@@ -1220,9 +1226,7 @@ mod state_tests {
     fn start_keeps_orphans_aside_and_repairs_short_images() {
         let tmp = tempfile::tempdir().unwrap();
         let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(backend.commit(Change::Volume(record("hp-a", 8 * MIB))))
             .unwrap();
         drop(backend);
@@ -1247,9 +1251,7 @@ mod state_tests {
     fn a_deletion_cut_off_by_a_crash_is_finished_only_when_marked() {
         let tmp = tempfile::tempdir().unwrap();
         let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         for id in ["hp-marked", "hp-unmarked"] {
             rt.block_on(backend.commit(Change::Volume(record(id, MIB))))
                 .unwrap();
@@ -1280,9 +1282,7 @@ mod state_tests {
     fn the_node_reads_what_a_volume_was_made_as_and_its_condition() {
         let tmp = tempfile::tempdir().unwrap();
         let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let mut block = CreateVolume::sized("pvc-block", MIB, 0);
         block.node_context = MadeAs::Block.to_context();
         block
@@ -1316,9 +1316,7 @@ mod state_tests {
     fn a_create_never_overwrites_a_file_in_its_way() {
         let tmp = tempfile::tempdir().unwrap();
         let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let target = backend
             .volumes
             .image_path(&id_for(VOLUME_PREFIX, "pvc-in-the-way"));
@@ -1341,9 +1339,7 @@ mod state_tests {
     fn a_damaged_journal_stops_the_start() {
         let tmp = tempfile::tempdir().unwrap();
         let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         for id in ["hp-a", "hp-b"] {
             rt.block_on(backend.commit(Change::Volume(record(id, MIB))))
                 .unwrap();
