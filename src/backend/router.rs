@@ -16,8 +16,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{
-    Backend, Capacity, ContentSource, CreateVolume, Features, Map, NodeBackend, Snapshot, Volume,
-    VolumeStatus,
+    Backend, Capacity, ContentSource, CreateVolume, Features, Map, NodeBackend, Recorded, Snapshot,
+    Volume, VolumeStatus,
 };
 use crate::csi::params::BACKEND;
 use crate::error::{CsiError, CsiResult};
@@ -385,6 +385,16 @@ impl NodeBackend for Router {
     async fn refresh_device(&self, volume_id: &str) -> CsiResult<u64> {
         let (index, own) = self.route(volume_id);
         self.node(index).refresh_device(own).await
+    }
+
+    async fn recorded(&self, volume_id: &str) -> CsiResult<Option<Recorded>> {
+        let (index, own) = self.route(volume_id);
+        self.node(index).recorded(own).await
+    }
+
+    async fn backing_condition(&self, volume_id: &str) -> CsiResult<Option<String>> {
+        let (index, own) = self.route(volume_id);
+        self.node(index).backing_condition(own).await
     }
 }
 
