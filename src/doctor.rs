@@ -452,6 +452,9 @@ pub fn run_checks(settings: &Settings, args: &DoctorArgs) -> Vec<Check> {
             )
         });
     }
+    if backend == "hostpath" {
+        checks.push(hostpath_state_check(&settings.state_dir));
+    }
     if backend == "packet" {
         checks.push(program_check("iscsiadm", "iscsiadm", "open-iscsi"));
         checks.push(daemon_check(
@@ -486,6 +489,62 @@ pub fn run_checks(settings: &Settings, args: &DoctorArgs) -> Vec<Check> {
     checks.push(kubelet_check(&settings.kubelet_dir, &mounts));
     checks.push(socket_dir_check(&settings.endpoint));
     checks
+}
+
+/// The hostpath state directory: who serves it, whether its journal is
+/// there, and what start-up kept aside.
+fn hostpath_state_check(dir: &Path) -> Check {
+    const NAME: &str = "hostpath state";
+    let state = crate::backend::hostpath::inspect(dir);
+    let served = match &state.holder {
+        Some(holder) => format!("served by {holder}"),
+        None => "not served right now".to_string(),
+    };
+    if state.images > 0 && !state.journal {
+        return Check::missing(
+            NAME,
+            format!(
+                "{}: {} image(s) but no journal; the driver refuses to start",
+                dir.display(),
+                state.images
+            ),
+            format!(
+                "rebuild the journal from the images' own records: multicsi recover --state-dir {}",
+                dir.display()
+            ),
+        );
+    }
+    if !state.kept_aside.is_empty() {
+        let listed: Vec<String> = state
+            .kept_aside
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        return Check::missing(
+            NAME,
+            format!(
+                "{} ({served}): {} file(s) kept aside because the journal did not name them: {}",
+                dir.display(),
+                listed.len(),
+                listed.join(", ")
+            ),
+            "check them: move a volume's image and record back into volumes/ (as <id>.img and <id>.record) and run `multicsi recover` with the driver stopped, or delete them",
+        )
+        .required(false);
+    }
+    Check::ok(
+        NAME,
+        format!(
+            "{} ({served}): {} image(s), journal {}",
+            dir.display(),
+            state.images,
+            if state.journal {
+                "present"
+            } else {
+                "not made yet"
+            }
+        ),
+    )
 }
 
 fn label(status: Status) -> &'static str {

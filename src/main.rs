@@ -19,6 +19,9 @@ enum Command {
     Client(client::ClientArgs),
     /// Check this node's prerequisites for the configured backend.
     Doctor(multicsi::doctor::DoctorArgs),
+    /// Rebuild a lost or damaged hostpath state journal from the records
+    /// kept beside the images (the server must be stopped).
+    Recover(multicsi::backend::hostpath::RecoverArgs),
     /// Attach or detach an iSCSI volume by hand (node diagnostics, tests).
     #[command(hide = true)]
     Iscsi(multicsi::node::iscsi_cmd::IscsiArgs),
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => server::main(args),
         Command::Doctor(args) => multicsi::doctor::main(args),
+        Command::Recover(args) => multicsi::backend::hostpath::recover_main(args),
         Command::Iscsi(args) => multicsi::node::iscsi_cmd::run(args),
         Command::Client(args) => {
             let runtime = match tokio::runtime::Builder::new_current_thread()

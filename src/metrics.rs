@@ -37,6 +37,7 @@ const NODE_OPS: &str = "multicsi_node_operations_total";
 const NODE_DURATION: &str = "multicsi_node_operation_duration_seconds";
 const LUKS_ON_PREVIOUS: &str = "multicsi_luks_volumes_on_previous_key";
 const BUILD_INFO: &str = "multicsi_build_info";
+const KEPT_ASIDE_FILES: &str = "multicsi_hostpath_kept_aside_files";
 
 /// Tells the recorder what each family is.
 fn describe() {
@@ -87,6 +88,10 @@ fn describe() {
         "Staged encrypted volumes that open only with the previous key of a rotation (a slot for the new key could not be added)."
     );
     describe_gauge!(
+        KEPT_ASIDE_FILES,
+        "Images and records of the hostpath state that its journal did not name at start: moved to the kept-aside directory, never deleted; an operator decides."
+    );
+    describe_gauge!(
         BUILD_INFO,
         "Always 1; the labels name the driver's version and backend."
     );
@@ -127,6 +132,11 @@ pub fn upkeep() {
         exporter.handle.run_upkeep();
     }
 }
+
+/// Files the hostpath backend keeps aside (images and records its journal
+/// does not name), counted at start.
+static KEPT_ASIDE: Mutex<Option<u64>> = Mutex::new(None);
+
 /// The backend this process serves, for the build-info metric.
 static BACKEND: OnceLock<String> = OnceLock::new();
 
@@ -251,6 +261,11 @@ pub fn luks_on_previous_key(name: &str, on_previous: bool) {
     }
 }
 
+/// Records how many files the hostpath backend keeps aside.
+pub fn set_kept_aside(files: u64) {
+    *KEPT_ASIDE.lock().unwrap_or_else(|e| e.into_inner()) = Some(files);
+}
+
 /// Names the backend in the build-info metric; the first call wins.
 pub fn set_backend(name: &str) {
     let _ = BACKEND.set(name.to_string());
@@ -293,6 +308,9 @@ pub fn render() -> String {
         .unwrap_or_else(|e| e.into_inner())
         .len();
     gauge!(LUKS_ON_PREVIOUS).set(on_previous as f64);
+    if let Some(files) = *KEPT_ASIDE.lock().unwrap_or_else(|e| e.into_inner()) {
+        gauge!(KEPT_ASIDE_FILES).set(files as f64);
+    }
     record_in_flight();
     if let Some(Some(exporter)) = EXPORTER.get() {
         exporter.process.collect();

@@ -246,7 +246,9 @@ fn controller_volume_lifecycle() {
     ]);
     assert!(text.starts_with("volume hp-"), "{text}");
     assert!(
-        text.ends_with(" 1.0 GiB  topology.multicsi.io/node=n1\n"),
+        text.ends_with(
+            " 1.0 GiB  topology.multicsi.io/node=n1  context multicsi.io/access-type=mount,multicsi.io/fs-type=xfs\n"
+        ),
         "{text}"
     );
     let id_b = text

@@ -31,6 +31,8 @@ mod routing;
 mod soak;
 #[path = "conformance/socket.rs"]
 mod socket;
+#[path = "conformance/state.rs"]
+mod state;
 
 /// One `#[test]` per listed test body, run against `$backend()`.
 /// `section!(backend, name in module: [...])` takes the bodies from `module`.
@@ -79,6 +81,7 @@ macro_rules! api_sections {
             controller_expand_is_idempotent,
             get_capacity_reports_space,
             create_volume_honours_topology,
+            mkfs_parameters_are_checked_at_create,
             concurrent_calls_on_one_volume,
             parallel_calls_on_different_volumes,
         ]);
@@ -180,6 +183,20 @@ mod hostpath {
         encryption_comes_from_the_hostpath_record,
         failed_stage_leaves_no_loop_device,
     ]);
+    section!(crate::harness::BackendUnderTest::hostpath, hostpath_controller in controller: [
+        volumes_keep_what_they_were_made_as,
+        publish_beyond_the_node_limit_is_resource_exhausted,
+    ]);
+    section!(crate::harness::BackendUnderTest::hostpath, state: [
+        a_second_server_on_the_state_dir_is_refused,
+        an_unknown_image_is_kept_aside,
+        a_flipped_byte_in_the_last_batch_is_refused,
+        a_flipped_byte_in_the_middle_is_refused,
+        damage_in_the_compacted_batch_is_refused,
+        a_truncated_journal_is_refused,
+        a_missing_journal_with_images_is_refused,
+        space_is_honest_on_a_small_state_disk,
+    ]);
     section!(crate::harness::BackendUnderTest::hostpath, node_snapshot_crash in crash: [
         crash_during_snapshot_of_a_mounted_volume,
     ]);
@@ -262,6 +279,9 @@ mod cloudscale {
 
 mod packet {
     api_sections!(crate::harness::BackendUnderTest::packet);
+    section!(crate::harness::BackendUnderTest::packet, made_as in controller: [
+        volumes_keep_what_they_were_made_as,
+    ]);
 }
 
 mod packet_soak {

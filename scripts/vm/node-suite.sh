@@ -92,11 +92,13 @@ stop_driver() {
 # Each volume NAME has its ID in ID_NAME and its access in ACCESS_NAME.
 
 # new_volume NAME SIZE ACCESS [create args...]: CreateVolume and
-# ControllerPublishVolume.
+# ControllerPublishVolume. Thin: the state lives in the VM's memory (tmpfs),
+# and a thick volume would take all of its size there.
 new_volume() {
     local name=$1 size=$2 access=$3 json id
     shift 3
-    json=$(cli --json controller create "$name" --size "$size" $access "$@") || return
+    json=$(cli --json controller create "$name" --size "$size" $access \
+        --param multicsi.io/provisioning=thin "$@") || return
     echo "$json"
     id=$(jq -r .volume_id <<<"$json")
     jq -r '.volume_context | to_entries[] | "--context", "\(.key)=\(.value)"' <<<"$json" >"$W/$name.context"
@@ -567,7 +569,7 @@ default_pbkdf_fits_a_small_memory_limit() {
     local c=("$BIN" client --endpoint "unix://$sock" --timeout 120)
     mkdir -p "$W/dflt"
     for _ in $(seq 150); do "${c[@]}" identity probe >/dev/null 2>&1 && break; sleep 0.2; done
-    json=$("${c[@]}" --json controller create dflt --size 64Mi --block --param multicsi.io/luks-encrypted=true) &&
+    json=$("${c[@]}" --json controller create dflt --size 64Mi --block --param multicsi.io/luks-encrypted=true --param multicsi.io/provisioning=thin) &&
         id=$(jq -r .volume_id <<<"$json") &&
         "${c[@]}" controller publish "$id" --node "$NODE" --block &&
         "${c[@]}" node stage "$id" --staging "$W/dflt" --block --context multicsi.io/luks-encrypted=true \

@@ -214,4 +214,23 @@ pub trait NodeBackend: Send + Sync + 'static {
     async fn detach_device(&self, volume_id: &str) -> CsiResult<()>;
     /// Makes the node see the volume's new size; returns the device size.
     async fn refresh_device(&self, volume_id: &str) -> CsiResult<u64>;
+    /// What the volume was made as, from the backend's own record of it;
+    /// `None` when the backend keeps no such record (the volume context
+    /// then tells). NOT_FOUND for a volume the backend does not know.
+    async fn recorded(&self, _volume_id: &str) -> CsiResult<Option<Recorded>> {
+        Ok(None)
+    }
+    /// What is wrong with the volume's backing store (I/O errors, no space
+    /// for a thin volume), when the backend can tell; `None` when healthy.
+    async fn backing_condition(&self, _volume_id: &str) -> CsiResult<Option<String>> {
+        Ok(None)
+    }
+}
+
+/// What a volume was made as, from its backend's own record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub made_as: crate::csi::made_as::MadeAs,
+    /// Whether it was created encrypted (LUKS).
+    pub encrypted: bool,
 }

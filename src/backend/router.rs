@@ -397,6 +397,16 @@ impl NodeBackend for Router {
         let (index, own) = self.route(volume_id);
         self.node(index).refresh_device(own).await
     }
+
+    async fn recorded(&self, volume_id: &str) -> CsiResult<Option<Recorded>> {
+        let (index, own) = self.route(volume_id);
+        self.node(index).recorded(own).await
+    }
+
+    async fn backing_condition(&self, volume_id: &str) -> CsiResult<Option<String>> {
+        let (index, own) = self.route(volume_id);
+        self.node(index).backing_condition(own).await
+    }
 }
 
 #[cfg(test)]

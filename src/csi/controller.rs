@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use tonic::{Request, Response, Status};
 
 use crate::backend::{ContentSource, CreateVolume, Map, Snapshot, Volume, VolumeStatus};
-use crate::csi::validate::{self, Access};
+use crate::csi::made_as::MadeAs;
+use crate::csi::validate;
 use crate::csi::{self as pb, controller_server, controller_service_capability, paging, params};
 use crate::driver::Driver;
 use crate::error::{CsiError, CsiResult};
@@ -102,6 +103,53 @@ fn source_from_pb(source: Option<&pb::VolumeContentSource>) -> CsiResult<Option<
     }
 }
 
+/// The mkfs parameters of a filesystem volume, checked now against what its
+/// filesystem accepts (the node would refuse them only at stage), with the
+/// node's own parsing and rules. A raw block volume ignores them.
+fn check_mkfs(context: &Map, made_as: &MadeAs) -> CsiResult<()> {
+    let MadeAs::Filesystem(fs_type) = made_as else {
+        return Ok(());
+    };
+    let options = crate::node::volume::mkfs_options(context)?;
+    options.validate(fs_type).map_err(|e| {
+        let key = match &e {
+            crate::node::HostError::InvalidMkfsOption { option, .. } => match *option {
+                "inode size" => params::MKFS_INODE_SIZE,
+                "block size" => params::MKFS_BLOCK_SIZE,
+                _ => params::MKFS_RESERVED_PERCENT,
+            },
+            _ => "csi.storage.k8s.io/fstype",
+        };
+        CsiError::InvalidArgument(format!(
+            "parameter {key} cannot work for a {fs_type} volume: {e}"
+        ))
+    })
+}
+
+/// Confirms only capabilities that ask for what the volume was made as:
+/// as its backend recorded it, else as the request's volume context says
+/// (a backend that keeps no context); a volume that records neither (made
+/// by an earlier version) is not checked.
+fn confirm_made_as(
+    recorded: &Map,
+    given: &HashMap<String, String>,
+    caps: &[validate::Capability],
+) -> CsiResult<()> {
+    let made_as = match MadeAs::from_context(recorded)? {
+        Some(made_as) => Some(made_as),
+        None => MadeAs::from_context(given)?,
+    };
+    let Some(made_as) = made_as else {
+        return Ok(());
+    };
+    for (i, cap) in caps.iter().enumerate() {
+        made_as
+            .admits(cap)
+            .map_err(|why| CsiError::InvalidArgument(format!("volume_capabilities[{i}]: {why}")))?;
+    }
+    Ok(())
+}
+
 impl Driver {
     fn require(&self, supported: bool, what: &str) -> CsiResult<()> {
         if supported {
@@ -141,10 +189,14 @@ impl Driver {
             &self.backend.backend_names(),
             self.backend.parameter_keys(),
         )?;
-        let fs_type = caps.iter().find_map(|c| match &c.access {
-            Access::Mount { fs_type, .. } => Some(fs_type.clone()),
-            Access::Block => None,
-        });
+        let made_as = MadeAs::from_capabilities(&caps)?;
+        let fs_type = match &made_as {
+            MadeAs::Filesystem(fs) => Some(fs.clone()),
+            MadeAs::Block => None,
+        };
+        let mut node_context = parameters.node_context;
+        check_mkfs(&node_context, &made_as)?;
+        node_context.extend(made_as.to_context());
         let (requisite, preferred) = match &r.accessibility_requirements {
             Some(t) => (topologies(&t.requisite), topologies(&t.preferred)),
             None => (Vec::new(), Vec::new()),
@@ -159,7 +211,7 @@ impl Driver {
                 source,
                 parameters: parameters.backend,
                 metadata: params::metadata(&r.parameters),
-                node_context: parameters.node_context,
+                node_context,
                 fs_type,
                 requisite,
                 preferred,
@@ -221,14 +273,15 @@ impl Driver {
                 "volume_capabilities is required".into(),
             ));
         }
-        self.backend.get_volume(id).await?;
+        let volume = self.backend.get_volume(id).await?.volume;
         let checked = validate::capabilities("volume_capabilities", &r.volume_capabilities)
-            .and_then(|_| {
+            .and_then(|caps| {
                 params::parse(
                     &r.parameters,
                     &self.backend.backend_names(),
                     self.backend.parameter_keys(),
-                )
+                )?;
+                confirm_made_as(&volume.context, &r.volume_context, &caps)
             });
         Ok(match checked {
             Ok(_) => pb::ValidateVolumeCapabilitiesResponse {

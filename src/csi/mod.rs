@@ -23,6 +23,7 @@ impl std::fmt::Debug for RedactedMap<'_> {
 
 pub mod controller;
 pub mod identity;
+pub mod made_as;
 pub mod node;
 pub mod paging;
 pub mod params;

@@ -944,11 +944,12 @@ pub async fn validate_capabilities_confirms_only_supported(b: BackendUnderTest) 
     let volume = s
         .create("conf-validate", b.sizes.small, mount_cap("ext4"))
         .await;
+    // What the volume is (ext4, the default filesystem); a block volume
+    // or another filesystem it is not (see volumes_keep_what_they_were_made_as).
     let supported: Vec<VolumeCapability> = vec![
         mount_cap("ext4"),
         capability(mount_access("ext4"), Mode::SingleNodeReaderOnly),
         capability(mount_access(""), Mode::SingleNodeWriter),
-        block_cap(),
     ];
     for cap in supported {
         for _ in 0..2 {
@@ -1922,4 +1923,189 @@ pub async fn parallel_calls_on_different_volumes(b: BackendUnderTest) {
         assert!(s.list_volume_ids(0).await.is_empty());
     }
     assert!(s.stored_volumes().is_empty());
+}
+
+/// A volume keeps what it was made as: the volume context records it, a
+/// repeated CreateVolume that asks for another access type or filesystem is
+/// ALREADY_EXISTS, and ValidateVolumeCapabilities confirms only what the
+/// volume is. (For backends that record the volume context.)
+pub async fn volumes_keep_what_they_were_made_as(b: BackendUnderTest) {
+    let s = Server::start(&b).await;
+    let mut c = s.controller();
+    let fs_request = create_request("conf-made-fs", b.sizes.small, mount_cap("ext4"));
+    let fs_volume = s.create_with(fs_request.clone()).await;
+    let block_request = create_request("conf-made-block", b.sizes.small, block_cap());
+    let block_volume = s.create_with(block_request.clone()).await;
+    assert_eq!(
+        fs_volume
+            .volume_context
+            .get("multicsi.io/access-type")
+            .map(String::as_str),
+        Some("mount")
+    );
+    assert_eq!(
+        fs_volume
+            .volume_context
+            .get("multicsi.io/fs-type")
+            .map(String::as_str),
+        Some("ext4")
+    );
+    assert_eq!(
+        block_volume
+            .volume_context
+            .get("multicsi.io/access-type")
+            .map(String::as_str),
+        Some("block")
+    );
+    let repeats = [
+        (
+            "the filesystem volume asked as block",
+            &fs_request,
+            block_cap(),
+        ),
+        (
+            "the filesystem volume asked as xfs",
+            &fs_request,
+            mount_cap("xfs"),
+        ),
+        (
+            "the block volume asked as ext4",
+            &block_request,
+            mount_cap("ext4"),
+        ),
+    ];
+    for (what, request, cap) in repeats {
+        let mut again = request.clone();
+        again.volume_capabilities = vec![cap];
+        fails(what, c.create_volume(again).await, Code::AlreadyExists);
+    }
+    // Both at once cannot be made.
+    let mut both = create_request("conf-made-both", b.sizes.small, block_cap());
+    both.volume_capabilities.push(mount_cap("ext4"));
+    fails(
+        "block and mount at once",
+        c.create_volume(both).await,
+        Code::InvalidArgument,
+    );
+    // The same repeats are idempotent.
+    assert_eq!(
+        s.create_with(fs_request).await.volume_id,
+        fs_volume.volume_id
+    );
+    assert_eq!(
+        s.create_with(block_request).await.volume_id,
+        block_volume.volume_id
+    );
+    let cases = [
+        (&fs_volume, mount_cap("ext4"), true),
+        (&fs_volume, block_cap(), false),
+        (&fs_volume, mount_cap("xfs"), false),
+        (&block_volume, block_cap(), true),
+        (&block_volume, mount_cap("ext4"), false),
+    ];
+    for (volume, cap, confirmed) in cases {
+        let reply = ok(
+            "ValidateVolumeCapabilities",
+            c.validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+                volume_id: volume.volume_id.clone(),
+                volume_capabilities: vec![cap.clone()],
+                ..Default::default()
+            })
+            .await,
+        );
+        assert_eq!(
+            reply.confirmed.is_some(),
+            confirmed,
+            "{cap:?} for {}: {}",
+            volume.volume_id,
+            reply.message
+        );
+        if !confirmed {
+            assert!(!reply.message.is_empty(), "an unconfirmed reply says why");
+        }
+    }
+    s.delete(&fs_volume.volume_id).await;
+    s.delete(&block_volume.volume_id).await;
+}
+
+/// StorageClass mkfs parameters that the volume's filesystem can never
+/// take are INVALID_ARGUMENT at CreateVolume, naming the parameter, and
+/// nothing is created.
+pub async fn mkfs_parameters_are_checked_at_create(b: BackendUnderTest) {
+    let s = Server::start(&b).await;
+    let mut c = s.controller();
+    let cases = [
+        ("ext4", "multicsi.io/mkfs-block-size", "3000"),
+        ("ext4", "multicsi.io/mkfs-inode-size", "100"),
+        ("xfs", "multicsi.io/mkfs-reserved-percent", "5"),
+        ("xfs", "multicsi.io/mkfs-inode-size", "256"),
+        ("btrfs", "multicsi.io/mkfs-block-size", "4096"),
+        ("ext4", "multicsi.io/mkfs-reserved-percent", "80"),
+    ];
+    for (i, (fs, key, value)) in cases.into_iter().enumerate() {
+        let mut request = create_request(&name("conf-mkfs", i), b.fs_bytes(fs), mount_cap(fs));
+        request.parameters = params(&[(key, value)]);
+        let status = fails(
+            &format!("CreateVolume {fs} with {key}={value}"),
+            c.create_volume(request).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            status.message().contains(key),
+            "the refusal does not name {key}: {}",
+            status.message()
+        );
+    }
+    assert!(
+        s.stored_volumes().is_empty(),
+        "a refused create left storage behind"
+    );
+    let mut fine = create_request("conf-mkfs-ok", b.fs_bytes("ext4"), mount_cap("ext4"));
+    fine.parameters = params(&[
+        ("multicsi.io/mkfs-block-size", "4096"),
+        ("multicsi.io/mkfs-reserved-percent", "1"),
+    ]);
+    let volume = s.create_with(fine).await;
+    s.delete(&volume.volume_id).await;
+}
+
+/// ControllerPublishVolume beyond the node's volume limit is
+/// RESOURCE_EXHAUSTED; a repeat of a publish that is there is not.
+pub async fn publish_beyond_the_node_limit_is_resource_exhausted(b: BackendUnderTest) {
+    let mut b = b;
+    b.args.extend(["--max-volumes-per-node", "2"]);
+    let s = Server::start(&b).await;
+    let cap = mount_cap("ext4");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            s.create(&name("conf-limit", i), b.sizes.small, cap.clone())
+                .await
+                .volume_id,
+        );
+    }
+    s.controller_publish(&ids[0], &cap, false).await;
+    s.controller_publish(&ids[1], &cap, false).await;
+    let status = fails(
+        "ControllerPublishVolume of a third volume",
+        s.controller()
+            .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+                volume_id: ids[2].clone(),
+                node_id: b.node_id.to_string(),
+                volume_capability: Some(cap.clone()),
+                ..Default::default()
+            })
+            .await,
+        Code::ResourceExhausted,
+    );
+    assert!(status.message().contains("limit"), "{}", status.message());
+    s.controller_publish(&ids[0], &cap, false).await;
+    s.controller_unpublish(&ids[1]).await;
+    s.controller_publish(&ids[2], &cap, false).await;
+    for id in [&ids[0], &ids[2]] {
+        s.controller_unpublish(id).await;
+    }
+    for id in &ids {
+        s.delete(id).await;
+    }
 }

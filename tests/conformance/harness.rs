@@ -605,6 +605,12 @@ impl Server {
     /// The server's command line, on this server's socket, with `{dir}`
     /// standing for `dir`.
     pub fn command_with_dir(&self, dir: &Path) -> Command {
+        self.command_at(dir, &self.socket)
+    }
+
+    /// The server's command line on `socket`, with `{dir}` standing for
+    /// `dir`.
+    fn command_at(&self, dir: &Path, socket: &Path) -> Command {
         let api = self.api_url.clone().unwrap_or_default();
         let expand = |text: &str| {
             text.replace("{dir}", &dir.display().to_string())
@@ -616,7 +622,7 @@ impl Server {
         let mut cmd = Command::new(binary);
         cmd.arg("serve")
             .arg("--endpoint")
-            .arg(format!("unix://{}", self.socket.display()))
+            .arg(format!("unix://{}", socket.display()))
             .arg("--node-id")
             .arg(self.backend.node_id);
         for arg in &self.backend.args {
@@ -710,6 +716,19 @@ impl Server {
         NodeClient::new(self.channel())
     }
 
+    /// The running server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts the server's command once more (on `socket`, this server's own
+    /// when `None`) and expects it to refuse: waits for its exit (at most
+    /// 20 s; one still running then is killed and the test fails) and
+    /// returns its status and output.
+    pub fn start_expecting_refusal(&self, socket: Option<&Path>) -> (ExitStatus, String) {
+        run_expecting_exit(self.command_at(&self.root, socket.unwrap_or(&self.socket)))
+    }
+
     /// The server's private directory.
     pub fn dir(&self) -> &Path {
         &self.root
@@ -780,6 +799,49 @@ impl Server {
         let all: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+}
+
+/// Bytes of a file allocated on disk.
+pub fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .blocks()
+        * 512
+}
+
+/// Runs `cmd` (its own process group) and waits for it to exit, at most
+/// 20 s; returns the status and what it printed.
+pub fn run_expecting_exit(mut cmd: Command) -> (ExitStatus, String) {
+    let out = tempfile::NamedTempFile::new().expect("output file");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.reopen().expect("output"))
+        .stderr(out.reopen().expect("output"))
+        .process_group(0)
+        .spawn()
+        .expect("start multicsi");
+    let deadline = Instant::now() + START_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: kill has no memory-safety preconditions; the group
+            // is the child's own.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            panic!(
+                "the command was expected to refuse and exit, but it still runs after {START_TIMEOUT:?}; output:\n{}",
+                std::fs::read_to_string(out.path()).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status,
+        std::fs::read_to_string(out.path()).unwrap_or_default(),
+    )
 }
 
 impl Drop for Server {

@@ -31,8 +31,9 @@ fn leak(text: String) -> &'static str {
     Box::leak(text.into_boxed_str())
 }
 
-/// The address the metrics listener reports in the log (JSON or text).
-fn metrics_address(server: &Server) -> SocketAddr {
+/// The address the metrics listener reports in the log (JSON or text); the
+/// latest start's.
+pub fn metrics_address(server: &Server) -> SocketAddr {
     let log = server.log_tail(usize::MAX);
     let from_json = |line: &str| {
         let event: serde_json::Value = serde_json::from_str(line).ok()?;
@@ -44,12 +45,13 @@ fn metrics_address(server: &Server) -> SocketAddr {
         rest.split_whitespace().next()?.parse().ok()
     };
     log.lines()
+        .rev()
         .find_map(|line| from_json(line).or_else(|| from_text(line)))
         .unwrap_or_else(|| panic!("no \"metrics listening\" line in the log:\n{log}"))
 }
 
 /// GET `path` over HTTP/1.1; returns the status line and the body.
-fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+pub fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(addr).expect("connect to the metrics listener");
     write!(
         stream,

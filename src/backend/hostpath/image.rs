@@ -1,4 +1,5 @@
-//! Sparse image files: create, grow, and copy without filling holes.
+//! Image files: created sparse (thin) or with their space reserved (thick),
+//! grown, and copied without filling holes.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -6,15 +7,46 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Creates (or truncates to) a sparse file of `size` bytes.
+/// Creates a sparse file of `size` bytes; a file already there is never
+/// overwritten (an error).
 pub fn create(path: &Path, size: u64) -> io::Result<()> {
     let file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)?;
     file.set_len(size)
+}
+
+/// Reserves the space of the first `size` bytes of a file (allocating what
+/// is a hole, keeping what is written, growing the file when shorter), so
+/// that writes there never fail for lack of space. A full filesystem is an
+/// error of kind `StorageFull`.
+pub fn reserve(path: &Path, size: u64) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    let len = libc::off_t::try_from(size)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "size too large"))?;
+    // SAFETY: fallocate takes a descriptor `file` keeps open; mode 0 only
+    // allocates.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    file.sync_all()
+}
+
+/// Bytes of a file that are allocated on disk.
+pub fn allocated(path: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(path)?.blocks() * 512)
+}
+
+/// Reads the first block of an image: an I/O error of the backing store
+/// shows here.
+pub fn check_readable(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path)?;
+    let mut block = [0u8; 4096];
+    file.read_at(&mut block, 0).map(drop)
 }
 
 /// Grows a file to `size` bytes (never shrinks) and makes the size durable.
@@ -39,8 +71,7 @@ pub fn copy(src: &Path, dst: &Path, size: u64) -> io::Result<()> {
     let input = File::open(src)?;
     let output = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(dst)?;
     let len = input.metadata()?.len();
@@ -117,6 +148,20 @@ mod tests {
         assert_eq!(&bytes[10 << 20..(10 << 20) + 13], b"hello, volume");
         // sparse: far fewer blocks allocated than the apparent size
         assert!(std::fs::metadata(&dst).unwrap().blocks() * 512 < 8 << 20);
+    }
+
+    #[test]
+    fn reserve_allocates_without_touching_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("a.img");
+        create(&p, 4 << 20).unwrap();
+        std::fs::write(&p, b"kept").unwrap();
+        assert!(allocated(&p).unwrap() < 1 << 20);
+        reserve(&p, 8 << 20).unwrap();
+        assert!(allocated(&p).unwrap() >= 8 << 20);
+        assert_eq!(size(&p).unwrap(), 8 << 20);
+        assert_eq!(&std::fs::read(&p).unwrap()[..4], b"kept");
+        check_readable(&p).unwrap();
     }
 
     #[test]

@@ -7,6 +7,10 @@
 mod files;
 pub(crate) mod image;
 mod journal;
+pub mod owner;
+mod recover;
+
+pub use recover::{RecoverArgs, recover_main};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,12 +21,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use self::files::ImageDir;
-use self::journal::{Journal, Replay};
+use self::journal::{Journal, OpenError, Replay};
+use self::owner::StateLock;
 use super::size::{self, GIB, MIB, SizeRules};
 use super::{
     Backend, Capacity, ContentSource, CreateVolume, Features, Map, NodeBackend, Recorded, Snapshot,
     Volume, VolumeStatus,
 };
+use crate::csi::made_as::{MadeAs, without_made_as};
 use crate::error::{CsiError, CsiResult};
 use crate::locks::InFlight;
 use crate::node::{freeze, loopdev};
@@ -38,6 +44,85 @@ const DEFAULT_MAX_VOLUMES: u64 = 256;
 /// The directory of the state where a freeze for a copy is recorded while
 /// it lasts (see [`freeze`]).
 const FREEZE_RECORDS: &str = "frozen";
+/// The state journal's file name.
+const JOURNAL: &str = "journal";
+/// The directory of the state where images and records the journal does
+/// not name are moved to (never deleted).
+pub const KEPT_ASIDE: &str = "kept-aside";
+
+/// StorageClass parameter: `thick` (the default: a volume's space is
+/// reserved when it is made, so writes to it never fail for lack of space)
+/// or `thin` (allocated as written; its size still counts against the
+/// capacity).
+pub const PROVISIONING: &str = "multicsi.io/provisioning";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Provisioning {
+    Thick,
+    Thin,
+}
+
+fn provisioning(parameters: &Map) -> CsiResult<Provisioning> {
+    match parameters.get(PROVISIONING).map(String::as_str) {
+        None | Some("thick") => Ok(Provisioning::Thick),
+        Some("thin") => Ok(Provisioning::Thin),
+        Some(other) => Err(CsiError::InvalidArgument(format!(
+            "parameter {PROVISIONING}={other:?}: use thick or thin"
+        ))),
+    }
+}
+
+/// Space of the state filesystem.
+struct Space {
+    free: u64,
+    /// Bytes thin volumes may still take as they are written.
+    promised: u64,
+}
+
+impl Space {
+    /// What a new volume may have.
+    fn available(&self) -> u64 {
+        self.free.saturating_sub(self.promised)
+    }
+}
+
+/// An I/O error as a CSI error: a full filesystem is RESOURCE_EXHAUSTED.
+fn space_error(what: String, e: std::io::Error) -> CsiError {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) {
+        CsiError::ResourceExhausted(format!(
+            "{what}: the state filesystem is full ({e}); free space or ask for less"
+        ))
+    } else {
+        CsiError::io(what, e)
+    }
+}
+
+/// Makes a new image at `target` with `make`, off the async workers; a file
+/// already there is never touched (an error). When `make` fails, what it
+/// left at `target` goes: it is this call's own, never acknowledged. A full
+/// filesystem is RESOURCE_EXHAUSTED.
+async fn make_image(
+    target: PathBuf,
+    what: String,
+    make: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> CsiResult<()> {
+    crate::blocking::run(move || {
+        if std::fs::symlink_metadata(&target).is_ok() {
+            return Err(CsiError::Internal(format!(
+                "{what}: a file the state does not name is in the way at {}; it is kept as it is: restart the driver to move it aside (see Troubleshooting)",
+                target.display()
+            )));
+        }
+        make().map_err(|e| {
+            let _ = files::remove_if_present(&target);
+            space_error(what, e)
+        })
+    })
+    .await
+}
 
 /// Sizes: MiB steps, 1 GiB by default, xfs needs 300 MiB.
 fn size_rules(fs_type: Option<&str>, maximum: u64) -> SizeRules {
@@ -113,6 +198,13 @@ impl Replay for State {
         }
     }
 
+    fn frees_space(change: &Change) -> bool {
+        matches!(
+            change,
+            Change::VolumeDeleted(_) | Change::SnapshotDeleted(_)
+        )
+    }
+
     fn entries(&self) -> Vec<Change> {
         let volumes = self.volumes.values().cloned().map(Change::Volume);
         let snapshots = self.snapshots.values().cloned().map(Change::Snapshot);
@@ -130,6 +222,7 @@ pub struct HostPath {
     busy: InFlight,
     max_volume_bytes: u64,
     max_volumes: u64,
+    _lock: StateLock,
 }
 
 /// Runs blocking file work off the async workers; an I/O error becomes
@@ -154,10 +247,14 @@ fn now_unix() -> Duration {
 }
 
 impl HostPath {
-    /// Opens the state directory: replays the journal (moving the records
-    /// of earlier versions into it), removes what an interrupted operation
-    /// left and repairs images that a crash left short.
+    /// Opens the state directory: takes its lock (see [`owner`]), replays
+    /// the journal (moving the records of earlier versions into it),
+    /// finishes deletions the journal committed, keeps aside what the
+    /// journal does not name, and repairs images that a crash left short.
+    /// Nothing is ever deleted because the journal does not name it; a
+    /// journal that cannot be trusted stops the start.
     pub fn open(root: &Path, node_id: &str, max_volumes: u64) -> Result<Self, String> {
+        let lock = StateLock::acquire(root).map_err(|e| e.to_string())?;
         let cannot_open = |e| format!("cannot open state directory {}: {e}", root.display());
         let volumes = ImageDir::open(root.join("volumes")).map_err(cannot_open)?;
         let snapshots = ImageDir::open(root.join("snapshots")).map_err(cannot_open)?;
@@ -183,16 +280,33 @@ impl HostPath {
             legacy_files.push(path);
             legacy.push(Change::Snapshot(record));
         }
-        let journal_path = root.join("journal");
-        let (store, recovered) = Journal::<State>::open(&journal_path, legacy).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::InvalidData {
-                format!("{e}; refusing to start rather than forget volumes (keep a copy of the file and repair or restore it)")
-            } else {
-                format!("cannot open the state journal {}: {e}", journal_path.display())
+        let journal_path = root.join(JOURNAL);
+        if legacy.is_empty() && !journal_path.exists() {
+            let (ids, _) = volumes.ids().map_err(cannot_read(&volumes))?;
+            let (snapshot_ids, _) = snapshots.ids().map_err(cannot_read(&snapshots))?;
+            if !ids.is_empty() || !snapshot_ids.is_empty() {
+                return Err(format!(
+                    "the state journal {} is missing, but the state directory holds {} volume(s) and {} snapshot(s); refusing to start as an empty state, which would forget them. {}",
+                    journal_path.display(),
+                    ids.len(),
+                    snapshot_ids.len(),
+                    recovery_hint(root)
+                ));
             }
-        })?;
+        }
+        let (store, recovered) =
+            Journal::<State>::open(&journal_path, legacy).map_err(|e| match e {
+                OpenError::Damaged { .. } => format!(
+                    "{e}; refusing to start, so that no volume is forgotten. Keep a copy of the file. {}",
+                    recovery_hint(root)
+                ),
+                OpenError::Io { .. } => e.to_string(),
+            })?;
         if recovered.torn_bytes > 0 {
             tracing::warn!(bytes = recovered.torn_bytes, path = %journal_path.display(), "dropped the torn last batch of the state journal (a change cut off by a crash, never acknowledged)");
+        }
+        if let Some(why) = &recovered.not_compacted {
+            tracing::warn!(path = %journal_path.display(), error = %why, "the state journal could not be compacted (no space); appending to it as it is");
         }
         if !legacy_files.is_empty() {
             for path in &legacy_files {
@@ -206,26 +320,23 @@ impl HostPath {
                 "moved the state records into the journal"
             );
         }
-        let (removed, repairs) = {
+        let repairs = {
             let state = store.state();
-            let mut removed = volumes
-                .clean_leftovers(|id| state.volumes.contains_key(id))
-                .map_err(|e| format!("cannot clean {}: {e}", volumes.path().display()))?;
-            removed.extend(
-                snapshots
-                    .clean_leftovers(|id| state.snapshots.contains_key(id))
-                    .map_err(|e| format!("cannot clean {}: {e}", snapshots.path().display()))?,
-            );
-            let repairs: Vec<(PathBuf, u64)> = state
+            let aside = root.join(KEPT_ASIDE);
+            let stamp = now_unix().as_secs();
+            settle(&volumes, &aside.join("volumes"), stamp, |id| {
+                state.volumes.get(id).map(VolumeRecord::own_record)
+            })?;
+            settle(&snapshots, &aside.join("snapshots"), stamp, |id| {
+                state.snapshots.get(id).cloned()
+            })?;
+            state
                 .volumes
                 .values()
                 .map(|r| (volumes.image_path(&r.id), r.capacity_bytes))
-                .collect();
-            (removed, repairs)
+                .collect::<Vec<(PathBuf, u64)>>()
         };
-        for path in removed {
-            tracing::info!(path = %path.display(), "removed leftover of an interrupted operation");
-        }
+        report_kept_aside(root);
         for (image, capacity) in repairs {
             repair_image(&image, capacity)?;
         }
@@ -257,6 +368,7 @@ impl HostPath {
             } else {
                 max_volumes
             },
+            _lock: lock,
         })
     }
 
@@ -281,22 +393,91 @@ impl HostPath {
     }
 
     fn status(&self, record: &VolumeRecord) -> VolumeStatus {
-        let image = self.volumes.image_path(&record.id);
-        let abnormal = match std::fs::metadata(&image) {
-            Ok(meta) if meta.len() >= record.capacity_bytes => None,
-            Ok(meta) => Some(format!(
-                "image {} is {} bytes, smaller than the volume's {}",
-                image.display(),
-                meta.len(),
-                record.capacity_bytes
-            )),
-            Err(e) => Some(format!("image {} is unreadable: {e}", image.display())),
-        };
         VolumeStatus {
             volume: self.to_volume(record),
             published_nodes: record.published.keys().cloned().collect(),
-            abnormal,
+            abnormal: self.abnormal(record),
         }
+    }
+
+    /// What is wrong with a volume's image, if anything: unreadable (an I/O
+    /// error of the backing store), shorter than the volume, or thin on a
+    /// full filesystem (writes to its unallocated parts fail).
+    fn abnormal(&self, record: &VolumeRecord) -> Option<String> {
+        let image = self.volumes.image_path(&record.id);
+        let len = match image::size(&image).and_then(|len| {
+            image::check_readable(&image)?;
+            Ok(len)
+        }) {
+            Ok(len) => len,
+            Err(e) => return Some(format!("image {} is unreadable: {e}", image.display())),
+        };
+        if len < record.capacity_bytes {
+            return Some(format!(
+                "image {} is {len} bytes, smaller than the volume's {}",
+                image.display(),
+                record.capacity_bytes
+            ));
+        }
+        let thin = provisioning(&record.parameters).ok() == Some(Provisioning::Thin);
+        let allocated = image::allocated(&image).unwrap_or(len);
+        if thin && allocated < record.capacity_bytes {
+            let free = crate::node::fs::stats(&self.root).map_or(u64::MAX, |s| s.available_bytes);
+            if free == 0 {
+                return Some(format!(
+                    "the filesystem of {} is full and this thin volume has {} bytes not yet allocated: writes there fail",
+                    self.root.display(),
+                    record.capacity_bytes - allocated
+                ));
+            }
+        }
+        None
+    }
+
+    /// The condition of volume `id` (for NodeGetVolumeStats): what is wrong
+    /// with its backing store, `None` when healthy.
+    pub fn condition(&self, id: &str) -> CsiResult<Option<String>> {
+        let record = self.volume(id)?;
+        Ok(self.abnormal(&record))
+    }
+
+    /// Free space of the state filesystem and what thin volumes may still
+    /// take of it.
+    async fn space(&self) -> CsiResult<Space> {
+        let root = self.root.clone();
+        let thin: Vec<(PathBuf, u64)> = self
+            .state()
+            .volumes
+            .values()
+            .filter(|r| provisioning(&r.parameters).ok() == Some(Provisioning::Thin))
+            .map(|r| (self.volumes.image_path(&r.id), r.capacity_bytes))
+            .collect();
+        crate::blocking::run(move || {
+            let free = crate::node::fs::stats(&root)?.available_bytes;
+            let promised = thin
+                .iter()
+                .map(|(image, capacity)| {
+                    capacity.saturating_sub(image::allocated(image).unwrap_or(0))
+                })
+                .sum();
+            Ok(Space { free, promised })
+        })
+        .await
+    }
+
+    /// RESOURCE_EXHAUSTED, with the free space, when `bytes` do not fit.
+    async fn check_space(&self, bytes: u64) -> CsiResult<()> {
+        let space = self.space().await?;
+        if bytes > space.available() {
+            return Err(CsiError::ResourceExhausted(format!(
+                "{bytes} bytes do not fit: the state filesystem of {} has {} bytes available ({} free, {} of it promised to thin volumes); free space or ask for less",
+                self.root.display(),
+                space.available(),
+                space.free,
+                space.promised
+            )));
+        }
+        Ok(())
     }
 
     fn to_volume(&self, record: &VolumeRecord) -> Volume {
@@ -330,6 +511,157 @@ impl HostPath {
 
     async fn write_volume(&self, record: VolumeRecord) -> CsiResult<()> {
         self.commit(Change::Volume(record)).await
+    }
+
+    /// Writes the own record kept beside an object's image.
+    async fn write_own_record<T: Serialize + Send + 'static>(
+        &self,
+        dir: &ImageDir,
+        id: &str,
+        record: T,
+    ) -> CsiResult<()> {
+        let (dir, id) = (dir.clone(), id.to_string());
+        blocking(
+            format!("cannot write the record of {id} beside its image"),
+            move || dir.write_record(&id, &record),
+        )
+        .await
+    }
+
+    /// Removes the files of an object whose deletion the journal has
+    /// committed: first its record becomes a deletion mark, so that a
+    /// start after a crash here finishes the deletion rather than keeping
+    /// the image aside.
+    async fn remove_files(&self, dir: &ImageDir, id: &str) -> CsiResult<()> {
+        let (dir, id) = (dir.clone(), id.to_string());
+        blocking(format!("cannot remove the files of {id}"), move || {
+            dir.mark_deleted(&id)?;
+            dir.finish_deletion(&id)
+        })
+        .await
+    }
+}
+
+impl VolumeRecord {
+    /// The record kept beside the image: the journal's, without what
+    /// changes with every publish.
+    fn own_record(&self) -> VolumeRecord {
+        VolumeRecord {
+            published: BTreeMap::new(),
+            ..self.clone()
+        }
+    }
+}
+
+/// What a look at a state directory finds, without taking it over.
+#[derive(Debug, Default)]
+pub struct Inspection {
+    /// The process serving it, as its lock file names it.
+    pub holder: Option<String>,
+    pub journal: bool,
+    /// Images of volumes and snapshots.
+    pub images: usize,
+    /// Files start-up kept aside.
+    pub kept_aside: Vec<PathBuf>,
+}
+
+/// Looks at a state directory (read only; it may be served meanwhile).
+pub fn inspect(root: &Path) -> Inspection {
+    let count = |name: &str| {
+        std::fs::read_dir(root.join(name)).map_or(0, |entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "img"))
+                .count()
+        })
+    };
+    Inspection {
+        holder: owner::holder(root).ok().flatten(),
+        journal: root.join(JOURNAL).exists(),
+        images: count("volumes") + count("snapshots"),
+        kept_aside: files::kept_aside(&root.join(KEPT_ASIDE)).unwrap_or_default(),
+    }
+}
+
+/// How to rebuild a journal that cannot be used.
+fn recovery_hint(root: &Path) -> String {
+    format!(
+        "Rebuild the journal from the images' own records with `multicsi recover --state-dir {}` (it keeps the old journal beside the new one), then start again; see Troubleshooting in the README",
+        root.display()
+    )
+}
+
+/// Brings one directory of images in line with the journal: removes
+/// temporary files, finishes deletions the journal committed (their own
+/// mark says so), writes the own record of every object the journal names
+/// where it is missing or stale, and keeps aside (moves into `aside`) every
+/// image and record the journal does not name.
+fn settle<T>(
+    dir: &ImageDir,
+    aside: &Path,
+    stamp: u64,
+    known: impl Fn(&str) -> Option<T>,
+) -> Result<(), String>
+where
+    T: Serialize + serde::de::DeserializeOwned + PartialEq,
+{
+    let at = |e: std::io::Error| format!("cannot settle {}: {e}", dir.path().display());
+    for path in dir.remove_temps().map_err(at)? {
+        tracing::info!(path = %path.display(), "removed a temporary file of an interrupted operation");
+    }
+    let (ids, deleted) = dir.ids().map_err(at)?;
+    // Failures below only leave things where they are (nothing is lost, and
+    // an image in place is never overwritten): warned, and the start goes
+    // on, so that a full disk does not keep the driver down.
+    let warn = |what: &str, id: &str, e: std::io::Error| {
+        tracing::warn!(id = %id, dir = %dir.path().display(), error = %e, "cannot {what}");
+    };
+    for id in ids {
+        match known(&id) {
+            Some(record) => {
+                let current = matches!(dir.read_record::<T>(&id), Ok(Some(r)) if r == record);
+                if (deleted.contains(&id) || !current)
+                    && let Err(e) = dir.write_record(&id, &record)
+                {
+                    warn("write the record beside the image", &id, e);
+                }
+            }
+            None if deleted.contains(&id) => match dir.finish_deletion(&id) {
+                Ok(()) => {
+                    tracing::info!(id = %id, dir = %dir.path().display(), "finished a deletion the journal had committed")
+                }
+                Err(e) => warn("finish a committed deletion", &id, e),
+            },
+            None => match dir.keep_aside(&id, aside, stamp) {
+                Ok(moved) => {
+                    let moved: Vec<String> =
+                        moved.iter().map(|p| p.display().to_string()).collect();
+                    tracing::warn!(id = %id, moved_to = ?moved, "kept aside: the state journal does not name this image; it was not deleted (see Troubleshooting in the README)");
+                }
+                Err(e) => warn(
+                    "keep aside an image the journal does not name (left in place)",
+                    &id,
+                    e,
+                ),
+            },
+        }
+    }
+    Ok(())
+}
+
+/// Counts what lies kept aside, for the log and the metric.
+fn report_kept_aside(root: &Path) {
+    let aside = root.join(KEPT_ASIDE);
+    match files::kept_aside(&aside) {
+        Ok(found) => {
+            crate::metrics::set_kept_aside(found.len() as u64);
+            if !found.is_empty() {
+                tracing::warn!(files = found.len(), dir = %aside.display(), "files kept aside wait for an operator: move them back and run `multicsi recover`, or delete them");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, dir = %aside.display(), "cannot list the files kept aside")
+        }
     }
 }
 
@@ -373,7 +705,16 @@ fn same_request(record: &VolumeRecord, request: &CreateVolume) -> Result<(), Str
     if record.source != request.source {
         return Err("a different content source".into());
     }
-    if record.parameters != request.parameters || record.node_context != request.node_context {
+    let wanted = MadeAs::from_context(&request.node_context)
+        .map_err(|e| e.to_string())?
+        .unwrap_or_else(|| made_as_from_fs(request.fs_type.as_deref()));
+    let made = record.made_as();
+    if made != wanted {
+        return Err(format!("{wanted}, but it is {made}"));
+    }
+    if record.parameters != request.parameters
+        || without_made_as(&record.node_context) != without_made_as(&request.node_context)
+    {
         return Err("different parameters".into());
     }
     if record.capacity_bytes < request.required_bytes
@@ -384,10 +725,38 @@ fn same_request(record: &VolumeRecord, request: &CreateVolume) -> Result<(), Str
             record.capacity_bytes
         ));
     }
-    if request.fs_type.is_some() && record.fs_type.is_some() && record.fs_type != request.fs_type {
-        return Err("a different filesystem".into());
-    }
     Ok(())
+}
+
+/// What a volume with this filesystem (none: raw block) was made as.
+fn made_as_from_fs(fs_type: Option<&str>) -> MadeAs {
+    match fs_type {
+        Some(fs) => MadeAs::Filesystem(fs.to_string()),
+        None => MadeAs::Block,
+    }
+}
+
+impl VolumeRecord {
+    /// What the volume was made as: recorded in its context; a volume of an
+    /// earlier version has only its filesystem, none for a block volume.
+    fn made_as(&self) -> MadeAs {
+        MadeAs::from_context(&self.node_context)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| made_as_from_fs(self.fs_type.as_deref()))
+    }
+}
+
+impl HostPath {
+    /// What volume `id` was made as, from its record (NOT_FOUND when there
+    /// is none).
+    pub fn recorded(&self, id: &str) -> CsiResult<Recorded> {
+        let record = self.volume(id)?;
+        Ok(Recorded {
+            made_as: record.made_as(),
+            encrypted: crate::csi::params::luks(&record.node_context)?.is_some(),
+        })
+    }
 }
 
 #[async_trait]
@@ -408,10 +777,22 @@ impl Backend for HostPath {
     }
 
     fn parameter_keys(&self) -> &'static [&'static str] {
-        &[]
+        &[PROVISIONING]
     }
 
     async fn ready(&self) -> CsiResult<()> {
+        if let Some(why) = self.store.trouble() {
+            return Err(CsiError::Unavailable(why));
+        }
+        let space = self.space().await?;
+        let journal = std::fs::metadata(self.root.join(JOURNAL)).map_or(0, |m| m.len());
+        if space.free < journal {
+            return Err(CsiError::Unavailable(format!(
+                "the state filesystem of {} has {} bytes free, less than the {journal} the state journal needs to compact: free space there (deleting volumes works meanwhile)",
+                self.root.display(),
+                space.free
+            )));
+        }
         let probe = self.volumes.temp_path("probe");
         blocking(
             format!("state directory {} is not writable", self.root.display()),
@@ -464,11 +845,22 @@ impl Backend for HostPath {
             }
         };
         let size = size::choose(rules, request.required_bytes, request.limit_bytes, floor)?;
+        let thin = provisioning(&request.parameters)? == Provisioning::Thin;
+        self.check_space(size).await?;
         let what = format!("cannot create image {}", target.display());
         let records = self.root.join(FREEZE_RECORDS);
-        blocking(what, move || match source_image {
-            None => image::create(&target, size),
-            Some(source) => copy_live(&source, &target, size, &records),
+        make_image(target.clone(), what, move || {
+            match source_image {
+                None => image::create(&target, size),
+                Some(source) => copy_live(&source, &target, size, &records),
+            }
+            .and_then(|()| {
+                if thin {
+                    Ok(())
+                } else {
+                    image::reserve(&target, size)
+                }
+            })
         })
         .await?;
         let record = VolumeRecord {
@@ -484,8 +876,15 @@ impl Backend for HostPath {
             created_unix: now_unix().as_secs(),
         };
         let volume = self.to_volume(&record);
-        if let Err(e) = self.write_volume(record).await {
-            let _ = std::fs::remove_file(self.volumes.image_path(&id));
+        let own = record.own_record();
+        let written = self.write_own_record(&self.volumes, &id, own).await;
+        if let Err(e) = match written {
+            Ok(()) => self.write_volume(record).await,
+            Err(e) => Err(e),
+        } {
+            // Never acknowledged: this call's own image and record go.
+            let _ = files::remove_if_present(&self.volumes.image_path(&id));
+            let _ = files::remove_if_present(&self.volumes.record_path(&id));
             return Err(e);
         }
         tracing::info!(volume_id = %id, name = %request.name, bytes = size, "volume created");
@@ -518,13 +917,7 @@ impl Backend for HostPath {
             )));
         }
         self.commit(Change::VolumeDeleted(id.to_string())).await?;
-        // A crash before the image is gone leaves an orphan that the next
-        // start removes.
-        let image = self.volumes.image_path(id);
-        blocking(format!("cannot remove {}", image.display()), move || {
-            files::remove_if_present(&image)
-        })
-        .await?;
+        self.remove_files(&self.volumes, id).await?;
         tracing::info!(volume_id = %id, "volume deleted");
         Ok(())
     }
@@ -557,6 +950,17 @@ impl Backend for HostPath {
                 )));
             }
             None => {}
+        }
+        let on_node = self
+            .state()
+            .volumes
+            .values()
+            .filter(|r| r.published.contains_key(node_id))
+            .count() as u64;
+        if on_node >= self.max_volumes {
+            return Err(CsiError::ResourceExhausted(format!(
+                "node {node_id} has {on_node} volumes published, its limit (--max-volumes-per-node); unpublish one first"
+            )));
         }
         record.published.insert(node_id.to_string(), read_only);
         self.write_volume(record).await?;
@@ -591,22 +995,29 @@ impl Backend for HostPath {
         }
         let rules = size_rules(record.fs_type.as_deref(), self.max_volume_bytes);
         let size = size::choose(rules, required_bytes, limit_bytes, record.capacity_bytes)?;
+        let thin = provisioning(&record.parameters)? == Provisioning::Thin;
+        self.check_space(size - record.capacity_bytes).await?;
         let image = self.volumes.image_path(id);
-        blocking(format!("cannot grow {}", image.display()), move || {
-            image::grow(&image, size)
+        let what = format!("cannot grow {}", image.display());
+        crate::blocking::run(move || {
+            if thin {
+                image::grow(&image, size)
+            } else {
+                image::reserve(&image, size)
+            }
+            .map_err(|e| space_error(what, e))
         })
         .await?;
         record.capacity_bytes = size;
+        let own = record.own_record();
         self.write_volume(record).await?;
+        self.write_own_record(&self.volumes, id, own).await?;
         tracing::info!(volume_id = %id, bytes = size, "volume expanded");
         Ok(size)
     }
 
     async fn capacity(&self) -> CsiResult<Capacity> {
-        let root = self.root.clone();
-        let available =
-            crate::blocking::run(move || Ok(crate::node::fs::stats(&root)?.available_bytes))
-                .await?;
+        let available = self.space().await?.available();
         Ok(Capacity {
             available_bytes: available,
             maximum_volume_bytes: available.min(self.max_volume_bytes),
@@ -632,10 +1043,10 @@ impl Backend for HostPath {
         let to = self.snapshots.image_path(&id);
         let size = source.capacity_bytes;
         let records = self.root.join(FREEZE_RECORDS);
-        blocking(
-            format!("cannot copy {} to {}", from.display(), to.display()),
-            move || copy_live(&from, &to, size, &records),
-        )
+        let what = format!("cannot copy {} to {}", from.display(), to.display());
+        make_image(to.clone(), what, move || {
+            copy_live(&from, &to, size, &records)
+        })
         .await?;
         let record = SnapshotRecord {
             id: id.clone(),
@@ -644,8 +1055,15 @@ impl Backend for HostPath {
             size_bytes: size,
             created_unix_nanos: now_unix().as_nanos(),
         };
-        if let Err(e) = self.commit(Change::Snapshot(record.clone())).await {
-            let _ = std::fs::remove_file(self.snapshots.image_path(&id));
+        let written = self
+            .write_own_record(&self.snapshots, &id, record.clone())
+            .await;
+        if let Err(e) = match written {
+            Ok(()) => self.commit(Change::Snapshot(record.clone())).await,
+            Err(e) => Err(e),
+        } {
+            let _ = files::remove_if_present(&self.snapshots.image_path(&id));
+            let _ = files::remove_if_present(&self.snapshots.record_path(&id));
             return Err(e);
         }
         tracing::info!(snapshot_id = %id, volume_id = %source_volume_id, "snapshot created");
@@ -658,11 +1076,7 @@ impl Backend for HostPath {
             return Ok(());
         }
         self.commit(Change::SnapshotDeleted(id.to_string())).await?;
-        let image = self.snapshots.image_path(id);
-        blocking(format!("cannot remove {}", image.display()), move || {
-            files::remove_if_present(&image)
-        })
-        .await
+        self.remove_files(&self.snapshots, id).await
     }
 
     async fn list_snapshots(&self) -> CsiResult<Vec<Snapshot>> {
@@ -741,6 +1155,14 @@ impl NodeBackend for HostPath {
         .await
     }
 
+    async fn recorded(&self, volume_id: &str) -> CsiResult<Option<Recorded>> {
+        HostPath::recorded(self, volume_id).map(Some)
+    }
+
+    async fn backing_condition(&self, volume_id: &str) -> CsiResult<Option<String>> {
+        self.condition(volume_id)
+    }
+
     async fn refresh_device(&self, volume_id: &str) -> CsiResult<u64> {
         let image = self.volumes.image_path(volume_id);
         let id = volume_id.to_string();
@@ -777,6 +1199,12 @@ mod tests {
 mod state_tests {
     use super::*;
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
     fn record(id: &str, capacity_bytes: u64) -> VolumeRecord {
         VolumeRecord {
             id: id.into(),
@@ -809,33 +1237,123 @@ mod state_tests {
     }
 
     #[test]
-    fn start_removes_orphans_and_repairs_short_images() {
+    fn start_keeps_orphans_aside_and_repairs_short_images() {
         let tmp = tempfile::tempdir().unwrap();
         let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(backend.commit(Change::Volume(record("hp-a", 8 * MIB))))
             .unwrap();
         drop(backend);
         let volumes = tmp.path().join("volumes");
         image::create(&volumes.join("hp-a.img"), MIB).unwrap();
-        image::create(&volumes.join("hp-orphan.img"), MIB).unwrap();
+        std::fs::write(volumes.join("hp-orphan.img"), b"data").unwrap();
         std::fs::write(volumes.join("hp-b.tmp-1-1"), b"x").unwrap();
         let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
         assert_eq!(image::size(&volumes.join("hp-a.img")).unwrap(), 8 * MIB);
         assert!(!volumes.join("hp-orphan.img").exists());
+        let aside = files::kept_aside(&tmp.path().join(KEPT_ASIDE)).unwrap();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(std::fs::read(&aside[0]).unwrap(), b"data");
         assert!(!volumes.join("hp-b.tmp-1-1").exists());
         assert_eq!(backend.state().volumes.len(), 1);
+        // The known volume got its own record beside its image.
+        let own: VolumeRecord = backend.volumes.read_record("hp-a").unwrap().unwrap();
+        assert_eq!(own, record("hp-a", 8 * MIB));
+    }
+
+    #[test]
+    fn a_deletion_cut_off_by_a_crash_is_finished_only_when_marked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
+        let rt = runtime();
+        for id in ["hp-marked", "hp-unmarked"] {
+            rt.block_on(backend.commit(Change::Volume(record(id, MIB))))
+                .unwrap();
+            image::create(&backend.volumes.image_path(id), MIB).unwrap();
+            backend.volumes.write_record(id, &record(id, MIB)).unwrap();
+            rt.block_on(backend.commit(Change::VolumeDeleted(id.into())))
+                .unwrap();
+        }
+        // Cut off after the mark, and before it.
+        backend.volumes.mark_deleted("hp-marked").unwrap();
+        drop(backend);
+        let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
+        let (ids, _) = backend.volumes.ids().unwrap();
+        assert!(ids.is_empty(), "{ids:?}");
+        let aside = files::kept_aside(&tmp.path().join(KEPT_ASIDE)).unwrap();
+        let names: Vec<String> = aside
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(
+            names.iter().all(|n| n.starts_with("hp-unmarked-")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn the_node_reads_what_a_volume_was_made_as_and_its_condition() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
+        let rt = runtime();
+        let mut block = CreateVolume::sized("pvc-block", MIB, 0);
+        block.node_context = MadeAs::Block.to_context();
+        block
+            .node_context
+            .insert(crate::csi::params::LUKS_ENCRYPTED.into(), "true".into());
+        let mut fs = CreateVolume::sized("pvc-fs", MIB, 0);
+        fs.fs_type = Some("xfs".into());
+        fs.node_context = MadeAs::Filesystem("xfs".into()).to_context();
+        let node: &dyn NodeBackend = &backend;
+        rt.block_on(async {
+            let block = backend.create_volume(&block).await.unwrap();
+            let fs = backend.create_volume(&fs).await.unwrap();
+            let recorded = node.recorded(&block.id).await.unwrap().unwrap();
+            assert_eq!(recorded.made_as, MadeAs::Block);
+            assert!(recorded.encrypted);
+            let recorded = node.recorded(&fs.id).await.unwrap().unwrap();
+            assert_eq!(recorded.made_as, MadeAs::Filesystem("xfs".into()));
+            assert!(!recorded.encrypted);
+            assert!(matches!(
+                node.recorded("hp-unknown").await,
+                Err(CsiError::NotFound(_))
+            ));
+            assert_eq!(node.backing_condition(&fs.id).await.unwrap(), None);
+            std::fs::remove_file(backend.volumes.image_path(&fs.id)).unwrap();
+            let condition = node.backing_condition(&fs.id).await.unwrap().unwrap();
+            assert!(condition.contains("unreadable"), "{condition}");
+        });
+    }
+
+    #[test]
+    fn a_create_never_overwrites_a_file_in_its_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
+        let rt = runtime();
+        let target = backend
+            .volumes
+            .image_path(&id_for(VOLUME_PREFIX, "pvc-in-the-way"));
+        std::fs::write(&target, b"someone's data").unwrap();
+        let request = CreateVolume::sized("pvc-in-the-way", MIB, 0);
+        let err = rt.block_on(backend.create_volume(&request)).unwrap_err();
+        assert!(err.to_string().contains("in the way"), "{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"someone's data");
+    }
+
+    #[test]
+    fn a_second_open_of_the_state_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _first = HostPath::open(tmp.path(), "n", 0).unwrap();
+        let err = HostPath::open(tmp.path(), "n", 0).err().unwrap();
+        assert!(err.contains("in use by another multicsi process"), "{err}");
     }
 
     #[test]
     fn a_damaged_journal_stops_the_start() {
         let tmp = tempfile::tempdir().unwrap();
         let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         for id in ["hp-a", "hp-b"] {
             rt.block_on(backend.commit(Change::Volume(record(id, MIB))))
                 .unwrap();

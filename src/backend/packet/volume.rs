@@ -10,6 +10,7 @@ use super::api;
 use crate::backend::size::GIB;
 use crate::backend::{CreateVolume, Map};
 use crate::cloud::timestamp;
+use crate::csi::made_as;
 
 /// The description JSON: `Name` and `Created` as the earlier driver wrote
 /// them; `Context` (what the node reads later) and `ReadOnly` (the mode of
@@ -73,8 +74,14 @@ pub fn is_compatible<'a>(
     let context = Description::read(existing.description.as_deref())
         .map(|d| d.context)
         .unwrap_or_default();
-    if context != request.node_context {
-        return Err("different parameters".into());
+    // A volume of an earlier version does not record what it was made as.
+    let recorded = if context.contains_key(made_as::ACCESS_TYPE) {
+        request.node_context.clone()
+    } else {
+        made_as::without_made_as(&request.node_context)
+    };
+    if context != recorded {
+        return Err("different parameters (or another access type or filesystem)".into());
     }
     let code = existing.facility_id().and_then(facility_code);
     let allowed = request.requisite.is_empty()
