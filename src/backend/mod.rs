@@ -171,19 +171,6 @@ pub trait Backend: Send + Sync + 'static {
     async fn list_snapshots(&self) -> CsiResult<Vec<Snapshot>>;
 }
 
-/// What the node side knows of a volume from the backend's own record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Recorded {
-    /// The node cannot tell (a cloud volume is known to the provider, not
-    /// to the node): the request's volume context is used.
-    Unknowable,
-    /// The volume does not exist.
-    Missing,
-    /// The volume exists; its context as recorded at create (encryption,
-    /// filesystem, access type), which wins over the request's.
-    Context(Map),
-}
-
 /// The node side of a storage provider: how a volume becomes a block device.
 #[async_trait]
 pub trait NodeBackend: Send + Sync + 'static {
@@ -201,10 +188,6 @@ pub trait NodeBackend: Send + Sync + 'static {
     /// Whether the node grows a volume's filesystem (NodeExpandVolume).
     fn expands(&self) -> bool {
         true
-    }
-    /// What the backend's own record says of the volume.
-    async fn recorded(&self, _volume_id: &str) -> CsiResult<Recorded> {
-        Ok(Recorded::Unknowable)
     }
     /// Makes the volume's block device present on this node; idempotent.
     async fn attach_device(&self, volume_id: &str, publish_context: &Map) -> CsiResult<PathBuf>;
@@ -233,4 +216,8 @@ pub struct Recorded {
     pub made_as: crate::csi::made_as::MadeAs,
     /// Whether it was created encrypted (LUKS).
     pub encrypted: bool,
+    /// The volume context recorded at create (encryption settings, mkfs
+    /// options): node calls use it rather than the request's, which cannot
+    /// drop encryption from it.
+    pub context: Map,
 }

@@ -373,11 +373,6 @@ impl NodeBackend for Router {
         self.routes.iter().any(|r| r.node.expands())
     }
 
-    async fn recorded(&self, volume_id: &str) -> CsiResult<Recorded> {
-        let (index, own) = self.route(volume_id);
-        self.node(index).recorded(own).await
-    }
-
     async fn attach_device(&self, volume_id: &str, publish_context: &Map) -> CsiResult<PathBuf> {
         let (index, own) = self.route(volume_id);
         self.node(index).attach_device(own, publish_context).await

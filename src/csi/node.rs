@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::{Map, Recorded};
 use crate::blocking;
+use crate::csi::made_as::MadeAs;
 use crate::csi::params;
 use crate::csi::validate::{self, Access};
 use crate::csi::{self as pb, node_server, node_service_capability};
@@ -22,10 +23,6 @@ fn to_map(map: &std::collections::HashMap<String, String>) -> Map {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-/// The volume context key under which the controller records what a volume
-/// was made as (`block` or `mount`).
-pub const ACCESS_TYPE_KEY: &str = "multicsi.io/access-type";
-
 impl Driver {
     async fn node_stage(
         &self,
@@ -37,8 +34,8 @@ impl Driver {
         check_mount_flags(&capability)?;
         let recorded = self.known_volume(id).await?;
         let staging = self.inside_kubelet_dir("staging_target_path", &staging)?;
-        let context = volume_context(recorded, &r.volume_context);
-        require_made_as(id, &context, &capability)?;
+        let context = volume_context(recorded.as_ref(), &r.volume_context);
+        require_made_as(id, recorded.as_ref(), &context, &capability)?;
         volume::mkfs_options(&context)?;
         if matches!(capability.access, Access::Mount { .. }) {
             volume::check_mount_point("staging_target_path", &staging, false)?;
@@ -169,7 +166,7 @@ impl Driver {
         let staging = validate::target_path("staging_target_path", &r.staging_target_path)?;
         check_mount_flags(&capability)?;
         let recorded = self.known_volume(id).await?;
-        let knowable = recorded != Recorded::Unknowable;
+        let knowable = recorded.is_some();
         let target = self.inside_kubelet_dir("target_path", &target)?;
         let staging = self.inside_kubelet_dir("staging_target_path", &staging)?;
         if target == staging {
@@ -177,8 +174,8 @@ impl Driver {
                 "target_path must differ from staging_target_path".into(),
             ));
         }
-        let context = volume_context(recorded, &r.volume_context);
-        require_made_as(id, &context, &capability)?;
+        let context = volume_context(recorded.as_ref(), &r.volume_context);
+        require_made_as(id, recorded.as_ref(), &context, &capability)?;
         let block = matches!(capability.access, Access::Block);
         volume::check_mount_point("target_path", &target, block)?;
         let read_only = r.readonly || capability.read_only_mode();
@@ -392,15 +389,11 @@ impl Driver {
         })
     }
 
-    /// What the backend records of a volume; a volume it knows not to
-    /// exist is NOT_FOUND, before any path of the request is looked at.
-    async fn known_volume(&self, id: &str) -> CsiResult<Recorded> {
-        match self.node_backend.recorded(id).await? {
-            Recorded::Missing => Err(CsiError::NotFound(format!(
-                "volume {id} does not exist: check the volume_id"
-            ))),
-            known => Ok(known),
-        }
+    /// What the backend records of a volume (`None`: it keeps no record);
+    /// a volume it does not know is NOT_FOUND, before any path of the
+    /// request is looked at.
+    async fn known_volume(&self, id: &str) -> CsiResult<Option<Recorded>> {
+        self.node_backend.recorded(id).await
     }
 
     /// The kubelet directory as node paths resolve.
@@ -550,25 +543,38 @@ fn check_mount_flags(capability: &validate::Capability) -> CsiResult<()> {
 
 /// The context a node call acts on: the backend's own record where there is
 /// one (the request cannot drop encryption from it), else the request's.
-fn volume_context(recorded: Recorded, request: &std::collections::HashMap<String, String>) -> Map {
+fn volume_context(
+    recorded: Option<&Recorded>,
+    request: &std::collections::HashMap<String, String>,
+) -> Map {
     match recorded {
-        Recorded::Context(context) => context,
-        Recorded::Unknowable | Recorded::Missing => to_map(request),
+        Some(recorded) => recorded.context.clone(),
+        None => to_map(request),
     }
 }
 
-/// A volume recorded as made for one access type is staged and published
-/// only as that type.
-fn require_made_as(id: &str, context: &Map, capability: &validate::Capability) -> CsiResult<()> {
-    let asked = match capability.access {
-        Access::Block => "block",
-        Access::Mount { .. } => "mount",
+/// A volume made for one access type (block or mount) is staged and
+/// published only as that type; what it was made as comes from the
+/// backend's record, else from the volume context.
+fn require_made_as(
+    id: &str,
+    recorded: Option<&Recorded>,
+    context: &Map,
+    capability: &validate::Capability,
+) -> CsiResult<()> {
+    let made = match recorded {
+        Some(recorded) => Some(recorded.made_as.clone()),
+        None => MadeAs::from_context(context)?,
     };
-    match context.get(ACCESS_TYPE_KEY) {
-        Some(made) if made != asked => Err(CsiError::FailedPrecondition(format!(
-            "volume {id} was created for {made} access, not {asked}; nothing was touched: use a volume_capability with {made} access"
+    let Some(made) = made else {
+        return Ok(());
+    };
+    match (&made, &capability.access) {
+        (MadeAs::Block, Access::Block) | (MadeAs::Filesystem(_), Access::Mount { .. }) => Ok(()),
+        _ => Err(CsiError::FailedPrecondition(format!(
+            "volume {id}: {}; nothing was touched: use a volume_capability of the access type it was made with",
+            made.admits(capability).err().unwrap_or_default()
         ))),
-        _ => Ok(()),
     }
 }
 
@@ -599,22 +605,43 @@ mod tests {
 
     #[test]
     fn a_volume_is_used_only_as_it_was_made() {
-        let block = Map::from([(ACCESS_TYPE_KEY.to_string(), "block".to_string())]);
-        let err =
-            require_made_as("v", &block, &capability(mount(), Mode::SingleNodeWriter)).unwrap_err();
+        let block = MadeAs::Block.to_context();
+        let err = require_made_as(
+            "v",
+            None,
+            &block,
+            &capability(mount(), Mode::SingleNodeWriter),
+        )
+        .unwrap_err();
         assert!(
-            matches!(&err, CsiError::FailedPrecondition(m) if m.contains("created for block access")),
+            matches!(&err, CsiError::FailedPrecondition(m) if m.contains("raw block")),
             "{err:?}"
         );
+        let recorded = Recorded {
+            made_as: MadeAs::Block,
+            encrypted: false,
+            context: Map::new(),
+        };
+        // The record wins over a context that says otherwise.
+        let mount_context = MadeAs::Filesystem("ext4".into()).to_context();
         require_made_as(
             "v",
-            &block,
+            Some(&recorded),
+            &mount_context,
+            &capability(mount(), Mode::SingleNodeWriter),
+        )
+        .unwrap_err();
+        require_made_as(
+            "v",
+            Some(&recorded),
+            &Map::new(),
             &capability(Access::Block, Mode::SingleNodeWriter),
         )
         .unwrap();
         // Volumes made before the access type was recorded: no refusal.
         require_made_as(
             "v",
+            None,
             &Map::new(),
             &capability(mount(), Mode::SingleNodeWriter),
         )
@@ -624,15 +651,13 @@ mod tests {
     #[test]
     fn the_backends_record_wins_over_the_request() {
         let request = std::collections::HashMap::from([("k".to_string(), "request".to_string())]);
-        let recorded = Map::from([("k".to_string(), "record".to_string())]);
-        assert_eq!(
-            volume_context(Recorded::Context(recorded.clone()), &request),
-            recorded
-        );
-        assert_eq!(
-            volume_context(Recorded::Unknowable, &request)["k"],
-            "request"
-        );
+        let recorded = Recorded {
+            made_as: MadeAs::Block,
+            encrypted: false,
+            context: Map::from([("k".to_string(), "record".to_string())]),
+        };
+        assert_eq!(volume_context(Some(&recorded), &request)["k"], "record");
+        assert_eq!(volume_context(None, &request)["k"], "request");
     }
 
     #[test]

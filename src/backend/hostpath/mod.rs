@@ -755,6 +755,7 @@ impl HostPath {
         Ok(Recorded {
             made_as: record.made_as(),
             encrypted: crate::csi::params::luks(&record.node_context)?.is_some(),
+            context: record.node_context,
         })
     }
 }
@@ -1112,20 +1113,6 @@ impl NodeBackend for HostPath {
                 "/dev/loop-control is missing: load the loop module (modprobe loop)".into(),
             ))
         }
-    }
-
-    /// The record when there is one; an image without one (a record this
-    /// process has not read) is left to the request's context.
-    async fn recorded(&self, volume_id: &str) -> CsiResult<Recorded> {
-        if let Some(record) = self.state().volumes.get(volume_id) {
-            return Ok(Recorded::Context(record.node_context.clone()));
-        }
-        let image = self.volumes.image_path(volume_id);
-        Ok(if image.exists() {
-            Recorded::Unknowable
-        } else {
-            Recorded::Missing
-        })
     }
 
     async fn attach_device(&self, volume_id: &str, _publish_context: &Map) -> CsiResult<PathBuf> {
