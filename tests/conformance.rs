@@ -112,7 +112,6 @@ macro_rules! node_safety_section {
             second_publish_of_a_single_writer_volume_is_failed_precondition,
             block_data_is_never_formatted,
             luks_key_without_encryption_context_is_refused,
-            a_luks_device_is_never_formatted_in_plaintext,
             node_input_errors_are_invalid_argument,
         ]);
     };
@@ -182,6 +181,7 @@ mod hostpath {
         unknown_volumes_are_not_found_on_every_node_call,
         encryption_comes_from_the_hostpath_record,
         failed_stage_leaves_no_loop_device,
+        a_luks_device_is_never_formatted_in_plaintext,
     ]);
     section!(crate::harness::BackendUnderTest::hostpath, hostpath_controller in controller: [
         volumes_keep_what_they_were_made_as,
