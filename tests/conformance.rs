@@ -182,6 +182,7 @@ mod hostpath {
         encryption_comes_from_the_hostpath_record,
         failed_stage_leaves_no_loop_device,
         a_luks_device_is_never_formatted_in_plaintext,
+        unsigned_data_is_never_formatted,
     ]);
     section!(crate::harness::BackendUnderTest::hostpath, hostpath_controller in controller: [
         volumes_keep_what_they_were_made_as,

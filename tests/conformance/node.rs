@@ -2321,6 +2321,54 @@ pub async fn a_luks_device_is_never_formatted_in_plaintext(b: BackendUnderTest) 
     assert_no_leftovers(&s);
 }
 
+/// A filesystem volume whose device holds data no signature names (here
+/// written into the hostpath image) is not formatted: known blank means
+/// its first and last MiB are zero, not only that blkid finds nothing.
+pub async fn unsigned_data_is_never_formatted(b: BackendUnderTest) {
+    require_node(&b);
+    let s = Server::start(&b).await;
+    let v = s
+        .node_volume("conf-unsigned", b.fs_bytes("ext4"), mount_cap("ext4"))
+        .await;
+    let image = s
+        .dir()
+        .join(format!("state/volumes/{}.img", v.volume.volume_id));
+    let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8 + 1).collect();
+    let at = v.volume.capacity_bytes as u64 - 8192;
+    {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap();
+        file.write_all_at(&data, at).unwrap();
+        file.sync_all().unwrap();
+    }
+    let attached = s.host_leftovers();
+    let status = fails(
+        "NodeStageVolume of a device with unsigned data",
+        s.node().node_stage_volume(s.stage_request(&v)).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        status.message().contains("holds data"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        s.host_leftovers(),
+        attached,
+        "the refused stage left a device"
+    );
+    let mut back = vec![0u8; data.len()];
+    std::fs::File::open(&image)
+        .unwrap()
+        .read_exact_at(&mut back, at)
+        .unwrap();
+    assert_eq!(back, data, "the data was overwritten");
+    s.teardown(&v).await;
+    assert_no_leftovers(&s);
+}
+
 /// Input errors are INVALID_ARGUMENT naming the field, and touch nothing:
 /// mount flags the filesystem refuses or that change the kind of mount, a
 /// target that is a file where a directory is needed (and the reverse), a
