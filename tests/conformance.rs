@@ -257,6 +257,9 @@ mod civo {
 mod cloudscale {
     api_sections!(crate::harness::BackendUnderTest::cloudscale);
     node_sections!(crate::harness::BackendUnderTest::cloudscale);
+    section!(crate::harness::BackendUnderTest::cloudscale, made_as in controller: [
+        volumes_keep_what_they_were_made_as,
+    ]);
     section!(crate::harness::BackendUnderTest::cloudscale, specific in cloudscale_only: [
         volume_types_and_size_steps,
         restore_inherits_type_and_zone_then_grows,

@@ -331,6 +331,8 @@ pub async fn volumes_carry_their_pvc_and_class_tags(b: BackendUnderTest) {
         "csi.storage.k8s.io/pv/name": "pvc-6f1c",
         "team": "storage",
         "env": "test",
+        "multicsi.io/access-type": "mount",
+        "multicsi.io/fs-type": "ext4",
     });
     assert_eq!(stored["tags"], expected);
     assert_eq!(

@@ -25,6 +25,7 @@ use super::{
 use crate::cloud::http::{ApiClient, ApiError, Auth, ClientOptions};
 use crate::cloud::timestamp;
 use crate::config::Settings;
+use crate::csi::made_as::{self, MadeAs};
 use crate::error::{CsiError, CsiResult};
 
 /// Topology key: the zone of a volume and of a node (as cloudscale's own
@@ -149,7 +150,20 @@ fn volume_tags(request: &CreateVolume) -> CsiResult<serde_json::Map<String, serd
     for (key, value) in &request.metadata {
         tags.insert(key.clone(), json!(value));
     }
+    // What the volume is made as (block or a filesystem) stays with it, so a
+    // repeated create or a later check sees it.
+    for (key, value) in made_as_entries(&request.node_context) {
+        tags.insert(key, json!(value));
+    }
     Ok(tags)
+}
+
+/// The made-as entries (access type, filesystem) of a context or tag map.
+fn made_as_entries(map: &Map) -> Map {
+    map.iter()
+        .filter(|(k, _)| k.as_str() == made_as::ACCESS_TYPE || k.as_str() == made_as::FS_TYPE)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Where a new volume may go: `allowed` None = any zone; `first` is the
@@ -210,7 +224,8 @@ fn clone_snapshot_name(volume_name: &str) -> String {
     format!("{volume_name}-clone-source")
 }
 
-fn to_volume(volume: &api::Volume, context: Map) -> Volume {
+fn to_volume(volume: &api::Volume, mut context: Map) -> Volume {
+    context.extend(made_as_entries(&volume.tags));
     Volume {
         id: volume.uuid.clone(),
         capacity_bytes: bytes(volume.size_gb),
@@ -426,6 +441,13 @@ impl Cloudscale {
         };
         if source_of(&existing) != request.source {
             return Err(conflict("a different content source".into()));
+        }
+        if let (Some(was), Some(wanted)) = (
+            MadeAs::from_context(&existing.tags)?,
+            MadeAs::from_context(&request.node_context)?,
+        ) && was != wanted
+        {
+            return Err(conflict(format!("{wanted} (it was made as {was})")));
         }
         if request.source.is_none() && existing.kind != kind.as_str() {
             return Err(conflict(format!(
