@@ -2282,78 +2282,60 @@ fn luks_header() -> Vec<u8> {
 /// before any device-mapper call. (hostpath: the header is written into
 /// the volume's image.)
 pub async fn a_luks_device_is_never_formatted_in_plaintext(b: BackendUnderTest) {
-    require_node(&b);
-    let s = Server::start(&b).await;
-    let v = s
-        .node_volume("conf-luks-header", b.fs_bytes("ext4"), mount_cap("ext4"))
-        .await;
-    let image = s
-        .dir()
-        .join(format!("state/volumes/{}.img", v.volume.volume_id));
-    let header = luks_header();
-    {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&image)
-            .unwrap();
-        file.write_all_at(&header, 0).unwrap();
-        file.sync_all().unwrap();
-    }
-    let attached = s.host_leftovers();
-    let status = fails(
-        "NodeStageVolume without encryption of a LUKS device",
-        s.node().node_stage_volume(s.stage_request(&v)).await,
-        Code::FailedPrecondition,
-    );
-    assert!(status.message().contains("LUKS"), "{}", status.message());
-    assert_eq!(
-        s.host_leftovers(),
-        attached,
-        "the refused stage left a device"
-    );
-    let mut back = vec![0u8; header.len()];
-    std::fs::File::open(&image)
-        .unwrap()
-        .read_exact_at(&mut back, 0)
-        .unwrap();
-    assert_eq!(back, header, "the LUKS header was overwritten");
-    s.teardown(&v).await;
-    assert_no_leftovers(&s);
+    let what = "NodeStageVolume without encryption of a LUKS device";
+    refused_stage_keeps_image_bytes(&b, "conf-luks-header", 0, &luks_header(), what, "LUKS").await;
 }
 
 /// A filesystem volume whose device holds data no signature names (here
 /// written into the hostpath image) is not formatted: known blank means
 /// its first and last MiB are zero, not only that blkid finds nothing.
 pub async fn unsigned_data_is_never_formatted(b: BackendUnderTest) {
-    require_node(&b);
-    let s = Server::start(&b).await;
+    let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8 + 1).collect();
+    let what = "NodeStageVolume of a device with unsigned data";
+    // 8 KiB before the end of the volume (its capacity, known once made).
+    refused_stage_keeps_image_bytes(&b, "conf-unsigned", -8192, &data, what, "holds data").await;
+}
+
+/// Writes `data` into a hostpath volume's image at `at` (negative: from the
+/// end), then checks that a filesystem stage is FAILED_PRECONDITION with
+/// `says` in its message, attaches nothing and leaves the bytes as they
+/// were.
+async fn refused_stage_keeps_image_bytes(
+    b: &BackendUnderTest,
+    name: &str,
+    at: i64,
+    data: &[u8],
+    what: &str,
+    says: &str,
+) {
+    require_node(b);
+    let s = Server::start(b).await;
     let v = s
-        .node_volume("conf-unsigned", b.fs_bytes("ext4"), mount_cap("ext4"))
+        .node_volume(name, b.fs_bytes("ext4"), mount_cap("ext4"))
         .await;
     let image = s
         .dir()
         .join(format!("state/volumes/{}.img", v.volume.volume_id));
-    let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8 + 1).collect();
-    let at = v.volume.capacity_bytes as u64 - 8192;
+    let at = if at < 0 {
+        (v.volume.capacity_bytes + at) as u64
+    } else {
+        at as u64
+    };
     {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(&image)
             .unwrap();
-        file.write_all_at(&data, at).unwrap();
+        file.write_all_at(data, at).unwrap();
         file.sync_all().unwrap();
     }
     let attached = s.host_leftovers();
     let status = fails(
-        "NodeStageVolume of a device with unsigned data",
+        what,
         s.node().node_stage_volume(s.stage_request(&v)).await,
         Code::FailedPrecondition,
     );
-    assert!(
-        status.message().contains("holds data"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains(says), "{}", status.message());
     assert_eq!(
         s.host_leftovers(),
         attached,
@@ -2364,7 +2346,7 @@ pub async fn unsigned_data_is_never_formatted(b: BackendUnderTest) {
         .unwrap()
         .read_exact_at(&mut back, at)
         .unwrap();
-    assert_eq!(back, data, "the data was overwritten");
+    assert_eq!(back, data, "the bytes at {at} were overwritten");
     s.teardown(&v).await;
     assert_no_leftovers(&s);
 }
