@@ -100,7 +100,19 @@ pub async fn two_backends_route_by_id(b: BackendUnderTest) {
     let stored: BTreeSet<String> = s.stored_volumes().into_iter().collect();
     assert_eq!(stored, listed);
 
-    // Snapshots stay in their backend, and so do restores.
+    // Snapshots stay in their backend, and so do restores. A snapshot class
+    // that names a backend takes snapshots of that backend's volumes only.
+    fails(
+        "CreateSnapshot of a hostpath volume with a cloudscale snapshot class",
+        c.create_snapshot(csi::CreateSnapshotRequest {
+            name: "route-wrong-class".into(),
+            source_volume_id: local.volume_id.clone(),
+            parameters: params(&[(BACKEND, "cloudscale")]),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+    );
     let snap = s.snapshot("route-local-snap", &local.volume_id).await;
     assert!(
         snap.snapshot_id.starts_with("hostpath:"),
