@@ -728,9 +728,7 @@ def controller_shape(snapshots):
 
 def driver_env_multi(docs):
     """driver env on the controller and every node plugin: MULTICSI_* settings, node id from spec.nodeName"""
-    for w in workloads(docs):
-        if w["metadata"]["name"].endswith("-snapshot-controller"):
-            continue
+    for w in driver_workloads(docs):
         env = env_of(containers(w)["multicsi"])
         for k in ("MULTICSI_BACKEND", "MULTICSI_DRIVER_NAME", "MULTICSI_NODE_ID", "MULTICSI_STATE_DIR"):
             ensure(k in env, f"{w['metadata']['name']} misses {k}")
@@ -1030,9 +1028,14 @@ def credentials_ref(secret_name, key, created):
     return a
 
 
+def driver_workloads(docs):
+    """Every workload that runs the driver: the controller and each node plugin."""
+    return [w for w in workloads(docs) if "multicsi" in containers(w)]
+
+
 def plain_env(container_env):
     def a(docs):
-        for w in (get_controller(docs), get_node(docs)):
+        for w in driver_workloads(docs):
             env = env_of(containers(w)["multicsi"])
             for k, v in container_env.items():
                 ensure(env.get(k, {}).get("value") == v, f"{w['kind']} {k}={env.get(k)}")
@@ -1192,15 +1195,6 @@ def credentials_for(secret_name, keys, created):
         else:
             ensure(not secrets, "a Secret was rendered although an existing one is named")
     a.__doc__ = f"controller reads {', '.join(keys)} from Secret {secret_name} ({'created' if created else 'existing'})"
-    return a
-
-
-def controller_env(container_env):
-    def a(docs):
-        env = env_of(containers(get_controller(docs))["multicsi"])
-        for k, v in container_env.items():
-            ensure(env.get(k, {}).get("value") == v, f"controller {k}={env.get(k)}")
-    a.__doc__ = "controller settings " + ", ".join(f"{k}={v}" for k, v in container_env.items())
     return a
 
 
@@ -1464,7 +1458,7 @@ def main():
     r.scenario("values-multi-backend.yaml", [ex("multi-backend")], asserts=[
         multi_backend(["cloudscale", "civo"], "cloudscale"), controller_shape(True), driver_env_multi,
         credentials_for("multicsi-clouds", ["CLOUDSCALE_ACCESS_TOKEN", "CIVO_API_KEY"], created=False),
-        controller_env({"CIVO_REGION": "LON1", "CIVO_VOLUME_SNAPSHOTS": "false"}),
+        plain_env({"CIVO_REGION": "LON1", "CIVO_VOLUME_SNAPSHOTS": "false"}),
         csidriver(False), capacity_tracking(False), rbac_scoped, helm_test_hook("cloudscale-volume-ssd"),
         snapshot_classes({"cloudscale-snapshots": "cloudscale"}),
         storage_classes({"cloudscale-volume-ssd": {"multicsi.io/volume-type": "ssd", "multicsi.io/backend": "cloudscale"},
@@ -1480,7 +1474,7 @@ def main():
     r.scenario("three clouds, civo the default, credentials created by the chart", sets=three, asserts=[
         multi_backend(["civo", "cloudscale", "packet"], "civo"),
         credentials_for("multicsi-credentials", ["CIVO_API_KEY", "CLOUDSCALE_ACCESS_TOKEN", "PACKET_API_KEY"], created=True),
-        controller_env({"CIVO_REGION": "FRA1", "CIVO_VOLUME_SNAPSHOTS": "true", "PACKET_PROJECT_ID": "p1"}),
+        plain_env({"CIVO_REGION": "FRA1", "CIVO_VOLUME_SNAPSHOTS": "true", "PACKET_PROJECT_ID": "p1"}),
         snapshot_classes({"civo-snapshots": "civo", "cloudscale-snapshots": "cloudscale"}),
         storage_classes({"civo-volume": {"multicsi.io/backend": "civo"},
                          "cloudscale-volume-ssd": {"multicsi.io/backend": "cloudscale"},
