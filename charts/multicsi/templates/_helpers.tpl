@@ -401,15 +401,16 @@ capabilities:
 {{- end -}}
 
 {{/*
-StorageClasses to render, as YAML {items: [...]}: the user's list, or the
-defaults of the backend when the list is empty.
+StorageClasses to render, as YAML {items: [...]}: the user's list, or when it
+is empty the defaults of the backend; with several backends the defaults of
+each, marked with their backend (multicsi.io/backend), the default backend's
+first class the cluster default.
 */}}
 {{- define "multicsi.storageClasses" -}}
 {{- if .Values.storageClasses -}}
 items:
 {{ toYaml .Values.storageClasses | indent 2 }}
 {{- else if include "multicsi.multiBackend" . -}}
-{{- $ctx := . -}}
 items:
 {{- range $i, $backend := include "multicsi.backends" . | fromJsonArray }}
 {{- range (include "multicsi.backendStorageClasses" (dict "Values" (dict "backend" $backend)) | fromYaml).items }}
