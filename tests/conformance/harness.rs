@@ -610,7 +610,7 @@ impl Server {
 
     /// The server's command line on `socket`, with `{dir}` standing for
     /// `dir`.
-    fn command_at(&self, dir: &Path, socket: &Path) -> Command {
+    pub fn command_at(&self, dir: &Path, socket: &Path) -> Command {
         let api = self.api_url.clone().unwrap_or_default();
         let expand = |text: &str| {
             text.replace("{dir}", &dir.display().to_string())
