@@ -234,9 +234,7 @@ pub async fn only_shared_capabilities_are_advertised(b: BackendUnderTest) {
 pub async fn a_node_plugin_serves_only_its_own_backends(b: BackendUnderTest) {
     use std::fs::File;
     use std::process::Stdio;
-    use std::time::{Duration, Instant};
 
-    use multicsi::csi::identity_client::IdentityClient;
     use multicsi::csi::node_client::NodeClient;
 
     let s = Server::start(&b).await;
@@ -259,26 +257,9 @@ pub async fn a_node_plugin_serves_only_its_own_backends(b: BackendUnderTest) {
         .stderr(File::create(&log).expect("node log"))
         .spawn()
         .expect("start the node plugin");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let channel = loop {
-        if let Some(status) = child.try_wait().expect("node plugin status") {
-            panic!(
-                "the node plugin exited with {status}: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        if socket.exists()
-            && let Ok(channel) = crate::harness::connect(&socket).await
-            && IdentityClient::new(channel.clone())
-                .probe(csi::ProbeRequest {})
-                .await
-                .is_ok()
-        {
-            break channel;
-        }
-        assert!(Instant::now() < deadline, "the node plugin did not serve");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let channel = crate::harness::serving(&mut child, &socket, &log)
+        .await
+        .unwrap_or_else(|e| panic!("the node plugin: {e}"));
     let mut node = NodeClient::new(channel);
     let info = ok(
         "NodeGetInfo",
