@@ -273,7 +273,7 @@ combinations one release can run, each with what it needs.
 {{- $backends := include "multicsi.backends" . | fromJsonArray -}}
 {{- if gt (len $backends) 1 -}}
 {{- if has "hostpath" $backends -}}
-{{- fail (printf "backends %s: hostpath cannot share a release with a cloud backend. Its controller runs inside the node plugin on the host that owns the volume images (--mode=all), a cloud backend's controller is one Deployment for the cluster, and both would act on every claim of the one driver name. Install hostpath as a second release with its own driverName (and snapshotController.enabled=false in one of them; see docs/install.md, Several backends)" (join ", " $backends)) -}}
+{{- fail (printf "backends %s: hostpath cannot share a release with a cloud backend. Its controller runs inside the node plugin on the host that owns the volume images (--mode=all), a cloud backend's controller is one Deployment for the cluster, and both would act on every claim of the one driver name. Install hostpath as a second release with its own driverName and hostpath.stateDir (and snapshotController.enabled=false in one of them; see docs/install.md, Several backends)" (join ", " $backends)) -}}
 {{- end -}}
 {{- range $backends -}}
 {{- if not (index $.Values . "nodeSelector") -}}
