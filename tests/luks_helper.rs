@@ -48,6 +48,16 @@ fn format_then_keys_are_checked_in_the_helper() {
         Err(LuksError::WrongKey { device }) => assert_eq!(device, image),
         other => panic!("a wrong key must be refused: {other:?}"),
     }
+    let header = std::process::Command::new("cryptsetup")
+        .arg("luksDump")
+        .arg(&image)
+        .output()
+        .expect("cryptsetup (cryptsetup-bin) is installed by scripts/test.sh");
+    let dump = String::from_utf8_lossy(&header.stdout);
+    assert!(dump.contains("Version:       \t2"), "{dump}");
+    assert!(dump.contains("aes-xts-plain64"), "{dump}");
+    assert!(dump.contains("argon2id"), "{dump}");
+    assert!(dump.contains("Memory:     1024"), "{dump}");
 }
 
 #[test]
