@@ -1570,7 +1570,11 @@ def main():
                f"Dockerfile VERSION {version and version.group(1)} is not the chart's appVersion {chart['appVersion']}")
         ensure(values["image"]["tag"] in ("", chart["appVersion"]), "values image.tag differs from appVersion")
         ensure(re.search(r"cargo build --release --locked", docker), "the build stage does not build the locked release")
-        ensure(re.search(r"COPY --from=build /out/multicsi /usr/local/bin/multicsi", docker), "binary not copied")
+        ensure(re.search(r"COPY --from=build /out/multicsi /out/multicsi-luks /usr/local/bin/", docker),
+               "binaries not copied: multicsi and the multicsi-luks helper it runs go to /usr/local/bin")
+        for binary in ("multicsi", "multicsi-luks"):
+            ensure(re.search(rf"install -D -m 0755 target/release/{binary} /out/{binary}\b", docker),
+                   f"the build stage does not install {binary}")
         ensure('ENTRYPOINT ["/usr/local/bin/multicsi"]' in docker, "entrypoint")
         runtime = docker.split("FROM debian:bookworm-slim", 1)[-1]
         # The runtime stage installs the package list's `node` job.
