@@ -8,7 +8,8 @@
 //! - the server's resident memory (VmRSS) idle and with 500 volumes.
 //!
 //! Run with `scripts/bench.sh` (or `cargo bench --bench lifecycle`).
-//! Options: `--volumes N`, `--cycles N`, `--skip-node`. The state directory
+//! Options: `--volumes N`, `--cycles N`, `--skip-node`, `--thin` (the
+//! volumes are thin; thick, the default, reserves each one's space). The state directory
 //! lives under `$BENCH_DIR` (default /var/tmp), on local disk.
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,8 @@ struct Options {
     volumes: usize,
     cycles: usize,
     node: bool,
+    /// StorageClass parameters of the benchmark's volumes (`--thin`).
+    parameters: std::collections::HashMap<String, String>,
 }
 
 fn options() -> Options {
@@ -40,6 +43,7 @@ fn options() -> Options {
         volumes: 500,
         cycles: 200,
         node: true,
+        parameters: Default::default(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -47,6 +51,10 @@ fn options() -> Options {
             "--volumes" => o.volumes = args.next().and_then(|v| v.parse().ok()).unwrap_or(500),
             "--cycles" => o.cycles = args.next().and_then(|v| v.parse().ok()).unwrap_or(200),
             "--skip-node" => o.node = false,
+            "--thin" => {
+                o.parameters
+                    .insert("multicsi.io/provisioning".into(), "thin".into());
+            }
             // cargo bench passes --bench; ignore what is not ours.
             _ => {}
         }
@@ -271,13 +279,21 @@ fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
 
-async fn create_delete(server: &Server, n: usize, concurrency: usize, rows: &mut Vec<Row>) -> u64 {
+async fn create_delete(
+    server: &Server,
+    o: &Options,
+    concurrency: usize,
+    rows: &mut Vec<Row>,
+) -> u64 {
+    let n = o.volumes;
     let prefix = format!("bench-c{concurrency}");
     let client = server.controller();
     let p = prefix.clone();
+    let parameters = o.parameters.clone();
     let (lat, wall) = run_batch(n, concurrency, move |i| {
         let mut c = client.clone();
         let name = format!("{p}-{i}");
+        let parameters = parameters.clone();
         async move {
             c.create_volume(csi::CreateVolumeRequest {
                 name,
@@ -286,6 +302,7 @@ async fn create_delete(server: &Server, n: usize, concurrency: usize, rows: &mut
                     limit_bytes: 0,
                 }),
                 volume_capabilities: vec![mount_cap()],
+                parameters,
                 ..Default::default()
             })
             .await
@@ -468,8 +485,8 @@ fn main() {
         let threads_idle = server.threads();
         let flush_before = flush_latency(&server.dir);
         let mut rows = Vec::new();
-        let rss_c1 = create_delete(&server, o.volumes, 1, &mut rows).await;
-        let rss_c16 = create_delete(&server, o.volumes, 16, &mut rows).await;
+        let rss_c1 = create_delete(&server, &o, 1, &mut rows).await;
+        let rss_c16 = create_delete(&server, &o, 16, &mut rows).await;
         let threads_busy = server.threads();
         if node {
             publish_cycles(&server, o.cycles, &mut rows).await;

@@ -4,7 +4,7 @@
 # socket with its state under $BENCH_DIR (default /var/tmp, local disk) and
 # prints a table of throughput, latency and memory against the targets.
 #
-#   scripts/bench.sh [--volumes N] [--cycles N] [--skip-node]
+#   scripts/bench.sh [--volumes N] [--cycles N] [--skip-node] [--thin]
 #
 # Node measurements (NodePublish/NodeUnpublish on a loop device) need root.
 set -euo pipefail
