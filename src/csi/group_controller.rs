@@ -1,5 +1,7 @@
-//! The GroupController service: volume group snapshots, served only when
-//! the backend takes them (see `Backend::group_snapshots`).
+//! The GroupController service: volume group snapshots. Served with the
+//! controller; advertised (plugin capability, RPC capability) only when the
+//! backend takes group snapshots (see `Backend::group_snapshots`), and
+//! UNIMPLEMENTED, saying why, where it does not.
 
 use std::collections::BTreeSet;
 
@@ -52,10 +54,20 @@ fn optional_identifiers<'a>(field: &str, values: &'a [String]) -> CsiResult<&'a 
 }
 
 impl Driver {
+    /// UNIMPLEMENTED, saying why, when the backend takes no group snapshots.
+    fn require_group_snapshots(&self) -> CsiResult<()> {
+        if self.backend.group_snapshots() {
+            Ok(())
+        } else {
+            Err(self.backend.no_group_snapshots())
+        }
+    }
+
     async fn create_group(
         &self,
         r: pb::CreateVolumeGroupSnapshotRequest,
     ) -> CsiResult<pb::CreateVolumeGroupSnapshotResponse> {
+        self.require_group_snapshots()?;
         let name = validate::identifier("name", &r.name)?;
         let sources = identifiers("source_volume_ids", &r.source_volume_ids)?;
         params::parse(&r.parameters, &self.backend.backend_names(), &[])?;
@@ -70,6 +82,7 @@ impl Driver {
         &self,
         r: pb::DeleteVolumeGroupSnapshotRequest,
     ) -> CsiResult<pb::DeleteVolumeGroupSnapshotResponse> {
+        self.require_group_snapshots()?;
         let id = validate::identifier("group_snapshot_id", &r.group_snapshot_id)?;
         let members = optional_identifiers("snapshot_ids", &r.snapshot_ids)?;
         let _guard = self.locks.acquire(&[id])?;
@@ -81,6 +94,7 @@ impl Driver {
         &self,
         r: pb::GetVolumeGroupSnapshotRequest,
     ) -> CsiResult<pb::GetVolumeGroupSnapshotResponse> {
+        self.require_group_snapshots()?;
         let id = validate::identifier("group_snapshot_id", &r.group_snapshot_id)?;
         let members = optional_identifiers("snapshot_ids", &r.snapshot_ids)?;
         let group = self.backend.get_group_snapshot(id, members).await?;
