@@ -5,11 +5,15 @@
 //!   concurrency 1 and 16, 500 volumes each;
 //! - NodePublishVolume / NodeUnpublishVolume: p50/p99 over 200 cycles to
 //!   fresh target directories of one staged volume (needs root);
-//! - the server's resident memory (VmRSS) idle and with 500 volumes.
+//! - the server's resident memory (VmRSS) idle and with 500 volumes;
+//! - CreateVolumeGroupSnapshot of 2, 8 and 32 mounted ext4 volumes, each
+//!   with unflushed writes: the freeze window the server reports (first
+//!   freeze to last thaw) and the call's total time (needs root).
 //!
 //! Run with `scripts/bench.sh` (or `cargo bench --bench lifecycle`).
-//! Options: `--volumes N`, `--cycles N`, `--skip-node`. The state directory
-//! lives under `$BENCH_DIR` (default /var/tmp), on local disk.
+//! Options: `--volumes N`, `--cycles N`, `--skip-node`, `--groups N,N,..`,
+//! `--only-groups`. The state directory lives under `$BENCH_DIR` (default
+//! /var/tmp), on local disk.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,6 +37,10 @@ struct Options {
     volumes: usize,
     cycles: usize,
     node: bool,
+    /// Sizes of the group snapshots measured.
+    groups: Vec<usize>,
+    /// Only the group snapshots.
+    only_groups: bool,
 }
 
 fn options() -> Options {
@@ -40,6 +48,8 @@ fn options() -> Options {
         volumes: 500,
         cycles: 200,
         node: true,
+        groups: vec![2, 8, 32],
+        only_groups: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -47,6 +57,15 @@ fn options() -> Options {
             "--volumes" => o.volumes = args.next().and_then(|v| v.parse().ok()).unwrap_or(500),
             "--cycles" => o.cycles = args.next().and_then(|v| v.parse().ok()).unwrap_or(200),
             "--skip-node" => o.node = false,
+            "--groups" => {
+                o.groups = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            }
+            "--only-groups" => o.only_groups = true,
             // cargo bench passes --bench; ignore what is not ours.
             _ => {}
         }
@@ -64,6 +83,11 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
+        Self::start_logging("warn").await
+    }
+
+    /// Starts the server logging (JSON) at `level`.
+    async fn start_logging(level: &str) -> Server {
         let base = std::env::var_os("BENCH_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/var/tmp"));
@@ -86,7 +110,7 @@ impl Server {
             .arg("--kubelet-dir")
             .arg(dir.join("work"))
             .env("MULTICSI_LOG_FORMAT", "json")
-            .env("MULTICSI_LOG_LEVEL", "warn")
+            .env("MULTICSI_LOG_LEVEL", level)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -423,6 +447,175 @@ async fn publish_cycles(server: &Server, cycles: usize, rows: &mut Vec<Row>) {
     .expect("DeleteVolume");
 }
 
+/// Creates, publishes and stages `n` thin ext4 volumes of 64 MiB; returns
+/// their IDs and staging paths.
+async fn staged_volumes(server: &Server, n: usize) -> Vec<(String, PathBuf)> {
+    let mut c = server.controller();
+    let mut node = server.node();
+    let mut staged = Vec::with_capacity(n);
+    for i in 0..n {
+        let volume = c
+            .create_volume(csi::CreateVolumeRequest {
+                name: format!("bench-group-{n}-{i}"),
+                capacity_range: Some(csi::CapacityRange {
+                    required_bytes: 64 * MIB,
+                    limit_bytes: 0,
+                }),
+                volume_capabilities: vec![mount_cap()],
+                parameters: [("multicsi.io/provisioning".into(), "thin".into())].into(),
+                ..Default::default()
+            })
+            .await
+            .expect("CreateVolume")
+            .into_inner()
+            .volume
+            .expect("volume");
+        let id = volume.volume_id.clone();
+        let context = c
+            .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+                volume_id: id.clone(),
+                node_id: "bench-node".into(),
+                volume_capability: Some(mount_cap()),
+                ..Default::default()
+            })
+            .await
+            .expect("ControllerPublishVolume")
+            .into_inner()
+            .publish_context;
+        let staging = server.dir.join(format!("work/group-{n}-{i}"));
+        std::fs::create_dir_all(&staging).expect("staging");
+        node.node_stage_volume(csi::NodeStageVolumeRequest {
+            volume_id: id.clone(),
+            publish_context: context,
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(mount_cap()),
+            volume_context: volume.volume_context,
+            ..Default::default()
+        })
+        .await
+        .expect("NodeStageVolume");
+        staged.push((id, staging));
+    }
+    staged
+}
+
+/// The freeze windows (ms) the server logged for its group snapshots, in
+/// order.
+fn logged_freeze_windows(server: &Server) -> Vec<f64> {
+    std::fs::read_to_string(server.dir.join("server.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "group snapshot created")
+        .filter_map(|v| v["freeze_window_ms"].as_f64())
+        .collect()
+}
+
+/// One measured group size.
+struct GroupRow {
+    volumes: usize,
+    rounds: usize,
+    freeze_ms: Vec<f64>,
+    total: Vec<Duration>,
+}
+
+/// CreateVolumeGroupSnapshot of `n` mounted volumes, `rounds` times, each
+/// volume holding 4 MiB of new unflushed writes before each round; the
+/// group is deleted after each round.
+async fn group_snapshots(server: &Server, n: usize, rounds: usize) -> GroupRow {
+    let staged = staged_volumes(server, n).await;
+    let ids: Vec<String> = staged.iter().map(|(id, _)| id.clone()).collect();
+    let mut g =
+        multicsi::csi::group_controller_client::GroupControllerClient::new(server.channel.clone());
+    let seen = logged_freeze_windows(server).len();
+    let mut total = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        for (_, staging) in &staged {
+            std::fs::write(
+                staging.join(format!("data-{round}")),
+                vec![round as u8; 4 << 20],
+            )
+            .expect("write");
+        }
+        let t = Instant::now();
+        let group = g
+            .create_volume_group_snapshot(csi::CreateVolumeGroupSnapshotRequest {
+                name: format!("bench-group-{n}-{round}"),
+                source_volume_ids: ids.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("CreateVolumeGroupSnapshot")
+            .into_inner()
+            .group_snapshot
+            .expect("group snapshot");
+        total.push(t.elapsed());
+        g.delete_volume_group_snapshot(csi::DeleteVolumeGroupSnapshotRequest {
+            group_snapshot_id: group.group_snapshot_id,
+            ..Default::default()
+        })
+        .await
+        .expect("DeleteVolumeGroupSnapshot");
+    }
+    // The log is written asynchronously: give it a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let freeze_ms = logged_freeze_windows(server).split_off(seen);
+    let mut c = server.controller();
+    let mut node = server.node();
+    for (id, staging) in staged {
+        node.node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .expect("NodeUnstageVolume");
+        c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            node_id: "bench-node".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ControllerUnpublishVolume");
+        c.delete_volume(csi::DeleteVolumeRequest {
+            volume_id: id,
+            ..Default::default()
+        })
+        .await
+        .expect("DeleteVolume");
+    }
+    GroupRow {
+        volumes: n,
+        rounds,
+        freeze_ms,
+        total,
+    }
+}
+
+fn print_groups(rows: &[GroupRow]) {
+    println!();
+    println!("group snapshots of mounted ext4 volumes (4 MiB unflushed writes each)");
+    println!(
+        "{:<10} {:>6} {:>16} {:>16} {:>14} {:>14}",
+        "volumes", "rounds", "freeze p50 ms", "freeze max ms", "total p50 ms", "total max ms"
+    );
+    for r in rows {
+        let mut freeze = r.freeze_ms.clone();
+        freeze.sort_by(f64::total_cmp);
+        let mut total = r.total.clone();
+        total.sort();
+        let median = |v: &[f64]| v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or(0.0);
+        println!(
+            "{:<10} {:>6} {:>16.3} {:>16.3} {:>14} {:>14}",
+            r.volumes,
+            r.rounds,
+            median(&freeze),
+            freeze.last().copied().unwrap_or(0.0),
+            ms(percentile(&total, 50.0)),
+            ms(total.last().copied().unwrap_or_default())
+        );
+    }
+}
+
 /// The disk's flush latency right now: p50 and p99 of 100 `fdatasync`s of a
 /// small write into a preallocated file in `dir` (what one journal commit
 /// costs at least; the machine may be shared, so it is measured around the
@@ -462,6 +655,20 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async move {
+        if node && !o.groups.is_empty() {
+            // Its own server, logging at info: the freeze window is logged.
+            let server = Server::start_logging("info").await;
+            let mut rows = Vec::new();
+            for &n in &o.groups {
+                rows.push(group_snapshots(&server, n, 5).await);
+            }
+            print_groups(&rows);
+        } else if !o.groups.is_empty() {
+            println!("group snapshots          not measured (needs root; --skip-node)");
+        }
+        if o.only_groups {
+            return;
+        }
         let server = Server::start().await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_idle = server.rss_kib();

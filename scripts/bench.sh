@@ -4,9 +4,10 @@
 # socket with its state under $BENCH_DIR (default /var/tmp, local disk) and
 # prints a table of throughput, latency and memory against the targets.
 #
-#   scripts/bench.sh [--volumes N] [--cycles N] [--skip-node]
+#   scripts/bench.sh [--volumes N] [--cycles N] [--skip-node] [--groups 2,8,32] [--only-groups]
 #
-# Node measurements (NodePublish/NodeUnpublish on a loop device) need root.
+# Node measurements (NodePublish/NodeUnpublish on a loop device, group
+# snapshots of mounted volumes: freeze window and total time) need root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The bench profile is the release profile: this builds the optimised server
