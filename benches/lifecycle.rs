@@ -353,47 +353,10 @@ async fn create_delete(server: &Server, n: usize, concurrency: usize, rows: &mut
 
 async fn publish_cycles(server: &Server, cycles: usize, rows: &mut Vec<Row>) {
     let mut c = server.controller();
-    let volume = c
-        .create_volume(csi::CreateVolumeRequest {
-            name: "bench-publish".into(),
-            capacity_range: Some(csi::CapacityRange {
-                required_bytes: 64 * MIB,
-                limit_bytes: 0,
-            }),
-            volume_capabilities: vec![mount_cap()],
-            ..Default::default()
-        })
-        .await
-        .expect("CreateVolume")
-        .into_inner()
-        .volume
-        .expect("volume");
-    let id = volume.volume_id.clone();
-    let context = c
-        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
-            volume_id: id.clone(),
-            node_id: "bench-node".into(),
-            volume_capability: Some(mount_cap()),
-            ..Default::default()
-        })
-        .await
-        .expect("ControllerPublishVolume")
-        .into_inner()
-        .publish_context;
-    let staging = server.dir.join("work/staging");
-    std::fs::create_dir_all(&staging).expect("staging");
-    let staging = staging.display().to_string();
+    let staged = staged_volume(server, "bench-publish", &[], "staging").await;
+    let (id, context, volume) = (staged.id.clone(), staged.context.clone(), &staged.volume);
+    let staging = staged.staging.display().to_string();
     let mut n = server.node();
-    n.node_stage_volume(csi::NodeStageVolumeRequest {
-        volume_id: id.clone(),
-        publish_context: context.clone(),
-        staging_target_path: staging.clone(),
-        volume_capability: Some(mount_cap()),
-        volume_context: volume.volume_context.clone(),
-        ..Default::default()
-    })
-    .await
-    .expect("NodeStageVolume");
     let mut publish = Vec::with_capacity(cycles);
     let mut unpublish = Vec::with_capacity(cycles);
     let started = Instant::now();
@@ -447,54 +410,90 @@ async fn publish_cycles(server: &Server, cycles: usize, rows: &mut Vec<Row>) {
     .expect("DeleteVolume");
 }
 
-/// Creates, publishes and stages `n` thin ext4 volumes of 64 MiB; returns
-/// their IDs and staging paths.
-async fn staged_volumes(server: &Server, n: usize) -> Vec<(String, PathBuf)> {
+/// A volume created, controller-published and staged (ext4, 64 MiB) for a
+/// benchmark.
+struct Staged {
+    id: String,
+    volume: csi::Volume,
+    context: std::collections::HashMap<String, String>,
+    staging: PathBuf,
+}
+
+/// Creates volume `name` with `parameters`, publishes it to the node and
+/// stages it at `work/<staging>`.
+async fn staged_volume(
+    server: &Server,
+    name: &str,
+    parameters: &[(&str, &str)],
+    staging: &str,
+) -> Staged {
     let mut c = server.controller();
-    let mut node = server.node();
-    let mut staged = Vec::with_capacity(n);
-    for i in 0..n {
-        let volume = c
-            .create_volume(csi::CreateVolumeRequest {
-                name: format!("bench-group-{n}-{i}"),
-                capacity_range: Some(csi::CapacityRange {
-                    required_bytes: 64 * MIB,
-                    limit_bytes: 0,
-                }),
-                volume_capabilities: vec![mount_cap()],
-                parameters: [("multicsi.io/provisioning".into(), "thin".into())].into(),
-                ..Default::default()
-            })
-            .await
-            .expect("CreateVolume")
-            .into_inner()
-            .volume
-            .expect("volume");
-        let id = volume.volume_id.clone();
-        let context = c
-            .controller_publish_volume(csi::ControllerPublishVolumeRequest {
-                volume_id: id.clone(),
-                node_id: "bench-node".into(),
-                volume_capability: Some(mount_cap()),
-                ..Default::default()
-            })
-            .await
-            .expect("ControllerPublishVolume")
-            .into_inner()
-            .publish_context;
-        let staging = server.dir.join(format!("work/group-{n}-{i}"));
-        std::fs::create_dir_all(&staging).expect("staging");
-        node.node_stage_volume(csi::NodeStageVolumeRequest {
+    let volume = c
+        .create_volume(csi::CreateVolumeRequest {
+            name: name.into(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 64 * MIB,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![mount_cap()],
+            parameters: parameters
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("CreateVolume")
+        .into_inner()
+        .volume
+        .expect("volume");
+    let id = volume.volume_id.clone();
+    let context = c
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
             volume_id: id.clone(),
-            publish_context: context,
+            node_id: "bench-node".into(),
+            volume_capability: Some(mount_cap()),
+            ..Default::default()
+        })
+        .await
+        .expect("ControllerPublishVolume")
+        .into_inner()
+        .publish_context;
+    let staging = server.dir.join("work").join(staging);
+    std::fs::create_dir_all(&staging).expect("staging");
+    server
+        .node()
+        .node_stage_volume(csi::NodeStageVolumeRequest {
+            volume_id: id.clone(),
+            publish_context: context.clone(),
             staging_target_path: staging.display().to_string(),
             volume_capability: Some(mount_cap()),
-            volume_context: volume.volume_context,
+            volume_context: volume.volume_context.clone(),
             ..Default::default()
         })
         .await
         .expect("NodeStageVolume");
-        staged.push((id, staging));
+    Staged {
+        id,
+        volume,
+        context,
+        staging,
+    }
+}
+
+/// `n` thin volumes staged for a group snapshot: their IDs and staging paths.
+async fn staged_volumes(server: &Server, n: usize) -> Vec<(String, PathBuf)> {
+    let mut staged = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("bench-group-{n}-{i}");
+        let v = staged_volume(
+            server,
+            &name,
+            &[("multicsi.io/provisioning", "thin")],
+            &name,
+        )
+        .await;
+        staged.push((v.id, v.staging));
     }
     staged
 }

@@ -525,6 +525,7 @@ mod tests {
         cloud_call("testdoc", "op", "429", 0.1);
         cloud_retry("testdoc", "op", "429");
         let _: Result<(), ()> = node_op("test_doc", || Ok(()));
+        group_snapshot_frozen(0.001);
         let scrape = render();
         let exported: std::collections::BTreeSet<String> = scrape
             .lines()

@@ -151,10 +151,18 @@ struct Copied {
     window: Duration,
 }
 
-/// Freezes every mounted member, copies every image, thaws all. On an
-/// error, the copies made so far are removed (never acknowledged) and all
-/// are thawed. `crash_point`s let tests cut the process off while frozen.
+/// Flushes every member, freezes every mounted one, copies every image,
+/// thaws all, then makes
+/// the copies durable (their content is fixed once copied: syncing them
+/// needs no member frozen). On an error, the copies made so far are removed
+/// (never acknowledged) and all are thawed. `crash_point`s let tests cut the
+/// process off while frozen.
 fn freeze_and_copy(copies: &[Copy], records: &Path) -> std::io::Result<Copied> {
+    // Dirty data written out first, unfrozen: the freezes then have little
+    // left to flush, and the window stays the copies' own.
+    for copy in copies {
+        freeze::flush_image(&copy.from).map_err(std::io::Error::other)?;
+    }
     let started = Instant::now();
     let mut held = Vec::with_capacity(copies.len());
     for copy in copies {
@@ -167,10 +175,14 @@ fn freeze_and_copy(copies: &[Copy], records: &Path) -> std::io::Result<Copied> {
     let frozen = held.iter().filter(|q| q.is_frozen()).count();
     crash_point("group-snapshot-frozen");
     let mut made = Vec::with_capacity(copies.len());
+    let mut files = Vec::with_capacity(copies.len());
     let mut result = Ok(());
     for copy in copies {
-        match image::copy(&copy.from, &copy.to, copy.size) {
-            Ok(()) => made.push(&copy.to),
+        match image::copy_unsynced(&copy.from, &copy.to, copy.size) {
+            Ok(file) => {
+                made.push(&copy.to);
+                files.push(file);
+            }
             Err(e) => {
                 // A failed copy may have left a partial file: it is ours
                 // (a file found in place is never taken for one).
@@ -185,6 +197,7 @@ fn freeze_and_copy(copies: &[Copy], records: &Path) -> std::io::Result<Copied> {
     crash_point("group-snapshot-copied");
     drop(held);
     let window = started.elapsed();
+    let result = result.and_then(|()| files.iter().try_for_each(|f| f.sync_all()));
     if let Err(e) = result {
         for path in made {
             let _ = files::remove_if_present(path);
