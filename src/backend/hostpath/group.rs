@@ -160,29 +160,30 @@ struct Copied {
 fn freeze_and_copy(copies: &[Copy], records: &Path) -> std::io::Result<Copied> {
     // Dirty data written out first, unfrozen: the freezes then have little
     // left to flush, and the window stays the copies' own.
-    for copy in copies {
-        freeze::flush_image(&copy.from).map_err(std::io::Error::other)?;
-    }
+    each(copies, |c| {
+        freeze::flush_image(&c.from).map_err(std::io::Error::other)
+    })
+    .into_iter()
+    .collect::<std::io::Result<Vec<()>>>()?;
     let started = Instant::now();
-    let mut held = Vec::with_capacity(copies.len());
-    for copy in copies {
-        if let Some(q) =
-            freeze::quiesce_image(&copy.from, records).map_err(std::io::Error::other)?
-        {
-            held.push(q);
-        }
-    }
-    let frozen = held.iter().filter(|q| q.is_frozen()).count();
+    // Each member is its own filesystem: frozen side by side. Should one
+    // fail, the ones held are thawed as `held` drops.
+    let held = each(copies, |c| {
+        freeze::quiesce_image(&c.from, records).map_err(std::io::Error::other)
+    })
+    .into_iter()
+    .collect::<std::io::Result<Vec<_>>>()?;
+    let frozen = held.iter().flatten().filter(|q| q.is_frozen()).count();
     crash_point("group-snapshot-frozen");
-    let mut made = Vec::with_capacity(copies.len());
-    let mut files = Vec::with_capacity(copies.len());
+    let copied = each(copies, |c| image::copy_unsynced(&c.from, &c.to, c.size));
+    crash_point("group-snapshot-copied");
+    drop(held);
+    let window = started.elapsed();
     let mut result = Ok(());
-    for copy in copies {
-        match image::copy_unsynced(&copy.from, &copy.to, copy.size) {
-            Ok(file) => {
-                made.push(&copy.to);
-                files.push(file);
-            }
+    let mut made = Vec::with_capacity(copies.len());
+    for (copy, outcome) in copies.iter().zip(copied) {
+        match outcome.and_then(|file| file.sync_all()) {
+            Ok(()) => made.push(&copy.to),
             Err(e) => {
                 // A failed copy may have left a partial file: it is ours
                 // (a file found in place is never taken for one).
@@ -190,14 +191,9 @@ fn freeze_and_copy(copies: &[Copy], records: &Path) -> std::io::Result<Copied> {
                     made.push(&copy.to);
                 }
                 result = Err(e);
-                break;
             }
         }
     }
-    crash_point("group-snapshot-copied");
-    drop(held);
-    let window = started.elapsed();
-    let result = result.and_then(|()| files.iter().try_for_each(|f| f.sync_all()));
     if let Err(e) = result {
         for path in made {
             let _ = files::remove_if_present(path);
@@ -205,6 +201,29 @@ fn freeze_and_copy(copies: &[Copy], records: &Path) -> std::io::Result<Copied> {
         return Err(e);
     }
     Ok(Copied { frozen, window })
+}
+
+/// Runs `work` for every member at once, one thread each; the results in
+/// the members' order.
+fn each<T: Send>(
+    copies: &[Copy],
+    work: impl Fn(&Copy) -> std::io::Result<T> + Sync,
+) -> Vec<std::io::Result<T>> {
+    std::thread::scope(|scope| {
+        let work = &work;
+        let running: Vec<_> = copies
+            .iter()
+            .map(|copy| scope.spawn(move || work(copy)))
+            .collect();
+        running
+            .into_iter()
+            .map(|thread| {
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("a member's worker panicked")))
+            })
+            .collect()
+    })
 }
 
 /// Same members, whatever the order.
