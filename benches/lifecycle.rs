@@ -352,7 +352,6 @@ async fn create_delete(server: &Server, n: usize, concurrency: usize, rows: &mut
 }
 
 async fn publish_cycles(server: &Server, cycles: usize, rows: &mut Vec<Row>) {
-    let mut c = server.controller();
     let staged = staged_volume(server, "bench-publish", &[], "staging").await;
     let (id, context, volume) = (staged.id.clone(), staged.context.clone(), &staged.volume);
     let staging = staged.staging.display().to_string();
@@ -389,21 +388,30 @@ async fn publish_cycles(server: &Server, cycles: usize, rows: &mut Vec<Row>) {
     let wall = started.elapsed();
     rows.push(row("NodePublishVolume".into(), publish, wall));
     rows.push(row("NodeUnpublishVolume".into(), unpublish, wall));
-    n.node_unstage_volume(csi::NodeUnstageVolumeRequest {
-        volume_id: id.clone(),
-        staging_target_path: staging,
-    })
-    .await
-    .expect("NodeUnstageVolume");
+    tear_down(server, &id, &staging).await;
+}
+
+/// Unstages, controller-unpublishes and deletes a volume [`staged_volume`]
+/// made.
+async fn tear_down(server: &Server, id: &str, staging: &str) {
+    server
+        .node()
+        .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: id.to_string(),
+            staging_target_path: staging.to_string(),
+        })
+        .await
+        .expect("NodeUnstageVolume");
+    let mut c = server.controller();
     c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
-        volume_id: id.clone(),
+        volume_id: id.to_string(),
         node_id: "bench-node".into(),
         ..Default::default()
     })
     .await
     .expect("ControllerUnpublishVolume");
     c.delete_volume(csi::DeleteVolumeRequest {
-        volume_id: id,
+        volume_id: id.to_string(),
         ..Default::default()
     })
     .await
@@ -559,28 +567,8 @@ async fn group_snapshots(server: &Server, n: usize, rounds: usize) -> GroupRow {
     // The log is written asynchronously: give it a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let freeze_ms = logged_freeze_windows(server).split_off(seen);
-    let mut c = server.controller();
-    let mut node = server.node();
     for (id, staging) in staged {
-        node.node_unstage_volume(csi::NodeUnstageVolumeRequest {
-            volume_id: id.clone(),
-            staging_target_path: staging.display().to_string(),
-        })
-        .await
-        .expect("NodeUnstageVolume");
-        c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
-            volume_id: id.clone(),
-            node_id: "bench-node".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("ControllerUnpublishVolume");
-        c.delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id,
-            ..Default::default()
-        })
-        .await
-        .expect("DeleteVolume");
+        tear_down(server, &id, &staging.display().to_string()).await;
     }
     GroupRow {
         volumes: n,
