@@ -179,6 +179,14 @@ pub async fn group_snapshot_input_errors(b: BackendUnderTest) {
             Code::InvalidArgument,
         );
     }
+    let many: Vec<String> = (0..257).map(|i| format!("hp-{i:032x}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    fails(
+        "CreateVolumeGroupSnapshot of 257 volumes",
+        g.create_volume_group_snapshot(group_request("g", &many))
+            .await,
+        Code::InvalidArgument,
+    );
     fails(
         "CreateVolumeGroupSnapshot of an unknown volume",
         g.create_volume_group_snapshot(group_request("g", &[id, b.unknown_volume_id]))

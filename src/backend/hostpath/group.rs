@@ -35,6 +35,9 @@ use crate::node::freeze;
 
 /// Group snapshot IDs start with this.
 const GROUP_PREFIX: &str = "hpg-";
+/// The most volumes one group snapshot takes (each is frozen and copied by
+/// a thread of its own; the group is one journal entry).
+const MAX_MEMBERS: usize = 256;
 /// The directory of the state where a group create's intent lies while
 /// its copies are made.
 const INTENTS: &str = "group-intents";
@@ -272,6 +275,12 @@ impl HostPath {
         name: &str,
         sources: &[String],
     ) -> CsiResult<GroupSnapshot> {
+        if sources.len() > MAX_MEMBERS {
+            return Err(CsiError::InvalidArgument(format!(
+                "source_volume_ids names {} volumes; a group snapshot takes at most {MAX_MEMBERS}: split the group",
+                sources.len()
+            )));
+        }
         let id = id_for(GROUP_PREFIX, name);
         let _guard = self.busy.acquire(&[&id])?;
         let existing = self.state().groups.get(&id).cloned();
