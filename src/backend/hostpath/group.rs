@@ -229,8 +229,8 @@ fn each<T: Send>(
     })
 }
 
-/// Same members, whatever the order.
-fn same_sources(record: &[String], request: &[String]) -> bool {
+/// The same IDs, whatever the order.
+fn same_set(record: &[String], request: &[String]) -> bool {
     record.iter().collect::<BTreeSet<_>>() == request.iter().collect::<BTreeSet<_>>()
 }
 
@@ -260,7 +260,7 @@ impl HostPath {
     /// INVALID_ARGUMENT when `snapshot_ids` is given and is not the group's
     /// members.
     fn check_members(group: &GroupRecord, snapshot_ids: &[String]) -> CsiResult<()> {
-        if snapshot_ids.is_empty() || same_sources(&group.snapshot_ids, snapshot_ids) {
+        if snapshot_ids.is_empty() || same_set(&group.snapshot_ids, snapshot_ids) {
             return Ok(());
         }
         Err(CsiError::InvalidArgument(format!(
@@ -294,7 +294,7 @@ impl HostPath {
                     .map(|s| s.source_volume_id.clone())
                     .collect()
             };
-            if same_sources(&recorded, sources) {
+            if same_set(&recorded, sources) {
                 return Ok(self.to_group(&existing));
             }
             return Err(CsiError::AlreadyExists(format!(
@@ -474,7 +474,7 @@ mod tests {
     fn sources_compare_as_sets() {
         let ab = ["a".to_string(), "b".to_string()];
         let ba = ["b".to_string(), "a".to_string()];
-        assert!(same_sources(&ab, &ba));
-        assert!(!same_sources(&ab, &ab[..1]));
+        assert!(same_set(&ab, &ba));
+        assert!(!same_set(&ab, &ab[..1]));
     }
 }
