@@ -84,6 +84,8 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
     let mut router = builder.add_service(IdentityServer::from_arc(driver.clone()));
     if settings.mode.serves_controller() {
         router = router.add_service(ControllerServer::from_arc(driver.clone()));
+    }
+    if driver.serves_group_controller() {
         router = router.add_service(GroupControllerServer::from_arc(driver.clone()));
     }
     if settings.mode.serves_node() {

@@ -1,7 +1,6 @@
-//! The GroupController service: volume group snapshots. Served with the
-//! controller; advertised (plugin capability, RPC capability) only when the
-//! backend takes group snapshots (see `Backend::group_snapshots`), and
-//! UNIMPLEMENTED, saying why, where it does not.
+//! The GroupController service: volume group snapshots. Served (and
+//! advertised) only by a controller whose backend takes group snapshots
+//! (see `Backend::group_snapshots`); elsewhere its calls are UNIMPLEMENTED.
 
 use std::collections::BTreeSet;
 
@@ -54,20 +53,10 @@ fn optional_identifiers<'a>(field: &str, values: &'a [String]) -> CsiResult<&'a 
 }
 
 impl Driver {
-    /// UNIMPLEMENTED, saying why, when the backend takes no group snapshots.
-    fn require_group_snapshots(&self) -> CsiResult<()> {
-        if self.backend.group_snapshots() {
-            Ok(())
-        } else {
-            Err(self.backend.no_group_snapshots())
-        }
-    }
-
     async fn create_group(
         &self,
         r: pb::CreateVolumeGroupSnapshotRequest,
     ) -> CsiResult<pb::CreateVolumeGroupSnapshotResponse> {
-        self.require_group_snapshots()?;
         let name = validate::identifier("name", &r.name)?;
         let sources = identifiers("source_volume_ids", &r.source_volume_ids)?;
         params::parse(&r.parameters, &self.backend.backend_names(), &[])?;
@@ -82,7 +71,6 @@ impl Driver {
         &self,
         r: pb::DeleteVolumeGroupSnapshotRequest,
     ) -> CsiResult<pb::DeleteVolumeGroupSnapshotResponse> {
-        self.require_group_snapshots()?;
         let id = validate::identifier("group_snapshot_id", &r.group_snapshot_id)?;
         let members = optional_identifiers("snapshot_ids", &r.snapshot_ids)?;
         let _guard = self.locks.acquire(&[id])?;
@@ -94,7 +82,6 @@ impl Driver {
         &self,
         r: pb::GetVolumeGroupSnapshotRequest,
     ) -> CsiResult<pb::GetVolumeGroupSnapshotResponse> {
-        self.require_group_snapshots()?;
         let id = validate::identifier("group_snapshot_id", &r.group_snapshot_id)?;
         let members = optional_identifiers("snapshot_ids", &r.snapshot_ids)?;
         let group = self.backend.get_group_snapshot(id, members).await?;
