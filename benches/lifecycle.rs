@@ -5,12 +5,16 @@
 //!   concurrency 1 and 16, 500 volumes each;
 //! - NodePublishVolume / NodeUnpublishVolume: p50/p99 over 200 cycles to
 //!   fresh target directories of one staged volume (needs root);
-//! - the server's resident memory (VmRSS) idle and with 500 volumes.
+//! - the server's resident memory (VmRSS) idle and with 500 volumes;
+//! - CreateVolumeGroupSnapshot of 2, 8 and 32 mounted ext4 volumes, each
+//!   with unflushed writes: the freeze window the server reports (first
+//!   freeze to last thaw) and the call's total time (needs root).
 //!
 //! Run with `scripts/bench.sh` (or `cargo bench --bench lifecycle`).
 //! Options: `--volumes N`, `--cycles N`, `--skip-node`, `--thin` (the
-//! volumes are thin; thick, the default, reserves each one's space). The state directory
-//! lives under `$BENCH_DIR` (default /var/tmp), on local disk.
+//! volumes are thin; thick, the default, reserves each one's space),
+//! `--groups N,N,..`, `--only-groups`. The state directory lives under
+//! `$BENCH_DIR` (default /var/tmp), on local disk.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -36,6 +40,10 @@ struct Options {
     node: bool,
     /// StorageClass parameters of the benchmark's volumes (`--thin`).
     parameters: std::collections::HashMap<String, String>,
+    /// Sizes of the group snapshots measured.
+    groups: Vec<usize>,
+    /// Only the group snapshots.
+    only_groups: bool,
 }
 
 fn options() -> Options {
@@ -44,6 +52,8 @@ fn options() -> Options {
         cycles: 200,
         node: true,
         parameters: Default::default(),
+        groups: vec![2, 8, 32],
+        only_groups: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -55,6 +65,15 @@ fn options() -> Options {
                 o.parameters
                     .insert("multicsi.io/provisioning".into(), "thin".into());
             }
+            "--groups" => {
+                o.groups = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            }
+            "--only-groups" => o.only_groups = true,
             // cargo bench passes --bench; ignore what is not ours.
             _ => {}
         }
@@ -72,6 +91,11 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
+        Self::start_logging("warn").await
+    }
+
+    /// Starts the server logging (JSON) at `level`.
+    async fn start_logging(level: &str) -> Server {
         let base = std::env::var_os("BENCH_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/var/tmp"));
@@ -94,7 +118,7 @@ impl Server {
             .arg("--kubelet-dir")
             .arg(dir.join("work"))
             .env("MULTICSI_LOG_FORMAT", "json")
-            .env("MULTICSI_LOG_LEVEL", "warn")
+            .env("MULTICSI_LOG_LEVEL", level)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -345,48 +369,10 @@ async fn create_delete(
 }
 
 async fn publish_cycles(server: &Server, cycles: usize, rows: &mut Vec<Row>) {
-    let mut c = server.controller();
-    let volume = c
-        .create_volume(csi::CreateVolumeRequest {
-            name: "bench-publish".into(),
-            capacity_range: Some(csi::CapacityRange {
-                required_bytes: 64 * MIB,
-                limit_bytes: 0,
-            }),
-            volume_capabilities: vec![mount_cap()],
-            ..Default::default()
-        })
-        .await
-        .expect("CreateVolume")
-        .into_inner()
-        .volume
-        .expect("volume");
-    let id = volume.volume_id.clone();
-    let context = c
-        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
-            volume_id: id.clone(),
-            node_id: "bench-node".into(),
-            volume_capability: Some(mount_cap()),
-            ..Default::default()
-        })
-        .await
-        .expect("ControllerPublishVolume")
-        .into_inner()
-        .publish_context;
-    let staging = server.dir.join("work/staging");
-    std::fs::create_dir_all(&staging).expect("staging");
-    let staging = staging.display().to_string();
+    let staged = staged_volume(server, "bench-publish", &[], "staging").await;
+    let (id, context, volume) = (staged.id.clone(), staged.context.clone(), &staged.volume);
+    let staging = staged.staging.display().to_string();
     let mut n = server.node();
-    n.node_stage_volume(csi::NodeStageVolumeRequest {
-        volume_id: id.clone(),
-        publish_context: context.clone(),
-        staging_target_path: staging.clone(),
-        volume_capability: Some(mount_cap()),
-        volume_context: volume.volume_context.clone(),
-        ..Default::default()
-    })
-    .await
-    .expect("NodeStageVolume");
     let mut publish = Vec::with_capacity(cycles);
     let mut unpublish = Vec::with_capacity(cycles);
     let started = Instant::now();
@@ -419,25 +405,219 @@ async fn publish_cycles(server: &Server, cycles: usize, rows: &mut Vec<Row>) {
     let wall = started.elapsed();
     rows.push(row("NodePublishVolume".into(), publish, wall));
     rows.push(row("NodeUnpublishVolume".into(), unpublish, wall));
-    n.node_unstage_volume(csi::NodeUnstageVolumeRequest {
-        volume_id: id.clone(),
-        staging_target_path: staging,
-    })
-    .await
-    .expect("NodeUnstageVolume");
+    tear_down(server, &id, &staging).await;
+}
+
+/// Unstages, controller-unpublishes and deletes a volume [`staged_volume`]
+/// made.
+async fn tear_down(server: &Server, id: &str, staging: &str) {
+    server
+        .node()
+        .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: id.to_string(),
+            staging_target_path: staging.to_string(),
+        })
+        .await
+        .expect("NodeUnstageVolume");
+    let mut c = server.controller();
     c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
-        volume_id: id.clone(),
+        volume_id: id.to_string(),
         node_id: "bench-node".into(),
         ..Default::default()
     })
     .await
     .expect("ControllerUnpublishVolume");
     c.delete_volume(csi::DeleteVolumeRequest {
-        volume_id: id,
+        volume_id: id.to_string(),
         ..Default::default()
     })
     .await
     .expect("DeleteVolume");
+}
+
+/// A volume created, controller-published and staged (ext4, 64 MiB) for a
+/// benchmark.
+struct Staged {
+    id: String,
+    volume: csi::Volume,
+    context: std::collections::HashMap<String, String>,
+    staging: PathBuf,
+}
+
+/// Creates volume `name` with `parameters`, publishes it to the node and
+/// stages it at `work/<staging>`.
+async fn staged_volume(
+    server: &Server,
+    name: &str,
+    parameters: &[(&str, &str)],
+    staging: &str,
+) -> Staged {
+    let mut c = server.controller();
+    let volume = c
+        .create_volume(csi::CreateVolumeRequest {
+            name: name.into(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 64 * MIB,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![mount_cap()],
+            parameters: parameters
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("CreateVolume")
+        .into_inner()
+        .volume
+        .expect("volume");
+    let id = volume.volume_id.clone();
+    let context = c
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+            volume_id: id.clone(),
+            node_id: "bench-node".into(),
+            volume_capability: Some(mount_cap()),
+            ..Default::default()
+        })
+        .await
+        .expect("ControllerPublishVolume")
+        .into_inner()
+        .publish_context;
+    let staging = server.dir.join("work").join(staging);
+    std::fs::create_dir_all(&staging).expect("staging");
+    server
+        .node()
+        .node_stage_volume(csi::NodeStageVolumeRequest {
+            volume_id: id.clone(),
+            publish_context: context.clone(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(mount_cap()),
+            volume_context: volume.volume_context.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("NodeStageVolume");
+    Staged {
+        id,
+        volume,
+        context,
+        staging,
+    }
+}
+
+/// `n` thin volumes staged for a group snapshot: their IDs and staging paths.
+async fn staged_volumes(server: &Server, n: usize) -> Vec<(String, PathBuf)> {
+    let mut staged = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("bench-group-{n}-{i}");
+        let v = staged_volume(
+            server,
+            &name,
+            &[("multicsi.io/provisioning", "thin")],
+            &name,
+        )
+        .await;
+        staged.push((v.id, v.staging));
+    }
+    staged
+}
+
+/// The freeze windows (ms) the server logged for its group snapshots, in
+/// order.
+fn logged_freeze_windows(server: &Server) -> Vec<f64> {
+    std::fs::read_to_string(server.dir.join("server.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "group snapshot created")
+        .filter_map(|v| v["freeze_window_ms"].as_f64())
+        .collect()
+}
+
+/// One measured group size.
+struct GroupRow {
+    volumes: usize,
+    rounds: usize,
+    freeze_ms: Vec<f64>,
+    total: Vec<Duration>,
+}
+
+/// CreateVolumeGroupSnapshot of `n` mounted volumes, `rounds` times, each
+/// volume holding 4 MiB of new unflushed writes before each round; the
+/// group is deleted after each round.
+async fn group_snapshots(server: &Server, n: usize, rounds: usize) -> GroupRow {
+    let staged = staged_volumes(server, n).await;
+    let ids: Vec<String> = staged.iter().map(|(id, _)| id.clone()).collect();
+    let mut g =
+        multicsi::csi::group_controller_client::GroupControllerClient::new(server.channel.clone());
+    let seen = logged_freeze_windows(server).len();
+    let mut total = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        for (_, staging) in &staged {
+            std::fs::write(
+                staging.join(format!("data-{round}")),
+                vec![round as u8; 4 << 20],
+            )
+            .expect("write");
+        }
+        let t = Instant::now();
+        let group = g
+            .create_volume_group_snapshot(csi::CreateVolumeGroupSnapshotRequest {
+                name: format!("bench-group-{n}-{round}"),
+                source_volume_ids: ids.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("CreateVolumeGroupSnapshot")
+            .into_inner()
+            .group_snapshot
+            .expect("group snapshot");
+        total.push(t.elapsed());
+        g.delete_volume_group_snapshot(csi::DeleteVolumeGroupSnapshotRequest {
+            group_snapshot_id: group.group_snapshot_id,
+            ..Default::default()
+        })
+        .await
+        .expect("DeleteVolumeGroupSnapshot");
+    }
+    // The log is written asynchronously: give it a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let freeze_ms = logged_freeze_windows(server).split_off(seen);
+    for (id, staging) in staged {
+        tear_down(server, &id, &staging.display().to_string()).await;
+    }
+    GroupRow {
+        volumes: n,
+        rounds,
+        freeze_ms,
+        total,
+    }
+}
+
+fn print_groups(rows: &[GroupRow]) {
+    println!();
+    println!("group snapshots of mounted ext4 volumes (4 MiB unflushed writes each)");
+    println!(
+        "{:<10} {:>6} {:>16} {:>16} {:>14} {:>14}",
+        "volumes", "rounds", "freeze p50 ms", "freeze max ms", "total p50 ms", "total max ms"
+    );
+    for r in rows {
+        let mut freeze = r.freeze_ms.clone();
+        freeze.sort_by(f64::total_cmp);
+        let mut total = r.total.clone();
+        total.sort();
+        let median = |v: &[f64]| v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or(0.0);
+        println!(
+            "{:<10} {:>6} {:>16.3} {:>16.3} {:>14} {:>14}",
+            r.volumes,
+            r.rounds,
+            median(&freeze),
+            freeze.last().copied().unwrap_or(0.0),
+            ms(percentile(&total, 50.0)),
+            ms(total.last().copied().unwrap_or_default())
+        );
+    }
 }
 
 /// The disk's flush latency right now: p50 and p99 of 100 `fdatasync`s of a
@@ -479,6 +659,20 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async move {
+        if node && !o.groups.is_empty() {
+            // Its own server, logging at info: the freeze window is logged.
+            let server = Server::start_logging("info").await;
+            let mut rows = Vec::new();
+            for &n in &o.groups {
+                rows.push(group_snapshots(&server, n, 5).await);
+            }
+            print_groups(&rows);
+        } else if !o.groups.is_empty() {
+            println!("group snapshots          not measured (needs root; --skip-node)");
+        }
+        if o.only_groups {
+            return;
+        }
         let server = Server::start().await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_idle = server.rss_kib();

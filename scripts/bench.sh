@@ -5,8 +5,10 @@
 # prints a table of throughput, latency and memory against the targets.
 #
 #   scripts/bench.sh [--volumes N] [--cycles N] [--skip-node] [--thin]
+#                    [--groups 2,8,32] [--only-groups]
 #
-# Node measurements (NodePublish/NodeUnpublish on a loop device) need root.
+# Node measurements (NodePublish/NodeUnpublish on a loop device, group
+# snapshots of mounted volumes: freeze window and total time) need root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The bench profile is the release profile: this builds the optimised server

@@ -38,6 +38,11 @@ const NODE_DURATION: &str = "multicsi_node_operation_duration_seconds";
 const LUKS_ON_PREVIOUS: &str = "multicsi_luks_volumes_on_previous_key";
 const BUILD_INFO: &str = "multicsi_build_info";
 const KEPT_ASIDE_FILES: &str = "multicsi_hostpath_kept_aside_files";
+const GROUP_FREEZE: &str = "multicsi_group_snapshot_freeze_seconds";
+/// Freeze windows of group snapshots: from a millisecond (reflinks) up.
+const FREEZE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// Tells the recorder what each family is.
 fn describe() {
@@ -91,6 +96,10 @@ fn describe() {
         KEPT_ASIDE_FILES,
         "Images and records of the hostpath state that its journal did not name at start: moved to the kept-aside directory, never deleted; an operator decides."
     );
+    describe_histogram!(
+        GROUP_FREEZE,
+        "How long a volume group snapshot held its members frozen (from the first freeze to the last thaw)."
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the labels name the driver's version and backend."
@@ -112,6 +121,11 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(SECONDS_BUCKETS)
+                .ok()?
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(GROUP_FREEZE.into()),
+                    FREEZE_BUCKETS,
+                )
                 .ok()?
                 .build_recorder();
             let handle = recorder.handle();
@@ -259,6 +273,11 @@ pub fn luks_on_previous_key(name: &str, on_previous: bool) {
     } else {
         set.remove(name);
     }
+}
+
+/// Records how long a group snapshot held its members frozen.
+pub fn group_snapshot_frozen(seconds: f64) {
+    histogram!(GROUP_FREEZE).record(seconds);
 }
 
 /// Records how many files the hostpath backend keeps aside.
@@ -506,6 +525,7 @@ mod tests {
         cloud_call("testdoc", "op", "429", 0.1);
         cloud_retry("testdoc", "op", "429");
         let _: Result<(), ()> = node_op("test_doc", || Ok(()));
+        group_snapshot_frozen(0.001);
         let scrape = render();
         let exported: std::collections::BTreeSet<String> = scrape
             .lines()

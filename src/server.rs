@@ -13,6 +13,7 @@ use tonic::transport::Server;
 
 use crate::config::{Endpoint, ServeArgs, Settings};
 use crate::csi::controller_server::ControllerServer;
+use crate::csi::group_controller_server::GroupControllerServer;
 use crate::csi::identity_server::IdentityServer;
 use crate::csi::node_server::NodeServer;
 use crate::driver::Driver;
@@ -83,6 +84,9 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
     let mut router = builder.add_service(IdentityServer::from_arc(driver.clone()));
     if settings.mode.serves_controller() {
         router = router.add_service(ControllerServer::from_arc(driver.clone()));
+    }
+    if driver.serves_group_controller() {
+        router = router.add_service(GroupControllerServer::from_arc(driver.clone()));
     }
     if settings.mode.serves_node() {
         router = router.add_service(NodeServer::from_arc(driver.clone()));

@@ -398,6 +398,76 @@ fn snapshots_create_list_restore_delete() {
 }
 
 #[test]
+fn group_snapshots_create_get_restore_delete() {
+    let server = Server::start();
+    let caps = server.one(&["group-snapshot", "capabilities"]);
+    assert_eq!(
+        caps["capabilities"][0], "CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT",
+        "{caps}"
+    );
+    let a = server.one(&["controller", "create", "pvc-ga", "--size", "16Mi"]);
+    let b = server.one(&["controller", "create", "pvc-gb", "--size", "16Mi"]);
+    let (a, b) = (str_of(&a, "volume_id"), str_of(&b, "volume_id"));
+    let args = [
+        "group-snapshot",
+        "create",
+        "g-1",
+        "--volume",
+        a,
+        "--volume",
+        b,
+    ];
+    let group = server.one(&args);
+    let group_id = str_of(&group, "group_snapshot_id").to_string();
+    assert!(is_id(&group_id, "hpg-"), "{group_id}");
+    assert_eq!(group["ready_to_use"], true);
+    let members = group["snapshots"].as_array().expect("snapshots");
+    assert_eq!(members.len(), 2);
+    for member in members {
+        assert_eq!(str_of(member, "group_snapshot_id"), group_id);
+    }
+    assert_eq!(server.one(&args), group, "a repeat returns the same group");
+    let text = server.ok(&["group-snapshot", "get", &group_id]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "group-snapshot {group_id}  2 snapshots  ready  created "
+        )),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("  snapshot hps-"), "{text}");
+    let member = str_of(&members[0], "snapshot_id").to_string();
+    let restored = server.one(&["controller", "create", "pvc-gr", "--from-snapshot", &member]);
+    assert_eq!(restored["content_source"]["snapshot_id"], member.as_str());
+    server.fails(
+        &["group-snapshot", "create", "g-1", "--volume", a],
+        "AlreadyExists",
+    );
+    server.fails(
+        &["controller", "snapshot", "delete", &member],
+        "InvalidArgument",
+    );
+    server.fails(
+        &[
+            "group-snapshot",
+            "get",
+            &group_id,
+            "--snapshot",
+            "hps-other",
+        ],
+        "InvalidArgument",
+    );
+    let deleted = server.one(&["group-snapshot", "delete", &group_id]);
+    assert_eq!(str_of(&deleted, "group_snapshot_id"), group_id);
+    assert!(server.json(&["controller", "snapshot", "list"]).is_empty());
+    server.fails(&["group-snapshot", "get", &group_id], "NotFound");
+    for id in [str_of(&restored, "volume_id"), a, b] {
+        server.ok(&["controller", "delete", id]);
+    }
+}
+
+#[test]
 fn secrets_are_never_printed() {
     let server = Server::start();
     let dir = tempfile::tempdir().expect("temp dir");

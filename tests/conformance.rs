@@ -17,6 +17,8 @@ mod cloudscale_only;
 mod controller;
 #[path = "conformance/crash.rs"]
 mod crash;
+#[path = "conformance/group.rs"]
+mod group;
 #[path = "conformance/harness.rs"]
 mod harness;
 #[path = "conformance/identity.rs"]
@@ -93,6 +95,9 @@ macro_rules! api_sections {
         ]);
         section!($backend, crash: [
             crash_during_create_volume,
+        ]);
+        section!($backend, group_controller in group: [
+            group_controller_is_advertised_only_with_group_snapshots,
         ]);
         section!($backend, logs in observability: [
             control_characters_cannot_forge_log_lines,
@@ -201,6 +206,14 @@ mod hostpath {
     section!(crate::harness::BackendUnderTest::hostpath, node_snapshot_crash in crash: [
         crash_during_snapshot_of_a_mounted_volume,
     ]);
+    section!(crate::harness::BackendUnderTest::hostpath, group: [
+        group_snapshot_input_errors,
+        group_snapshots_are_idempotent_and_listed,
+    ]);
+    section!(crate::harness::BackendUnderTest::hostpath, group_node in group: [
+        group_snapshot_of_mounted_volumes_is_one_point_in_time,
+        crash_during_group_snapshot,
+    ]);
 }
 
 /// Civo against its emulator, volume snapshots on. Civo has no clones and
@@ -278,6 +291,9 @@ mod cloudscale {
             two_backends_route_by_id,
             capacity_follows_the_storage_class,
             a_node_plugin_serves_only_its_own_backends,
+        ]);
+        section!(crate::harness::BackendUnderTest::cloudscale_with_hostpath, group_routing in group: [
+            group_snapshots_take_one_capable_backend,
         ]);
     }
 }

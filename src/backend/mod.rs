@@ -101,6 +101,19 @@ pub struct Snapshot {
     pub size_bytes: u64,
     pub created: SystemTime,
     pub ready: bool,
+    /// The group snapshot this snapshot is a member of, if any.
+    pub group_snapshot_id: Option<String>,
+}
+
+/// A volume group snapshot: snapshots of several volumes taken at one
+/// point in time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupSnapshot {
+    pub id: String,
+    /// One member snapshot per source volume.
+    pub snapshots: Vec<Snapshot>,
+    pub created: SystemTime,
+    pub ready: bool,
 }
 
 /// Free space a backend can offer.
@@ -174,6 +187,41 @@ pub trait Backend: Send + Sync + 'static {
     async fn delete_snapshot(&self, id: &str) -> CsiResult<()>;
     /// All snapshots, ordered by ID.
     async fn list_snapshots(&self) -> CsiResult<Vec<Snapshot>>;
+
+    /// Whether the backend takes volume group snapshots (one point in time
+    /// across several volumes).
+    fn group_snapshots(&self) -> bool {
+        false
+    }
+    /// Snapshots `source_volume_ids` together, at one point in time;
+    /// idempotent by `name`.
+    async fn create_group_snapshot(
+        &self,
+        _name: &str,
+        _source_volume_ids: &[String],
+    ) -> CsiResult<GroupSnapshot> {
+        Err(self.no_group_snapshots())
+    }
+    /// Deletes a group snapshot with its members; one that does not exist
+    /// is Ok. `snapshot_ids`, when given, must be its members.
+    async fn delete_group_snapshot(&self, _id: &str, _snapshot_ids: &[String]) -> CsiResult<()> {
+        Err(self.no_group_snapshots())
+    }
+    /// A group snapshot; `snapshot_ids`, when given, must be its members.
+    async fn get_group_snapshot(
+        &self,
+        _id: &str,
+        _snapshot_ids: &[String],
+    ) -> CsiResult<GroupSnapshot> {
+        Err(self.no_group_snapshots())
+    }
+    /// The error of a group snapshot call to a backend without them.
+    fn no_group_snapshots(&self) -> crate::error::CsiError {
+        crate::error::CsiError::Unimplemented(format!(
+            "the {} backend takes no volume group snapshots: its provider offers no point in time across volumes",
+            self.name()
+        ))
+    }
 }
 
 /// The node side of a storage provider: how a volume becomes a block device.

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{
-    Backend, Capacity, ContentSource, CreateVolume, Features, Map, NodeBackend, Recorded, Snapshot,
-    Volume, VolumeStatus,
+    Backend, Capacity, ContentSource, CreateVolume, Features, GroupSnapshot, Map, NodeBackend,
+    Recorded, Snapshot, Volume, VolumeStatus,
 };
 use crate::csi::params::BACKEND;
 use crate::error::{CsiError, CsiResult};
@@ -115,7 +115,64 @@ impl Router {
     fn outward_snapshot(&self, index: usize, mut snapshot: Snapshot) -> Snapshot {
         snapshot.id = self.outward(index, &snapshot.id);
         snapshot.source_volume_id = self.outward(index, &snapshot.source_volume_id);
+        snapshot.group_snapshot_id = snapshot
+            .group_snapshot_id
+            .map(|id| self.outward(index, &id));
         snapshot
+    }
+
+    fn outward_group(&self, index: usize, mut group: GroupSnapshot) -> GroupSnapshot {
+        group.id = self.outward(index, &group.id);
+        group.snapshots = group
+            .snapshots
+            .into_iter()
+            .map(|s| self.outward_snapshot(index, s))
+            .collect();
+        group
+    }
+
+    /// The backend of a group snapshot's IDs and their own IDs there: every
+    /// ID must belong to that one backend.
+    fn route_all(&self, ids: &[String], what: &str) -> CsiResult<(usize, Vec<String>)> {
+        let mut index = None;
+        let mut own = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (i, id_there) = self.route(id);
+            if index.is_some_and(|first| first != i) {
+                return Err(CsiError::FailedPrecondition(format!(
+                    "{what} belong to several backends ({} and {}); a group snapshot takes the volumes of one backend only",
+                    self.backend(index.unwrap_or(0)).name(),
+                    self.backend(i).name()
+                )));
+            }
+            index = Some(i);
+            own.push(id_there.to_string());
+        }
+        Ok((index.unwrap_or(0), own))
+    }
+
+    /// The own IDs of a group snapshot's members on backend `index`; a
+    /// snapshot of another backend is no member (INVALID_ARGUMENT).
+    fn members_of(&self, index: usize, snapshot_ids: &[String]) -> CsiResult<Vec<String>> {
+        snapshot_ids
+            .iter()
+            .map(|id| match self.route(id) {
+                (i, own) if i == index => Ok(own.to_string()),
+                _ => Err(CsiError::InvalidArgument(format!(
+                    "snapshot {id} is not of the {} backend, so no member of this group snapshot; list the group's own snapshot_ids",
+                    self.backend(index).name()
+                ))),
+            })
+            .collect()
+    }
+
+    /// The backends that take group snapshots.
+    fn group_backends(&self) -> Vec<&'static str> {
+        self.routes
+            .iter()
+            .filter(|r| r.backend.group_snapshots())
+            .map(|r| r.backend.name())
+            .collect()
     }
 
     fn by_name(&self, name: &str) -> Option<usize> {
@@ -340,6 +397,60 @@ impl Backend for Router {
         all.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(all)
     }
+
+    /// Advertised when any backend takes group snapshots; a request for
+    /// volumes of a backend that does not, or of several backends, is
+    /// refused (FAILED_PRECONDITION).
+    fn group_snapshots(&self) -> bool {
+        self.routes.iter().any(|r| r.backend.group_snapshots())
+    }
+
+    async fn create_group_snapshot(
+        &self,
+        name: &str,
+        source_volume_ids: &[String],
+    ) -> CsiResult<GroupSnapshot> {
+        let (index, own) = self.route_all(source_volume_ids, "the source volumes")?;
+        let backend = self.backend(index);
+        if !backend.group_snapshots() {
+            return Err(CsiError::FailedPrecondition(format!(
+                "the source volumes are {} volumes, and the {} backend takes no group snapshots (its provider offers no point in time across volumes); group snapshots are taken of {} volumes",
+                backend.name(),
+                backend.name(),
+                self.group_backends().join(", ")
+            )));
+        }
+        let group = backend.create_group_snapshot(name, &own).await?;
+        Ok(self.outward_group(index, group))
+    }
+
+    async fn delete_group_snapshot(&self, id: &str, snapshot_ids: &[String]) -> CsiResult<()> {
+        let (index, own) = self.route(id);
+        let backend = self.backend(index);
+        if !backend.group_snapshots() {
+            return Ok(());
+        }
+        let own_members = self.members_of(index, snapshot_ids)?;
+        backend.delete_group_snapshot(own, &own_members).await
+    }
+
+    async fn get_group_snapshot(
+        &self,
+        id: &str,
+        snapshot_ids: &[String],
+    ) -> CsiResult<GroupSnapshot> {
+        let (index, own) = self.route(id);
+        let backend = self.backend(index);
+        if !backend.group_snapshots() {
+            return Err(CsiError::NotFound(format!(
+                "group snapshot {id} does not exist (the {} backend takes no group snapshots)",
+                backend.name()
+            )));
+        }
+        let own_members = self.members_of(index, snapshot_ids)?;
+        let group = backend.get_group_snapshot(own, &own_members).await?;
+        Ok(self.outward_group(index, group))
+    }
 }
 
 #[async_trait]
@@ -533,6 +644,7 @@ mod tests {
                 size_bytes: 1,
                 created: std::time::UNIX_EPOCH,
                 ready: true,
+                group_snapshot_id: None,
             })
         }
         async fn delete_snapshot(&self, id: &str) -> CsiResult<()> {

@@ -1,7 +1,7 @@
 //! `multicsi client`: speaks CSI to any driver's socket, the way `csc` did.
 //!
 //! `multicsi client [--endpoint E] [--json] [--timeout SECS] <group> <command> [args]`
-//! with the groups `identity`, `controller` and `node`. Results go to stdout
+//! with the groups `identity`, `controller`, `node` and `group-snapshot`. Results go to stdout
 //! (readable, or one JSON object per result with `--json`); errors go to
 //! stderr as `error: <gRPC code>: <message>` with exit code 1, usage errors
 //! exit with 2. Secrets given on the command line are never printed.
@@ -9,6 +9,7 @@
 pub mod args;
 pub mod connect;
 pub mod controller;
+pub mod group_snapshot;
 pub mod identity;
 pub mod node;
 pub mod output;
@@ -50,6 +51,9 @@ pub enum Group {
     /// Node service: stage, publish, stats, expand, info.
     #[command(subcommand)]
     Node(node::Command),
+    /// GroupController service: volume group snapshots.
+    #[command(subcommand)]
+    GroupSnapshot(group_snapshot::Command),
 }
 
 /// Why a client command failed.
@@ -152,6 +156,7 @@ async fn dispatch<W: Write>(
         Group::Identity(command) => identity::run(command, connection, out).await,
         Group::Controller(command) => controller::run(command, connection, out).await,
         Group::Node(command) => node::run(command, connection, out).await,
+        Group::GroupSnapshot(command) => group_snapshot::run(command, connection, out).await,
     }
 }
 

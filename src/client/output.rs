@@ -186,6 +186,44 @@ pub fn snapshot(s: &pb::Snapshot) -> Item {
     }
 }
 
+/// A group snapshot: a line for the group, then one per member.
+pub fn group_snapshot(g: &pb::VolumeGroupSnapshot) -> Item {
+    let created = g.creation_time.as_ref().map(rfc3339);
+    let members: Vec<Item> = g.snapshots.iter().map(snapshot).collect();
+    let head = line([
+        format!("group-snapshot {}", g.group_snapshot_id),
+        format!("{} snapshots", g.snapshots.len()),
+        if g.ready_to_use { "ready" } else { "not ready" }.to_string(),
+        created
+            .as_ref()
+            .map(|c| format!("created {c}"))
+            .unwrap_or_default(),
+    ]);
+    Item {
+        text: std::iter::once(head)
+            .chain(members.iter().map(|m| format!("  {}", m.text)))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        json: json!({
+            "group_snapshot_id": g.group_snapshot_id,
+            "creation_time": created,
+            "ready_to_use": g.ready_to_use,
+            "snapshots": members.into_iter().map(|m| m.json).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+pub fn group_controller_capabilities(r: &pb::GroupControllerGetCapabilitiesResponse) -> Item {
+    use pb::group_controller_service_capability::{Type, rpc};
+    capabilities(
+        r.capabilities
+            .iter()
+            .filter_map(|c| c.r#type.as_ref())
+            .map(|Type::Rpc(r)| enum_name(r.r#type, |e: rpc::Type| e.as_str_name()))
+            .collect(),
+    )
+}
+
 /// The token of the next page, printed after a page's entries.
 pub fn next_token(token: &str) -> Item {
     Item {
@@ -510,6 +548,33 @@ mod tests {
             json!({"abnormal": true, "message": "image missing"})
         );
         assert_eq!(item.json["volume_context"], json!({"a": "1", "b": "2"}));
+    }
+
+    #[test]
+    fn group_snapshot_item() {
+        let member = |id: &str, volume: &str| pb::Snapshot {
+            size_bytes: 1 << 20,
+            snapshot_id: id.into(),
+            source_volume_id: volume.into(),
+            creation_time: Some(prost_types::Timestamp::default()),
+            ready_to_use: true,
+            group_snapshot_id: "hpg-1".into(),
+        };
+        let item = group_snapshot(&pb::VolumeGroupSnapshot {
+            group_snapshot_id: "hpg-1".into(),
+            snapshots: vec![member("hps-a", "hp-a"), member("hps-b", "hp-b")],
+            creation_time: Some(prost_types::Timestamp::default()),
+            ready_to_use: true,
+        });
+        assert_eq!(
+            item.text,
+            "group-snapshot hpg-1  2 snapshots  ready  created 1970-01-01T00:00:00Z\n  \
+             snapshot hps-a 1.0 MiB  of hp-a  ready  created 1970-01-01T00:00:00Z  group hpg-1\n  \
+             snapshot hps-b 1.0 MiB  of hp-b  ready  created 1970-01-01T00:00:00Z  group hpg-1"
+        );
+        assert_eq!(item.json["group_snapshot_id"], "hpg-1");
+        assert_eq!(item.json["snapshots"][1]["source_volume_id"], "hp-b");
+        assert_eq!(item.json["snapshots"][0]["group_snapshot_id"], "hpg-1");
     }
 
     #[test]

@@ -72,14 +72,14 @@ fn condition(status: &VolumeStatus) -> pb::VolumeCondition {
     }
 }
 
-fn snapshot_to_pb(snapshot: &Snapshot) -> pb::Snapshot {
+pub(crate) fn snapshot_to_pb(snapshot: &Snapshot) -> pb::Snapshot {
     pb::Snapshot {
         size_bytes: snapshot.size_bytes as i64,
         snapshot_id: snapshot.id.clone(),
         source_volume_id: snapshot.source_volume_id.clone(),
         creation_time: Some(prost_types::Timestamp::from(snapshot.created)),
         ready_to_use: snapshot.ready,
-        group_snapshot_id: String::new(),
+        group_snapshot_id: snapshot.group_snapshot_id.clone().unwrap_or_default(),
     }
 }
 

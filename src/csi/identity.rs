@@ -55,6 +55,12 @@ impl identity_server::Identity for Driver {
 }
 
 impl Driver {
+    /// Whether the GroupController service is served: by a controller
+    /// whose backend takes group snapshots.
+    pub fn serves_group_controller(&self) -> bool {
+        self.settings.mode.serves_controller() && self.backend.group_snapshots()
+    }
+
     fn plugin_capabilities(&self) -> GetPluginCapabilitiesResponse {
         use plugin_capability::service::Type as Service;
         use plugin_capability::volume_expansion::Type as Expansion;
@@ -66,6 +72,9 @@ impl Driver {
         };
         if self.settings.mode.serves_controller() {
             capabilities.push(service(Service::ControllerService));
+        }
+        if self.serves_group_controller() {
+            capabilities.push(service(Service::GroupControllerService));
         }
         capabilities.push(service(Service::VolumeAccessibilityConstraints));
         if self.backend.features().expand {

@@ -22,6 +22,7 @@ impl std::fmt::Debug for RedactedMap<'_> {
 }
 
 pub mod controller;
+pub mod group_controller;
 pub mod identity;
 pub mod made_as;
 pub mod node;

@@ -141,11 +141,17 @@ pub fn thaw_recorded(records: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(thawed)
 }
 
-/// Freezes (or flushes) the filesystem that is mounted from the read-write
-/// loop device of `image`; a device that is attached but not mounted (a raw
-/// block volume) has its page cache flushed into the image. `None` when the
-/// image is not attached. A freeze is recorded in `records` while it lasts.
-pub fn quiesce_image(image: &Path, records: &Path) -> Result<Option<Quiesced>> {
+/// What the loop device of an image is used as.
+enum Use {
+    /// A filesystem mounted at this path.
+    Mounted(PathBuf),
+    /// Not mounted (a raw block volume): the device itself.
+    Device(PathBuf),
+}
+
+/// How the read-write loop device of `image` is used; `None` when the image
+/// is not attached.
+fn image_use(image: &Path) -> Result<Option<Use>> {
     let Some(device) = loopdev::find(image)? else {
         return Ok(None);
     };
@@ -157,21 +163,67 @@ pub fn quiesce_image(image: &Path, records: &Path) -> Result<Option<Quiesced>> {
     };
     let canonical = std::fs::canonicalize(&device).unwrap_or(device);
     let table = mount::mounts()?;
-    let Some(entry) = table.iter().find(|e| {
-        e.root == Path::new("/")
-            && ((e.major, e.minor) == numbers || Path::new(&e.source) == canonical)
-    }) else {
-        // Raw block: what was written through the device may still sit in
-        // its page cache; fsync of a block device writes it to the image.
-        File::open(&canonical)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| HostError::os("flush (fsync)", &canonical, e, "is the device present?"))?;
-        return Ok(Some(Quiesced {
-            mount_point: canonical,
-            frozen: None,
-        }));
-    };
-    quiesce(&entry.mount_point, records).map(Some)
+    Ok(Some(
+        match table.iter().find(|e| {
+            e.root == Path::new("/")
+                && ((e.major, e.minor) == numbers || Path::new(&e.source) == canonical)
+        }) {
+            Some(entry) => Use::Mounted(entry.mount_point.clone()),
+            None => Use::Device(canonical),
+        },
+    ))
+}
+
+/// Raw block: what was written through the device may still sit in its page
+/// cache; fsync of a block device writes it to the image.
+fn flush_device(device: &Path) -> Result<()> {
+    File::open(device)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| HostError::os("flush (fsync)", device, e, "is the device present?"))
+}
+
+/// Writes what the volume of `image` holds in memory into the image
+/// (`syncfs` of its mounted filesystem, fsync of its device), without
+/// freezing it: a freeze that follows has little left to flush. Nothing to
+/// do when the image is not attached.
+pub fn flush_image(image: &Path) -> Result<()> {
+    match image_use(image)? {
+        None => Ok(()),
+        Some(Use::Device(device)) => flush_device(&device),
+        Some(Use::Mounted(mount_point)) => {
+            let dir = File::open(&mount_point).map_err(|e| {
+                HostError::os("open", &mount_point, e, "is the volume still mounted?")
+            })?;
+            // SAFETY: a valid open file descriptor.
+            if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+                return Err(HostError::os(
+                    "flush (syncfs)",
+                    &mount_point,
+                    io::Error::last_os_error(),
+                    "check the filesystem",
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Freezes (or flushes) the filesystem that is mounted from the read-write
+/// loop device of `image`; a device that is attached but not mounted (a raw
+/// block volume) has its page cache flushed into the image. `None` when the
+/// image is not attached. A freeze is recorded in `records` while it lasts.
+pub fn quiesce_image(image: &Path, records: &Path) -> Result<Option<Quiesced>> {
+    match image_use(image)? {
+        None => Ok(None),
+        Some(Use::Device(device)) => {
+            flush_device(&device)?;
+            Ok(Some(Quiesced {
+                mount_point: device,
+                frozen: None,
+            }))
+        }
+        Some(Use::Mounted(mount_point)) => quiesce(&mount_point, records).map(Some),
+    }
 }
 
 /// Freezes the filesystem mounted at `mount_point`; one that cannot be

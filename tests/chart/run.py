@@ -59,6 +59,8 @@ SIDECAR_REGISTRY = "registry.k8s.io/sig-storage/"
 CUSTOM_KINDS = {
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"),
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshot"),
+    ("groupsnapshot.storage.k8s.io/v1", "VolumeGroupSnapshotClass"),
+    ("groupsnapshot.storage.k8s.io/v1", "VolumeGroupSnapshot"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
@@ -182,6 +184,8 @@ class Runner:
             kind = (d.get("apiVersion"), d.get("kind"))
             if kind[1] in ("VolumeSnapshotClass", "VolumeSnapshot") and kind[0] == "snapshot.storage.k8s.io/v1":
                 self.validate_against_crd(d)
+            elif kind[0] == "groupsnapshot.storage.k8s.io/v1":
+                self.validate_against_crd(d)
             elif kind == ("monitoring.coreos.com/v1", "ServiceMonitor"):
                 validate_service_monitor(d, services)
             elif kind == ("monitoring.coreos.com/v1", "PrometheusRule"):
@@ -209,7 +213,9 @@ class Runner:
         for (group_version, kind), crd in self.crds.items():
             version = next(v for v in crd["spec"]["versions"] if group_version.endswith("/" + v["name"]))
             self.crd_schemas[kind] = version["schema"]["openAPIV3Schema"]
-        ensure(set(self.crd_schemas) == {"VolumeSnapshot", "VolumeSnapshotContent", "VolumeSnapshotClass"},
+        ensure(set(self.crd_schemas) == {"VolumeSnapshot", "VolumeSnapshotContent", "VolumeSnapshotClass",
+                                         "VolumeGroupSnapshot", "VolumeGroupSnapshotContent",
+                                         "VolumeGroupSnapshotClass"},
                f"CRDs in crds/: {sorted(self.crd_schemas)}")
 
     def is_builtin(self, doc, version):
@@ -381,11 +387,12 @@ SIDECAR_FLAGS = {
     "csi-resizer": {"--csi-address", "--v", "--timeout", "--leader-election", "--leader-election-namespace",
                     "--workers", "--http-endpoint"},
     "csi-snapshotter": {"--csi-address", "--v", "--timeout", "--extra-create-metadata", "--leader-election",
-                        "--leader-election-namespace", "--node-deployment", "--worker-threads", "--http-endpoint"},
+                        "--leader-election-namespace", "--node-deployment", "--worker-threads", "--http-endpoint",
+                        "--feature-gates"},
     "liveness-probe": {"--csi-address", "--http-endpoint", "--v", "--probe-timeout"},
     "node-driver-registrar": {"--csi-address", "--kubelet-registration-path", "--http-endpoint", "--v"},
     "snapshot-controller": {"--v", "--leader-election", "--leader-election-namespace",
-                            "--enable-distributed-snapshotting", "--http-endpoint"},
+                            "--enable-distributed-snapshotting", "--http-endpoint", "--feature-gates"},
 }
 # Releases at least as new as the reference hostpath driver v1.18 deploys; they
 # need Kubernetes 1.34 (csi-provisioner v6: storage/v1 VolumeAttributesClass).
@@ -439,6 +446,21 @@ SIDECAR_RULES = {
 }
 
 
+# The feature gate of volume group snapshots, and what it needs allowed.
+GROUP_GATE = "--feature-gates=CSIVolumeGroupSnapshot=true"
+GROUP_RULES = {
+    "csi-snapshotter": [("groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses", "watch"),
+                        ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents", "update"),
+                        ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents/status", "patch"),
+                        ("snapshot.storage.k8s.io", "volumesnapshotcontents", "create")],
+    "snapshot-controller": [("groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses", "watch"),
+                            ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents", "create"),
+                            ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents/status", "patch"),
+                            ("groupsnapshot.storage.k8s.io", "volumegroupsnapshots", "update"),
+                            ("groupsnapshot.storage.k8s.io", "volumegroupsnapshots/status", "patch")],
+}
+
+
 def granted(docs, sa, namespaced):
     """(apiGroup, resource, verb) the ServiceAccount `sa` may use, cluster-wide or in NAMESPACE."""
     roles = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in ("ClusterRole", "Role")}
@@ -474,6 +496,9 @@ def sidecar_rbac(docs):
                     ensure(rule in local, f"{name} ({sa}) lacks {rule} for capacity tracking")
             if "--enable-distributed-snapshotting=true" in args:
                 ensure(("", "nodes", "watch") in cluster, f"{name} ({sa}) cannot watch nodes")
+            if GROUP_GATE in args:
+                for rule in GROUP_RULES[name]:
+                    ensure(rule in cluster, f"{name} ({sa}) lacks {rule} for group snapshots")
 
 
 def by_kind(docs, kind):
@@ -892,6 +917,31 @@ def snapshot_objects(present, ctrl=True):
     return a
 
 
+def group_snapshot_objects(driver_takes, api=True):
+    """Group snapshots: the snapshot controller's gate wherever the API is served; the
+    csi-snapshotter gate and the VolumeGroupSnapshotClass only where the driver takes them."""
+    def a(docs):
+        vgsc = by_kind(docs, "VolumeGroupSnapshotClass")
+        snapshotters = [c for w in workloads(docs) for n, c in containers(w).items() if n == "csi-snapshotter"]
+        ctrl = [c for w in workloads(docs) for n, c in containers(w).items() if n == "snapshot-controller"]
+        for c in ctrl:
+            ensure((GROUP_GATE in c["args"]) == api, f"snapshot-controller gate: {c['args']}")
+        for c in snapshotters:
+            ensure((GROUP_GATE in c["args"]) == driver_takes, f"csi-snapshotter gate: {c['args']}")
+        if not driver_takes:
+            ensure(not vgsc, "VolumeGroupSnapshotClass rendered for a driver without group snapshots")
+            return
+        ensure(snapshotters, "no csi-snapshotter")
+        ensure(len(vgsc) == 1, f"{len(vgsc)} VolumeGroupSnapshotClasses")
+        c = vgsc[0]
+        ensure(c["driver"] == "multicsi.io" and c["deletionPolicy"] == "Delete", str(c))
+        ensure(c["metadata"]["annotations"]["groupsnapshot.storage.kubernetes.io/is-default-class"] == "true",
+               "default class annotation")
+    a.__doc__ = (f"group snapshots {'taken' if driver_takes else 'not taken'} by the driver, "
+                 f"API {'served' if api else 'absent'}")
+    return a
+
+
 def rbac_scoped(docs):
     """RBAC: one ServiceAccount per component, least privilege, leases only namespaced"""
     sas = {d["metadata"]["name"] for d in by_kind(docs, "ServiceAccount")}
@@ -1216,7 +1266,8 @@ def snapshot_classes(expected):
 def check_examples(r: Runner):
     manifests = sorted(p for p in glob.glob(os.path.join(r.examples, "*.yaml"))
                        if not os.path.basename(p).startswith("values-"))
-    wanted = {"pvc-pod.yaml", "luks-pvc.yaml", "snapshot.yaml", "restore.yaml", "expand.yaml", "raw-block.yaml"}
+    wanted = {"pvc-pod.yaml", "luks-pvc.yaml", "snapshot.yaml", "restore.yaml", "expand.yaml", "raw-block.yaml",
+              "group-snapshot.yaml", "group-restore.yaml"}
     r.check("[examples] every example manifest exists", lambda: ensure(
         wanted <= {os.path.basename(p) for p in manifests}, f"missing {wanted - {os.path.basename(p) for p in manifests}}"))
     loaded = {}
@@ -1266,6 +1317,23 @@ def check_examples(r: Runner):
         pod = doc("restore.yaml", "Pod")
         ensure(pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == restored["metadata"]["name"], "pod claim")
     r.check("[examples] snapshot.yaml snapshots pvc-pod's claim, restore.yaml restores it", snapshot_chain)
+
+    def group_chain():
+        claims = by_kind(loaded["group-snapshot.yaml"], "PersistentVolumeClaim")
+        group = doc("group-snapshot.yaml", "VolumeGroupSnapshot")
+        selected = group["spec"]["source"]["selector"]["matchLabels"]
+        ensure(len(claims) == 2, f"{len(claims)} claims")
+        ensure(all(labels_match(selected, c["metadata"].get("labels", {})) for c in claims),
+               "the selector picks both claims")
+        ensure(group["spec"]["volumeGroupSnapshotClassName"] == "hostpath-group-snapshots", "the chart's class")
+        restored = by_kind(loaded["group-restore.yaml"], "PersistentVolumeClaim")
+        ensure(len(restored) == 2, f"{len(restored)} restored claims")
+        for c in restored:
+            ensure(c["spec"]["dataSource"]["kind"] == "VolumeSnapshot", "restored from a member VolumeSnapshot")
+        pod = doc("group-restore.yaml", "Pod")
+        ensure({v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]}
+               == {c["metadata"]["name"] for c in restored}, "the pod uses both restored claims")
+    r.check("[examples] group-snapshot.yaml groups two claims, group-restore.yaml restores both", group_chain)
 
     def expand():
         before, after = doc("pvc-pod.yaml", "PersistentVolumeClaim"), doc("expand.yaml", "PersistentVolumeClaim")
@@ -1327,6 +1395,7 @@ def main():
     r.scenario("defaults (hostpath)", asserts=[
         *hostpath_layout, driver_env, node_common, node_not_host_network,
         storage_classes({"multicsi-hostpath": {}}, "multicsi-hostpath"), snapshot_objects(True), rbac_scoped,
+        group_snapshot_objects(True),
         metrics_services, observability_off, no_credentials_needed, no_config, image_versions, no_civo_statsd,
         helm_test_hook("multicsi-hostpath")])
 
@@ -1339,10 +1408,11 @@ def main():
         r.scenario(f"{label}, snapshot CRDs already in the cluster (--skip-crds)", files, cluster="crds-present",
                    asserts=[snapshot_objects(True)])
         r.scenario(f"{label}, --skip-crds on a cluster without them", files, cluster="no-crds",
-                   asserts=[snapshot_api_absent])
+                   asserts=[snapshot_api_absent, group_snapshot_objects(False, api=False)])
     r.scenario("values-cloudscale.yaml", [ex("cloudscale")], asserts=[
         csidriver(False), capacity_tracking(False), kubelet_dir_env("/var/lib/kubelet"), helm_test_hook("cloudscale-volume-ssd"),
         controller_shape(True), driver_env, node_common, node_not_host_network, node_state_dir_only, snapshot_objects(True),
+        group_snapshot_objects(False),
         rbac_scoped, credentials_ref("multicsi-cloudscale", "CLOUDSCALE_ACCESS_TOKEN", created=False),
         storage_classes({"cloudscale-volume-ssd": {"multicsi.io/volume-type": "ssd"},
                          "cloudscale-volume-bulk": {"multicsi.io/volume-type": "bulk"},
@@ -1395,6 +1465,17 @@ def main():
         plain_env({"PACKET_PROJECT_ID": "p1", "PACKET_FACILITY_ID": "ewr1"}), packet_mounts_without_host_network])
     r.scenario("hostpath pinned to a node", sets=["hostpath.nodeName=worker-1"], asserts=[pinned_to("worker-1")])
     r.scenario("snapshots off", sets=["snapshots.enabled=false"], asserts=[snapshot_objects(False)])
+    r.scenario("group snapshots off", sets=["groupSnapshots.enabled=false"], asserts=[
+        snapshot_objects(True), group_snapshot_objects(False, api=False)])
+    r.scenario("VolumeGroupSnapshotClass off", sets=["volumeGroupSnapshotClass.enabled=false"], asserts=[
+        lambda d: ensure(not by_kind(d, "VolumeGroupSnapshotClass"), "VolumeGroupSnapshotClass rendered")])
+    r.scenario("VolumeGroupSnapshotClass named, not default, Retain", sets=[
+        "volumeGroupSnapshotClass.name=db-groups", "volumeGroupSnapshotClass.default=false",
+        "volumeGroupSnapshotClass.deletionPolicy=Retain"], asserts=[
+        lambda d: ensure([(c["metadata"]["name"], c["deletionPolicy"],
+                           c["metadata"]["annotations"]["groupsnapshot.storage.kubernetes.io/is-default-class"])
+                          for c in by_kind(d, "VolumeGroupSnapshotClass")] == [("db-groups", "Retain", "false")],
+                         "class settings")])
     r.scenario("helm test hook off", sets=["tests.enabled=false"], asserts=[
         lambda d: ensure(not [x for x in d if x["metadata"].get("annotations", {}).get("helm.sh/hook")], "hook rendered")])
     r.scenario("helm test of another class", sets=["tests.storageClassName=fast"], asserts=[helm_test_hook("fast")])
@@ -1542,6 +1623,8 @@ def main():
     r.must_fail("invalid driver name", r"/driverName", sets=["driverName=Multi_CSI"])
     r.must_fail("relative kubeletDir", r"/kubeletDir", sets=["kubeletDir=var/lib/kubelet"])
     r.must_fail("VolumeSnapshotClass deletionPolicy Keep", r"/volumeSnapshotClass/deletionPolicy", sets=["volumeSnapshotClass.deletionPolicy=Keep"])
+    r.must_fail("VolumeGroupSnapshotClass deletionPolicy Keep", r"/volumeGroupSnapshotClass/deletionPolicy",
+                sets=["volumeGroupSnapshotClass.deletionPolicy=Keep"])
     r.must_fail("log format yaml", r"/log/format", sets=["log.format=yaml"])
     r.must_fail("sidecar timeout without a unit", r"/sidecars/provisioner/timeout", sets=["sidecars.provisioner.timeout=60"])
     r.must_fail("Kubernetes 1.33 (below kubeVersion: csi-provisioner v6 needs 1.34)", r"kubeVersion|incompatible",

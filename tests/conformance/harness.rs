@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use hyper_util::rt::TokioIo;
 use multicsi::csi::controller_client::ControllerClient;
 use multicsi::csi::controller_service_capability::rpc::Type as CtrlRpc;
+use multicsi::csi::group_controller_client::GroupControllerClient;
 use multicsi::csi::identity_client::IdentityClient;
 use multicsi::csi::node_client::NodeClient;
 use multicsi::csi::node_service_capability::rpc::Type as NodeRpc;
@@ -179,6 +180,7 @@ impl BackendUnderTest {
             plugin_services: vec![
                 PluginService::ControllerService,
                 PluginService::VolumeAccessibilityConstraints,
+                PluginService::GroupControllerService,
             ],
             controller_rpcs: vec![
                 CtrlRpc::CreateDeleteVolume,
@@ -569,6 +571,8 @@ pub struct Server {
     channel: Option<Channel>,
     emulator: Option<Child>,
     api_url: Option<String>,
+    /// The crash point (`MULTICSI_CRASH_AT`) of the next spawn only.
+    crash_at: Option<String>,
 }
 
 impl Server {
@@ -591,6 +595,7 @@ impl Server {
             channel: None,
             emulator: None,
             api_url: None,
+            crash_at: None,
         };
         server.start_emulator();
         server.spawn().await;
@@ -668,6 +673,9 @@ impl Server {
             cmd.env(key, expand(value));
         }
         // Node paths of the tests live under work/: the kubelet directory.
+        if let Some(point) = &self.crash_at {
+            cmd.env(multicsi::failpoint::CRASH_AT, point);
+        }
         cmd.env("MULTICSI_KUBELET_DIR", self.root.join("work"))
             .env("MULTICSI_LOG_FORMAT", "text")
             .env("MULTICSI_LOG_LEVEL", "info")
@@ -698,6 +706,30 @@ impl Server {
         self.channel = Some(self.wait_ready().await);
     }
 
+    /// Starts the process like [`Server::spawn`], set to die at crash
+    /// point `point` (see `multicsi::failpoint`).
+    pub async fn spawn_crashing_at(&mut self, point: &str) {
+        self.crash_at = Some(point.to_string());
+        self.spawn().await;
+        self.crash_at = None;
+    }
+
+    /// Waits (at most 20 s) for the process to die at its crash point and
+    /// kills what it started; the test fails when it does not die.
+    pub fn wait_for_crash(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let child = self.child.as_mut().expect("server is not running");
+        while child.try_wait().expect("wait").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not reach its crash point; log:\n{}",
+                self.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill9();
+    }
+
     async fn wait_ready(&mut self) -> Channel {
         let Some(child) = self.child.as_mut() else {
             panic!("server is not running");
@@ -720,6 +752,10 @@ impl Server {
 
     pub fn controller(&self) -> ControllerClient<Channel> {
         ControllerClient::new(self.channel())
+    }
+
+    pub fn group_controller(&self) -> GroupControllerClient<Channel> {
+        GroupControllerClient::new(self.channel())
     }
 
     pub fn node(&self) -> NodeClient<Channel> {

@@ -151,6 +151,23 @@ pass `--api-versions snapshot.storage.k8s.io/v1/VolumeSnapshotClass`.
 {{- end -}}
 
 {{/*
+"true" when volume group snapshots can be used: the snapshot API is there,
+groupSnapshots.enabled, and the cluster serves groupsnapshot.storage.k8s.io/v1
+(the chart's crds/, or CRDs already there). The feature gates need the CRDs:
+without them csi-snapshotter stops serving even single snapshots, so nothing
+is switched on unless the API is served. `helm template`: pass
+`--api-versions groupsnapshot.storage.k8s.io/v1/VolumeGroupSnapshotClass`.
+*/}}
+{{- define "multicsi.groupSnapshotAPI" -}}
+{{- if and (include "multicsi.snapshotAPI" .) .Values.groupSnapshots.enabled (.Capabilities.APIVersions.Has "groupsnapshot.storage.k8s.io/v1/VolumeGroupSnapshotClass") -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when the driver takes group snapshots: hostpath, with the group snapshot API. */}}
+{{- define "multicsi.groupSnapshots" -}}
+{{- if and (include "multicsi.groupSnapshotAPI" .) (eq .Values.backend "hostpath") -}}true{{- end -}}
+{{- end -}}
+
+{{/*
 "true" when the controller service runs inside the node plugin pods, one
 process per host (hostpath: the host's state directory has exactly one owner,
 which also needs the host's /dev and mounts for copies, freezes and loop

@@ -106,6 +106,10 @@ and elect a leader). Include with (dict "ctx" $ "local" "true"|"").
     - --v={{ $sc.snapshotter.logLevel }}
     - --timeout={{ $sc.snapshotter.timeout }}
     - --extra-create-metadata
+    {{- if include "multicsi.groupSnapshots" $ctx }}
+    # CreateVolumeGroupSnapshot for VolumeGroupSnapshotContents.
+    - --feature-gates=CSIVolumeGroupSnapshot=true
+    {{- end }}
     {{- if $local }}
     # Only VolumeSnapshotContents the snapshot controller labelled for this node.
     - --node-deployment

@@ -200,6 +200,7 @@ fn to_snapshot(s: &ApiSnapshot) -> Snapshot {
             .and_then(timestamp::parse)
             .unwrap_or(std::time::UNIX_EPOCH),
         ready: s.is_available(),
+        group_snapshot_id: None,
     }
 }
 

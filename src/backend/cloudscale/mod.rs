@@ -253,6 +253,7 @@ fn to_snapshot(snapshot: &api::Snapshot) -> Snapshot {
         size_bytes: bytes(snapshot.size_gb),
         created: created(&snapshot.created_at),
         ready: snapshot.status == "available",
+        group_snapshot_id: None,
     }
 }
 

@@ -70,6 +70,12 @@ pub fn size(path: &Path) -> io::Result<u64> {
 /// holes: reflink where the filesystem can, else only the data extents.
 /// The copy is durable when this returns.
 pub fn copy(src: &Path, dst: &Path, size: u64) -> io::Result<()> {
+    copy_unsynced(src, dst, size)?.sync_all()
+}
+
+/// [`copy`] without making it durable: the copy holds `src` as it was, in
+/// the page cache; the caller syncs the returned file.
+pub fn copy_unsynced(src: &Path, dst: &Path, size: u64) -> io::Result<File> {
     let input = File::open(src)?;
     let output = OpenOptions::new()
         .write(true)
@@ -84,7 +90,7 @@ pub fn copy(src: &Path, dst: &Path, size: u64) -> io::Result<()> {
         copy_data_extents(&input, &output, len)?;
     }
     output.set_len(len.max(size))?;
-    output.sync_all()
+    Ok(output)
 }
 
 fn copy_data_extents(input: &File, output: &File, len: u64) -> io::Result<()> {

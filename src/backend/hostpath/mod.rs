@@ -5,6 +5,7 @@
 //! node-local volumes on many nodes.
 
 mod files;
+mod group;
 pub(crate) mod image;
 mod journal;
 pub mod owner;
@@ -25,8 +26,8 @@ use self::journal::{Journal, OpenError, Replay};
 use self::owner::StateLock;
 use super::size::{self, GIB, MIB, SizeRules};
 use super::{
-    Backend, Capacity, ContentSource, CreateVolume, Features, Map, NodeBackend, Recorded, Snapshot,
-    Volume, VolumeStatus,
+    Backend, Capacity, ContentSource, CreateVolume, Features, GroupSnapshot, Map, NodeBackend,
+    Recorded, Snapshot, Volume, VolumeStatus,
 };
 use crate::csi::made_as::{MadeAs, without_made_as};
 use crate::error::{CsiError, CsiResult};
@@ -160,12 +161,16 @@ struct SnapshotRecord {
     source_volume_id: String,
     size_bytes: u64,
     created_unix_nanos: u128,
+    /// The group snapshot this one is a member of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group_id: Option<String>,
 }
 
 #[derive(Default)]
 struct State {
     volumes: BTreeMap<String, VolumeRecord>,
     snapshots: BTreeMap<String, SnapshotRecord>,
+    groups: BTreeMap<String, group::GroupRecord>,
 }
 
 /// One change of the state, as the journal keeps it.
@@ -176,6 +181,14 @@ enum Change {
     VolumeDeleted(String),
     Snapshot(SnapshotRecord),
     SnapshotDeleted(String),
+    /// A group snapshot with its member snapshots, in one entry: a replay
+    /// has all of it or none.
+    Group {
+        group: group::GroupRecord,
+        members: Vec<SnapshotRecord>,
+    },
+    /// A group snapshot and its members are gone.
+    GroupDeleted(String),
 }
 
 impl Replay for State {
@@ -195,20 +208,50 @@ impl Replay for State {
             Change::SnapshotDeleted(id) => {
                 self.snapshots.remove(&id);
             }
+            Change::Group { group, members } => {
+                for member in members {
+                    self.snapshots.insert(member.id.clone(), member);
+                }
+                self.groups.insert(group.id.clone(), group);
+            }
+            Change::GroupDeleted(id) => {
+                if let Some(group) = self.groups.remove(&id) {
+                    for member in &group.snapshot_ids {
+                        self.snapshots.remove(member);
+                    }
+                }
+            }
         }
     }
 
     fn frees_space(change: &Change) -> bool {
         matches!(
             change,
-            Change::VolumeDeleted(_) | Change::SnapshotDeleted(_)
+            Change::VolumeDeleted(_) | Change::SnapshotDeleted(_) | Change::GroupDeleted(_)
         )
     }
 
     fn entries(&self) -> Vec<Change> {
         let volumes = self.volumes.values().cloned().map(Change::Volume);
-        let snapshots = self.snapshots.values().cloned().map(Change::Snapshot);
-        volumes.chain(snapshots).collect()
+        let snapshots = self
+            .snapshots
+            .values()
+            .filter(|s| {
+                s.group_id
+                    .as_ref()
+                    .is_none_or(|g| !self.groups.contains_key(g))
+            })
+            .cloned()
+            .map(Change::Snapshot);
+        let groups = self.groups.values().map(|group| Change::Group {
+            group: group.clone(),
+            members: group
+                .snapshot_ids
+                .iter()
+                .filter_map(|id| self.snapshots.get(id).cloned())
+                .collect(),
+        });
+        volumes.chain(snapshots).chain(groups).collect()
     }
 }
 
@@ -320,6 +363,7 @@ impl HostPath {
                 "moved the state records into the journal"
             );
         }
+        group::clean_cut_creates(root, &snapshots, &store.state())?;
         let repairs = {
             let state = store.state();
             let aside = root.join(KEPT_ASIDE);
@@ -1075,6 +1119,7 @@ impl Backend for HostPath {
             source_volume_id: source_volume_id.to_string(),
             size_bytes: size,
             created_unix_nanos: now_unix().as_nanos(),
+            group_id: None,
         };
         let written = self
             .write_own_record(&self.snapshots, &id, record.clone())
@@ -1093,8 +1138,15 @@ impl Backend for HostPath {
 
     async fn delete_snapshot(&self, id: &str) -> CsiResult<()> {
         let _guard = self.busy.acquire(&[id])?;
-        if !self.state().snapshots.contains_key(id) {
+        let Some(record) = self.state().snapshots.get(id).cloned() else {
             return Ok(());
+        };
+        if let Some(group) = &record.group_id
+            && self.state().groups.contains_key(group)
+        {
+            return Err(CsiError::InvalidArgument(format!(
+                "snapshot {id} is a member of group snapshot {group} and cannot be deleted alone; delete the group snapshot (DeleteVolumeGroupSnapshot)"
+            )));
         }
         self.commit(Change::SnapshotDeleted(id.to_string())).await?;
         self.remove_files(&self.snapshots, id).await
@@ -1102,6 +1154,30 @@ impl Backend for HostPath {
 
     async fn list_snapshots(&self) -> CsiResult<Vec<Snapshot>> {
         Ok(self.state().snapshots.values().map(to_snapshot).collect())
+    }
+
+    fn group_snapshots(&self) -> bool {
+        true
+    }
+
+    async fn create_group_snapshot(
+        &self,
+        name: &str,
+        source_volume_ids: &[String],
+    ) -> CsiResult<GroupSnapshot> {
+        self.create_group(name, source_volume_ids).await
+    }
+
+    async fn delete_group_snapshot(&self, id: &str, snapshot_ids: &[String]) -> CsiResult<()> {
+        self.delete_group(id, snapshot_ids).await
+    }
+
+    async fn get_group_snapshot(
+        &self,
+        id: &str,
+        snapshot_ids: &[String],
+    ) -> CsiResult<GroupSnapshot> {
+        self.get_group(id, snapshot_ids)
     }
 }
 
@@ -1112,6 +1188,7 @@ fn to_snapshot(record: &SnapshotRecord) -> Snapshot {
         size_bytes: record.size_bytes,
         created: UNIX_EPOCH + Duration::from_nanos(record.created_unix_nanos as u64),
         ready: true,
+        group_snapshot_id: record.group_id.clone(),
     }
 }
 

@@ -166,6 +166,7 @@ pub fn recover(root: &Path, node_id: Option<&str>) -> Result<Recovery, String> {
                     source_volume_id: String::new(),
                     size_bytes: size,
                     created_unix_nanos: modified(&snapshots.image_path(&id)),
+                    group_id: None,
                 }
             }
         };
