@@ -101,16 +101,19 @@ fn space_error(what: String, e: std::io::Error) -> CsiError {
     }
 }
 
-/// Makes a new image at `target` with `make`, off the async workers; a file
-/// already there is never touched (an error). When `make` fails, what it
-/// left at `target` goes: it is this call's own, never acknowledged. A full
-/// filesystem is RESOURCE_EXHAUSTED.
+/// Makes a new image at `target` with `make`, off the async workers, after
+/// `check` (the space check) in the same trip; a file already there is
+/// never touched (an error). When `make` fails, what it left at `target`
+/// goes: it is this call's own, never acknowledged. A full filesystem is
+/// RESOURCE_EXHAUSTED.
 async fn make_image(
     target: PathBuf,
     what: String,
+    check: impl FnOnce() -> CsiResult<()> + Send + 'static,
     make: impl FnOnce() -> std::io::Result<()> + Send + 'static,
 ) -> CsiResult<()> {
     crate::blocking::run(move || {
+        check()?;
         if std::fs::symlink_metadata(&target).is_ok() {
             return Err(CsiError::Internal(format!(
                 "{what}: a file the state does not name is in the way at {}; it is kept as it is: restart the driver to move it aside (see Troubleshooting)",
@@ -494,6 +497,12 @@ impl HostPath {
     /// Free space of the state filesystem and what thin volumes may still
     /// take of it.
     async fn space(&self) -> CsiResult<Space> {
+        crate::blocking::run(self.space_reader()).await
+    }
+
+    /// Reads the space of the state filesystem when called (blocking): its
+    /// free bytes, and what thin volumes may still take.
+    fn space_reader(&self) -> impl FnOnce() -> CsiResult<Space> + Send + 'static {
         let root = self.root.clone();
         let thin: Vec<(PathBuf, u64)> = self
             .state()
@@ -502,7 +511,7 @@ impl HostPath {
             .filter(|r| provisioning(&r.parameters).ok() == Some(Provisioning::Thin))
             .map(|r| (self.volumes.image_path(&r.id), r.capacity_bytes))
             .collect();
-        crate::blocking::run(move || {
+        move || {
             let free = crate::node::fs::stats(&root)?.available_bytes;
             let promised = thin
                 .iter()
@@ -511,23 +520,31 @@ impl HostPath {
                 })
                 .sum();
             Ok(Space { free, promised })
-        })
-        .await
+        }
     }
 
     /// RESOURCE_EXHAUSTED, with the free space, when `bytes` do not fit.
     async fn check_space(&self, bytes: u64) -> CsiResult<()> {
-        let space = self.space().await?;
-        if bytes > space.available() {
-            return Err(CsiError::ResourceExhausted(format!(
-                "{bytes} bytes do not fit: the state filesystem of {} has {} bytes available ({} free, {} of it promised to thin volumes); free space or ask for less",
-                self.root.display(),
-                space.available(),
-                space.free,
-                space.promised
-            )));
+        crate::blocking::run(self.space_check(bytes)).await
+    }
+
+    /// [`Self::check_space`] to run off the async workers (blocking).
+    fn space_check(&self, bytes: u64) -> impl FnOnce() -> CsiResult<()> + Send + 'static {
+        let read = self.space_reader();
+        let root = self.root.clone();
+        move || {
+            let space = read()?;
+            if bytes > space.available() {
+                return Err(CsiError::ResourceExhausted(format!(
+                    "{bytes} bytes do not fit: the state filesystem of {} has {} bytes available ({} free, {} of it promised to thin volumes); free space or ask for less",
+                    root.display(),
+                    space.available(),
+                    space.free,
+                    space.promised
+                )));
+            }
+            Ok(())
         }
-        Ok(())
     }
 
     fn to_volume(&self, record: &VolumeRecord) -> Volume {
@@ -911,23 +928,6 @@ impl Backend for HostPath {
         };
         let size = size::choose(rules, request.required_bytes, request.limit_bytes, floor)?;
         let thin = provisioning(&request.parameters)? == Provisioning::Thin;
-        self.check_space(size).await?;
-        let what = format!("cannot create image {}", target.display());
-        let records = self.root.join(FREEZE_RECORDS);
-        make_image(target.clone(), what, move || {
-            match source_image {
-                None => image::create(&target, size),
-                Some(source) => copy_live(&source, &target, size, &records),
-            }
-            .and_then(|()| {
-                if thin {
-                    Ok(())
-                } else {
-                    image::reserve(&target, size)
-                }
-            })
-        })
-        .await?;
         let record = VolumeRecord {
             id: id.clone(),
             name: request.name.clone(),
@@ -941,12 +941,27 @@ impl Backend for HostPath {
             created_unix: now_unix().as_secs(),
         };
         let volume = self.to_volume(&record);
-        let own = record.own_record();
-        let written = self.write_own_record(&self.volumes, &id, own).await;
-        if let Err(e) = match written {
-            Ok(()) => self.write_volume(record).await,
-            Err(e) => Err(e),
-        } {
+        // One trip off the async workers: the space check, the image and
+        // its own record.
+        let what = format!("cannot create image {} and its record", target.display());
+        let records = self.root.join(FREEZE_RECORDS);
+        let (dir, own, own_id) = (self.volumes.clone(), record.own_record(), id.clone());
+        make_image(target.clone(), what, self.space_check(size), move || {
+            match source_image {
+                None => image::create(&target, size),
+                Some(source) => copy_live(&source, &target, size, &records),
+            }
+            .and_then(|()| {
+                if thin {
+                    Ok(())
+                } else {
+                    image::reserve(&target, size)
+                }
+            })
+            .and_then(|()| dir.write_record(&own_id, &own))
+        })
+        .await?;
+        if let Err(e) = self.write_volume(record).await {
             // Never acknowledged: this call's own image and record go.
             let _ = files::remove_if_present(&self.volumes.image_path(&id));
             let _ = files::remove_if_present(&self.volumes.record_path(&id));
@@ -1109,9 +1124,12 @@ impl Backend for HostPath {
         let size = source.capacity_bytes;
         let records = self.root.join(FREEZE_RECORDS);
         let what = format!("cannot copy {} to {}", from.display(), to.display());
-        make_image(to.clone(), what, move || {
-            copy_live(&from, &to, size, &records)
-        })
+        make_image(
+            to.clone(),
+            what,
+            || Ok(()),
+            move || copy_live(&from, &to, size, &records),
+        )
         .await?;
         let record = SnapshotRecord {
             id: id.clone(),
