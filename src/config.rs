@@ -125,7 +125,8 @@ pub struct ServeArgs {
 struct Layers {
     endpoint: Option<String>,
     node_id: Option<String>,
-    mode: Mode,
+    /// Read as text and checked by [`parse_enum`]: the names clap knows.
+    mode: String,
     driver_name: String,
     state_dir: PathBuf,
     kubelet_dir: PathBuf,
@@ -133,7 +134,7 @@ struct Layers {
     backends: Option<Vec<String>>,
     node_backends: Option<Vec<String>>,
     max_volumes_per_node: u64,
-    log_format: Option<LogFormat>,
+    log_format: Option<String>,
     log_level: String,
     device_dir: PathBuf,
     luks_pbkdf_memory_kib: u32,
@@ -345,6 +346,21 @@ impl Settings {
     /// Resolves flags/environment over the config file over the defaults.
     pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
         let layers = merge_layers(&args)?;
+        // A bad value that clap did not refuse came from the file.
+        let from_file = |message: String| match &args.config {
+            Some(path) => ConfigError::Parse {
+                path: path.clone(),
+                message,
+            },
+            None => ConfigError::Invalid(message),
+        };
+        let mode: Mode = parse_enum("mode", &layers.mode).map_err(from_file)?;
+        let log_format: Option<LogFormat> = layers
+            .log_format
+            .as_deref()
+            .map(|text| parse_enum("log-format", text))
+            .transpose()
+            .map_err(from_file)?;
         let endpoint = layers.endpoint.ok_or_else(|| {
             ConfigError::Invalid(
                 "no endpoint: pass --endpoint unix:///path/csi.sock (or MULTICSI_ENDPOINT)".into(),
@@ -381,7 +397,7 @@ impl Settings {
         };
         clouds.overlay_env(|name| std::env::var(name).ok());
         let (backend, backends) = choose_backends(layers.backend, layers.backends)?;
-        let node_backends = choose_node_backends(&backends, layers.mode, layers.node_backends)?;
+        let node_backends = choose_node_backends(&backends, mode, layers.node_backends)?;
         let luks_pbkdf = Pbkdf {
             memory_kib: layers.luks_pbkdf_memory_kib,
             iterations: layers.luks_pbkdf_iterations,
@@ -390,7 +406,7 @@ impl Settings {
         Ok(Settings {
             endpoint: Endpoint::parse(&endpoint)?,
             node_id,
-            mode: layers.mode,
+            mode,
             driver_name: layers.driver_name,
             state_dir: layers.state_dir,
             kubelet_dir: layers.kubelet_dir,
@@ -398,7 +414,7 @@ impl Settings {
             backends,
             node_backends,
             max_volumes_per_node: layers.max_volumes_per_node,
-            log_format: layers.log_format,
+            log_format,
             log_level: log_filter(layers.log_level)?,
             device_dir: layers.device_dir,
             luks_pbkdf,
@@ -406,6 +422,21 @@ impl Settings {
             clouds,
         })
     }
+}
+
+/// A value enum from its config text, e.g. `mode = "node"`.
+fn parse_enum<E: ValueEnum>(key: &str, text: &str) -> Result<E, String> {
+    E::from_str(text, false).map_err(|_| {
+        let names: Vec<String> = E::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|p| p.get_name().to_string())
+            .collect();
+        format!(
+            "{key} {text:?} is not known: use one of {}",
+            names.join(", ")
+        )
+    })
 }
 
 /// The log filter, checked: `info` by default.
@@ -754,6 +785,7 @@ mod tests {
         assert!(err.contains(&path.display().to_string()), "{err}");
         assert!(err.contains("everything"), "{err}");
         assert!(err.contains("mode"), "{err}");
+        assert!(err.contains("use one of controller, node, all"), "{err}");
     }
 
     #[test]
