@@ -118,29 +118,31 @@ pub struct ServeArgs {
     pub metrics_address: Option<String>,
 }
 
-/// The config file: the same settings as the flags, by the same names.
-#[derive(Deserialize, Debug, Default)]
+/// Every layer merged: the config file's keys, the same names as the flags
+/// (kebab-case). Keys with a built-in default are always present.
+#[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileConfig {
-    pub endpoint: Option<String>,
-    pub node_id: Option<String>,
-    pub mode: Option<Mode>,
-    pub driver_name: Option<String>,
-    pub state_dir: Option<PathBuf>,
-    pub kubelet_dir: Option<PathBuf>,
-    pub backend: Option<String>,
-    pub backends: Option<Vec<String>>,
-    pub node_backends: Option<Vec<String>>,
-    pub max_volumes_per_node: Option<u64>,
-    pub log_format: Option<LogFormat>,
-    pub log_level: Option<String>,
-    pub device_dir: Option<PathBuf>,
-    pub luks_pbkdf_memory_kib: Option<u32>,
-    pub luks_pbkdf_iterations: Option<u32>,
-    pub metrics_address: Option<String>,
-    pub cloudscale: Option<CloudscaleSettings>,
-    pub civo: Option<CivoSettings>,
-    pub packet: Option<PacketSettings>,
+struct Layers {
+    endpoint: Option<String>,
+    node_id: Option<String>,
+    /// Read as text and checked by [`parse_enum`]: the names clap knows.
+    mode: String,
+    driver_name: String,
+    state_dir: PathBuf,
+    kubelet_dir: PathBuf,
+    backend: Option<String>,
+    backends: Option<Vec<String>>,
+    node_backends: Option<Vec<String>>,
+    max_volumes_per_node: u64,
+    log_format: Option<String>,
+    log_level: String,
+    device_dir: PathBuf,
+    luks_pbkdf_memory_kib: u32,
+    luks_pbkdf_iterations: u32,
+    metrics_address: Option<String>,
+    cloudscale: Option<CloudscaleSettings>,
+    civo: Option<CivoSettings>,
+    packet: Option<PacketSettings>,
 }
 
 /// The resolved settings of a server.
@@ -230,31 +232,141 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
-/// Reads a config file.
-pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: e.to_string(),
+/// A path as a config value: config values are text, so a path must be UTF-8.
+fn path_value(key: &str, path: Option<&Path>) -> Result<Option<String>, ConfigError> {
+    path.map(|p| {
+        p.to_str().map(str::to_string).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "{key} {}: the path is not valid UTF-8; use a UTF-8 path",
+                p.display()
+            ))
+        })
     })
+    .transpose()
+}
+
+/// A clap value enum as its config text (`node`, `json`, ...).
+fn enum_text<E: ValueEnum>(value: Option<E>) -> Option<String> {
+    value
+        .and_then(|v| v.to_possible_value())
+        .map(|p| p.get_name().to_string())
+}
+
+/// What clap read (a flag, else its environment variable), by config key.
+fn clap_layer(args: &ServeArgs) -> Result<Vec<(&'static str, Option<config::Value>)>, ConfigError> {
+    let text = |v: &Option<String>| v.clone().map(config::Value::from);
+    let path = |key: &str, v: &Option<PathBuf>| {
+        path_value(key, v.as_deref()).map(|p| p.map(config::Value::from))
+    };
+    Ok(vec![
+        ("endpoint", text(&args.endpoint)),
+        ("node-id", text(&args.node_id)),
+        ("mode", enum_text(args.mode).map(config::Value::from)),
+        ("driver-name", text(&args.driver_name)),
+        ("state-dir", path("state dir", &args.state_dir)?),
+        ("kubelet-dir", path("kubelet dir", &args.kubelet_dir)?),
+        ("backend", text(&args.backend)),
+        ("backends", args.backends.clone().map(config::Value::from)),
+        (
+            "node-backends",
+            args.node_backends.clone().map(config::Value::from),
+        ),
+        (
+            "max-volumes-per-node",
+            args.max_volumes_per_node.map(config::Value::from),
+        ),
+        (
+            "log-format",
+            enum_text(args.log_format).map(config::Value::from),
+        ),
+        ("log-level", text(&args.log_level)),
+        ("device-dir", path("device dir", &args.device_dir)?),
+        (
+            "luks-pbkdf-memory-kib",
+            args.luks_pbkdf_memory_kib.map(config::Value::from),
+        ),
+        (
+            "luks-pbkdf-iterations",
+            args.luks_pbkdf_iterations.map(config::Value::from),
+        ),
+        ("metrics-address", text(&args.metrics_address)),
+    ])
+}
+
+/// Merges the layers: built-in defaults < config file < what clap read
+/// (a flag, else its environment variable).
+fn merge_layers(args: &ServeArgs) -> Result<Layers, ConfigError> {
+    let file_text = match &args.config {
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let overrides = clap_layer(args)?;
+    let layer_error = |e: config::ConfigError| match &args.config {
+        Some(path) => ConfigError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        },
+        None => ConfigError::Invalid(e.to_string()),
+    };
+    let defaults: [(&str, config::Value); 9] = [
+        ("mode", "all".into()),
+        ("driver-name", DEFAULT_DRIVER_NAME.into()),
+        ("state-dir", DEFAULT_STATE_DIR.into()),
+        ("kubelet-dir", DEFAULT_KUBELET_DIR.into()),
+        ("max-volumes-per-node", 0u64.into()),
+        ("log-level", "info".into()),
+        ("device-dir", DEFAULT_DEVICE_DIR.into()),
+        ("luks-pbkdf-memory-kib", Pbkdf::DEFAULT.memory_kib.into()),
+        ("luks-pbkdf-iterations", Pbkdf::DEFAULT.iterations.into()),
+    ];
+    let mut builder = config::Config::builder();
+    for (key, value) in defaults {
+        builder = builder.set_default(key, value).map_err(layer_error)?;
+    }
+    if let Some(text) = &file_text {
+        builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
+    }
+    for (key, value) in overrides {
+        builder = builder
+            .set_override_option(key, value)
+            .map_err(layer_error)?;
+    }
+    builder
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(layer_error)
 }
 
 impl Settings {
     /// Resolves flags/environment over the config file over the defaults.
     pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+        let layers = merge_layers(&args)?;
+        // A bad value that clap did not refuse came from the file.
+        let from_file = |message: String| match &args.config {
+            Some(path) => ConfigError::Parse {
+                path: path.clone(),
+                message,
+            },
+            None => ConfigError::Invalid(message),
         };
-        let endpoint = args.endpoint.or(file.endpoint).ok_or_else(|| {
+        let mode: Mode = parse_enum("mode", &layers.mode).map_err(from_file)?;
+        let log_format: Option<LogFormat> = layers
+            .log_format
+            .as_deref()
+            .map(|text| parse_enum("log-format", text))
+            .transpose()
+            .map_err(from_file)?;
+        let endpoint = layers.endpoint.ok_or_else(|| {
             ConfigError::Invalid(
                 "no endpoint: pass --endpoint unix:///path/csi.sock (or MULTICSI_ENDPOINT)".into(),
             )
         })?;
-        let node_id = args.node_id.or(file.node_id).ok_or_else(|| {
+        let node_id = layers.node_id.ok_or_else(|| {
             ConfigError::Invalid(
                 "no node id: pass --node-id NAME (or MULTICSI_NODE_ID), usually the Kubernetes node name"
                     .into(),
@@ -265,87 +377,70 @@ impl Settings {
                 "node id must be 1 to 128 bytes long".into(),
             ));
         }
-        let driver_name = args
-            .driver_name
-            .or(file.driver_name)
-            .unwrap_or_else(|| DEFAULT_DRIVER_NAME.to_string());
-        validate_driver_name(&driver_name)?;
-        let state_dir = args
-            .state_dir
-            .or(file.state_dir)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        if !state_dir.is_absolute() {
+        validate_driver_name(&layers.driver_name)?;
+        if !layers.state_dir.is_absolute() {
             return Err(ConfigError::Invalid(format!(
                 "state dir {} must be an absolute path",
-                state_dir.display()
+                layers.state_dir.display()
             )));
         }
-        let kubelet_dir = args
-            .kubelet_dir
-            .or(file.kubelet_dir)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_KUBELET_DIR));
-        if !kubelet_dir.is_absolute() {
+        if !layers.kubelet_dir.is_absolute() {
             return Err(ConfigError::Invalid(format!(
                 "kubelet dir {} must be an absolute path: pass --kubelet-dir (or MULTICSI_KUBELET_DIR) with the kubelet's root directory",
-                kubelet_dir.display()
+                layers.kubelet_dir.display()
             )));
         }
         let mut clouds = CloudSettings {
-            cloudscale: file.cloudscale.unwrap_or_default(),
-            civo: file.civo.unwrap_or_default(),
-            packet: file.packet.unwrap_or_default(),
+            cloudscale: layers.cloudscale.unwrap_or_default(),
+            civo: layers.civo.unwrap_or_default(),
+            packet: layers.packet.unwrap_or_default(),
         };
         clouds.overlay_env(|name| std::env::var(name).ok());
-        let (backend, backends) = choose_backends(
-            args.backend.or(file.backend),
-            args.backends.or(file.backends),
-        )?;
-        let mode = args.mode.or(file.mode).unwrap_or(Mode::All);
-        let node_backends =
-            choose_node_backends(&backends, mode, args.node_backends.or(file.node_backends))?;
+        let (backend, backends) = choose_backends(layers.backend, layers.backends)?;
+        let node_backends = choose_node_backends(&backends, mode, layers.node_backends)?;
         let luks_pbkdf = Pbkdf {
-            memory_kib: args
-                .luks_pbkdf_memory_kib
-                .or(file.luks_pbkdf_memory_kib)
-                .unwrap_or(Pbkdf::DEFAULT.memory_kib),
-            iterations: args
-                .luks_pbkdf_iterations
-                .or(file.luks_pbkdf_iterations)
-                .unwrap_or(Pbkdf::DEFAULT.iterations),
+            memory_kib: layers.luks_pbkdf_memory_kib,
+            iterations: layers.luks_pbkdf_iterations,
         };
         luks_pbkdf.validate().map_err(ConfigError::Invalid)?;
         Ok(Settings {
             endpoint: Endpoint::parse(&endpoint)?,
             node_id,
             mode,
-            driver_name,
-            state_dir,
-            kubelet_dir,
+            driver_name: layers.driver_name,
+            state_dir: layers.state_dir,
+            kubelet_dir: layers.kubelet_dir,
             backend,
             backends,
             node_backends,
-            max_volumes_per_node: args
-                .max_volumes_per_node
-                .or(file.max_volumes_per_node)
-                .unwrap_or(0),
-            log_format: args.log_format.or(file.log_format),
-            log_level: log_filter(args.log_level.or(file.log_level))?,
-            device_dir: args
-                .device_dir
-                .or(file.device_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DEVICE_DIR)),
+            max_volumes_per_node: layers.max_volumes_per_node,
+            log_format,
+            log_level: log_filter(layers.log_level)?,
+            device_dir: layers.device_dir,
             luks_pbkdf,
-            metrics_address: parse_metrics_address(
-                args.metrics_address.or(file.metrics_address).as_deref(),
-            )?,
+            metrics_address: parse_metrics_address(layers.metrics_address.as_deref())?,
             clouds,
         })
     }
 }
 
+/// A value enum from its config text, e.g. `mode = "node"`.
+fn parse_enum<E: ValueEnum>(key: &str, text: &str) -> Result<E, String> {
+    E::from_str(text, false).map_err(|_| {
+        let names: Vec<String> = E::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|p| p.get_name().to_string())
+            .collect();
+        format!(
+            "{key} {text:?} is not known: use one of {}",
+            names.join(", ")
+        )
+    })
+}
+
 /// The log filter, checked: `info` by default.
-fn log_filter(level: Option<String>) -> Result<String, ConfigError> {
-    let level = level.unwrap_or_else(|| "info".to_string());
+fn log_filter(level: String) -> Result<String, ConfigError> {
     crate::telemetry::parse_filter(&level).map_err(|e| {
         ConfigError::Invalid(format!(
             "log-level {level:?} is not a log filter ({e}): use a level (error, warn, info, debug, trace) or TARGET=LEVEL pairs separated by commas, e.g. info,multicsi=debug"
@@ -504,6 +599,193 @@ mod tests {
         a.config = Some(path);
         let err = Settings::resolve(a).unwrap_err().to_string();
         assert!(err.contains("modez"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused_with_the_valid_ones_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "driver_name = \"x.y\"\n").unwrap();
+        let mut a = args();
+        a.config = Some(path.clone());
+        let err = Settings::resolve(a).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("driver_name"), "{err}");
+        for valid in [
+            "driver-name",
+            "state-dir",
+            "luks-pbkdf-iterations",
+            "cloudscale",
+        ] {
+            assert!(err.contains(valid), "{valid} missing in: {err}");
+        }
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn every_flag_keeps_its_environment_variable() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let env: std::collections::BTreeMap<String, String> = command
+            .get_arguments()
+            .filter_map(|a| {
+                let name = a.get_env()?.to_str()?.to_string();
+                Some((a.get_long()?.to_string(), name))
+            })
+            .collect();
+        let expected = [
+            ("endpoint", "MULTICSI_ENDPOINT"),
+            ("node-id", "MULTICSI_NODE_ID"),
+            ("mode", "MULTICSI_MODE"),
+            ("driver-name", "MULTICSI_DRIVER_NAME"),
+            ("state-dir", "MULTICSI_STATE_DIR"),
+            ("kubelet-dir", "MULTICSI_KUBELET_DIR"),
+            ("config", "MULTICSI_CONFIG"),
+            ("backend", "MULTICSI_BACKEND"),
+            ("backends", "MULTICSI_BACKENDS"),
+            ("node-backends", "MULTICSI_NODE_BACKENDS"),
+            ("max-volumes-per-node", "MULTICSI_MAX_VOLUMES_PER_NODE"),
+            ("log-format", "MULTICSI_LOG_FORMAT"),
+            ("log-level", "MULTICSI_LOG_LEVEL"),
+            ("device-dir", "MULTICSI_DEVICE_DIR"),
+            ("luks-pbkdf-memory-kib", "MULTICSI_LUKS_PBKDF_MEMORY_KIB"),
+            ("luks-pbkdf-iterations", "MULTICSI_LUKS_PBKDF_ITERATIONS"),
+            ("metrics-address", "MULTICSI_METRICS_ADDRESS"),
+        ]
+        .map(|(flag, var)| (flag.to_string(), var.to_string()));
+        assert_eq!(env, std::collections::BTreeMap::from(expected));
+    }
+
+    #[test]
+    fn every_key_layers_defaults_then_file_then_flags() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            concat!(
+                "endpoint = \"unix:///file/csi.sock\"\n",
+                "node-id = \"file-node\"\n",
+                "mode = \"node\"\n",
+                "driver-name = \"file.example\"\n",
+                "state-dir = \"/file/state\"\n",
+                "kubelet-dir = \"/file/kubelet\"\n",
+                "backends = [\"cloudscale\", \"hostpath\"]\n",
+                "max-volumes-per-node = 7\n",
+                "log-format = \"json\"\n",
+                "log-level = \"debug\"\n",
+                "device-dir = \"/file/dev\"\n",
+                "luks-pbkdf-memory-kib = 4096\n",
+                "luks-pbkdf-iterations = 6\n",
+                "metrics-address = \"127.0.0.1:9820\"\n",
+                "[cloudscale]\n",
+                "api-url = \"http://file.example/v1\"\n",
+            ),
+        )
+        .unwrap();
+        let config = path.to_str().unwrap();
+        let from_file =
+            Settings::resolve(Cli::parse_from(["x", "--config", config]).serve).unwrap();
+        assert_eq!(from_file.endpoint, Endpoint::Unix("/file/csi.sock".into()));
+        assert_eq!(from_file.node_id, "file-node");
+        assert_eq!(from_file.mode, Mode::Node);
+        assert_eq!(from_file.driver_name, "file.example");
+        assert_eq!(from_file.state_dir, PathBuf::from("/file/state"));
+        assert_eq!(from_file.kubelet_dir, PathBuf::from("/file/kubelet"));
+        assert_eq!(from_file.backend, "cloudscale");
+        assert_eq!(from_file.backends, ["cloudscale", "hostpath"]);
+        assert_eq!(from_file.max_volumes_per_node, 7);
+        assert_eq!(from_file.log_format, Some(LogFormat::Json));
+        assert_eq!(from_file.log_level, "debug");
+        assert_eq!(from_file.device_dir, PathBuf::from("/file/dev"));
+        assert_eq!(
+            (
+                from_file.luks_pbkdf.memory_kib,
+                from_file.luks_pbkdf.iterations
+            ),
+            (4096, 6)
+        );
+        assert_eq!(
+            from_file.metrics_address,
+            Some("127.0.0.1:9820".parse().unwrap())
+        );
+        assert_eq!(
+            from_file.clouds.cloudscale.api_url.as_deref(),
+            Some("http://file.example/v1")
+        );
+
+        let flags = Cli::parse_from([
+            "x",
+            "--config",
+            config,
+            "--endpoint",
+            "tcp://127.0.0.1:9000",
+            "--node-id",
+            "flag-node",
+            "--mode",
+            "controller",
+            "--driver-name",
+            "flag.example",
+            "--state-dir",
+            "/flag/state",
+            "--kubelet-dir",
+            "/flag/kubelet",
+            "--backends",
+            "civo,hostpath",
+            "--backend",
+            "hostpath",
+            "--max-volumes-per-node",
+            "9",
+            "--log-format",
+            "text",
+            "--log-level",
+            "warn",
+            "--device-dir",
+            "/flag/dev",
+            "--luks-pbkdf-memory-kib",
+            "8192",
+            "--luks-pbkdf-iterations",
+            "5",
+            "--metrics-address",
+            "off",
+        ]);
+        let s = Settings::resolve(flags.serve).unwrap();
+        assert_eq!(s.endpoint, Endpoint::Tcp("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(s.node_id, "flag-node");
+        assert_eq!(s.mode, Mode::Controller);
+        assert_eq!(s.driver_name, "flag.example");
+        assert_eq!(s.state_dir, PathBuf::from("/flag/state"));
+        assert_eq!(s.kubelet_dir, PathBuf::from("/flag/kubelet"));
+        assert_eq!(s.backend, "hostpath");
+        assert_eq!(s.backends, ["hostpath", "civo"]);
+        assert_eq!(s.max_volumes_per_node, 9);
+        assert_eq!(s.log_format, Some(LogFormat::Text));
+        assert_eq!(s.log_level, "warn");
+        assert_eq!(s.device_dir, PathBuf::from("/flag/dev"));
+        assert_eq!(
+            (s.luks_pbkdf.memory_kib, s.luks_pbkdf.iterations),
+            (8192, 5)
+        );
+        assert_eq!(s.metrics_address, None);
+    }
+
+    #[test]
+    fn a_badly_typed_file_value_names_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "mode = \"everything\"\n").unwrap();
+        let mut a = args();
+        a.config = Some(path.clone());
+        let err = Settings::resolve(a).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("everything"), "{err}");
+        assert!(err.contains("mode"), "{err}");
+        assert!(err.contains("use one of controller, node, all"), "{err}");
     }
 
     #[test]

@@ -224,8 +224,7 @@ fn program_check(name: &'static str, program: &str, package: &str) -> Check {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 fn device_mapper_check() -> Check {

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nix::sys::stat::{Mode, umask};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
 
@@ -171,9 +172,9 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
     }
     // The socket is created with the process umask: tighten it around bind so
     // the socket never exists with wider permissions.
-    let old_mask = unsafe { libc::umask(0o177) };
+    let old_mask = umask(Mode::from_bits_truncate(0o177));
     let listener = tokio::net::UnixListener::bind(path);
-    unsafe { libc::umask(old_mask) };
+    umask(old_mask);
     let listener = listener
         .map_err(|e| ServeError::Setup(format!("cannot listen on {}: {e}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))

@@ -52,20 +52,15 @@ pub fn page<T>(
 }
 
 fn encode(id: &str) -> String {
-    let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
-    format!("{TOKEN_PREFIX}{hex}")
+    format!("{TOKEN_PREFIX}{}", hex::encode(id))
 }
 
 fn decode(token: &str) -> Option<String> {
     let hex = token.strip_prefix(TOKEN_PREFIX)?;
-    if hex.is_empty() || hex.len() % 2 != 0 {
+    if hex.is_empty() {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
+    String::from_utf8(hex::decode(hex).ok()?).ok()
 }
 
 #[cfg(test)]

@@ -14,11 +14,31 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::{HostError, Result, loopdev, mount};
+use nix::errno::Errno;
 
-/// `_IOWR('X', 119, int)` and `_IOWR('X', 120, int)`.
-const FIFREEZE: libc::Ioctl = 0xC004_5877u32 as libc::Ioctl;
-const FITHAW: libc::Ioctl = 0xC004_5878u32 as libc::Ioctl;
+use super::{HostError, Result, errno, loopdev, mount};
+
+/// `FIFREEZE` and `FITHAW` of `<linux/fs.h>` (`_IOWR('X', 119, int)` and
+/// `_IOWR('X', 120, int)`), typed by nix's ioctl macros: nix has no safe
+/// wrapper for them, so the generated functions are `unsafe` and each has
+/// one safe wrapper below. The kernel ignores their argument.
+mod sys {
+    nix::ioctl_write_int_bad!(
+        fifreeze,
+        nix::request_code_readwrite!(b'X', 119, std::mem::size_of::<std::ffi::c_int>())
+    );
+    nix::ioctl_write_int_bad!(
+        fithaw,
+        nix::request_code_readwrite!(b'X', 120, std::mem::size_of::<std::ffi::c_int>())
+    );
+}
+
+/// `FIFREEZE` on the open mount point.
+fn freeze(dir: &File) -> io::Result<()> {
+    // SAFETY: FIFREEZE takes an int by value (ignored) and reads no memory.
+    unsafe { sys::fifreeze(dir.as_raw_fd(), 0) }?;
+    Ok(())
+}
 
 /// A filesystem held frozen (or only flushed); thawed when dropped.
 #[derive(Debug)]
@@ -65,15 +85,11 @@ impl Drop for Quiesced {
 
 /// `FITHAW`: `Ok(true)` when it was frozen, `Ok(false)` when it was not.
 fn thaw(dir: &File) -> io::Result<bool> {
-    // SAFETY: FITHAW takes an int argument and reads no memory.
-    if unsafe { libc::ioctl(dir.as_raw_fd(), FITHAW, 0) } == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EINVAL) {
-        Ok(false)
-    } else {
-        Err(e)
+    // SAFETY: FITHAW takes an int by value (ignored) and reads no memory.
+    match unsafe { sys::fithaw(dir.as_raw_fd(), 0) } {
+        Ok(_) => Ok(true),
+        Err(Errno::EINVAL) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -159,7 +175,7 @@ fn image_use(image: &Path) -> Result<Option<Use>> {
         .map_err(|e| HostError::os("stat", &device, e, "is the device present?"))?;
     let numbers = {
         use std::os::unix::fs::MetadataExt;
-        (libc::major(rdev.rdev()), libc::minor(rdev.rdev()))
+        super::device_numbers(rdev.rdev())
     };
     let canonical = std::fs::canonicalize(&device).unwrap_or(device);
     let table = mount::mounts()?;
@@ -240,18 +256,16 @@ pub fn quiesce(mount_point: &Path, records: &Path) -> Result<Quiesced> {
             "check the state directory",
         )
     })?;
-    // SAFETY: FIFREEZE takes an int argument and reads no memory.
-    if unsafe { libc::ioctl(dir.as_raw_fd(), FIFREEZE, 0) } == 0 {
+    let Err(e) = freeze(&dir) else {
         return Ok(Quiesced {
             mount_point: mount_point.to_path_buf(),
             frozen: Some(Frozen { dir, record }),
         });
-    }
-    let e = io::Error::last_os_error();
+    };
     let _ = fs::remove_file(&record);
     if !matches!(
-        e.raw_os_error(),
-        Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY) | Some(libc::EINVAL) | Some(libc::EBUSY)
+        errno(&e),
+        Errno::EOPNOTSUPP | Errno::ENOTTY | Errno::EINVAL | Errno::EBUSY
     ) {
         return Err(HostError::os(
             "freeze (FIFREEZE)",
@@ -260,15 +274,14 @@ pub fn quiesce(mount_point: &Path, records: &Path) -> Result<Quiesced> {
             "the node plugin needs CAP_SYS_ADMIN",
         ));
     }
-    // SAFETY: a valid open file descriptor.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(HostError::os(
+    nix::unistd::syncfs(&dir).map_err(|e| {
+        HostError::os(
             "flush (syncfs)",
             mount_point,
-            io::Error::last_os_error(),
+            e.into(),
             "check the filesystem",
-        ));
-    }
+        )
+    })?;
     Ok(Quiesced {
         mount_point: mount_point.to_path_buf(),
         frozen: None,

@@ -6,7 +6,6 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -413,26 +412,22 @@ pub struct FsStats {
 #[allow(clippy::useless_conversion)]
 pub fn stats(path: &Path) -> Result<FsStats> {
     let c = c_path("statvfs", path)?;
-    // SAFETY: an all-zero statvfs is a valid value; statvfs fills it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid C string and `st` a valid out-pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        let e = io::Error::last_os_error();
-        return Err(HostError::os(
+    let st = nix::sys::statvfs::statvfs(c.as_c_str()).map_err(|e| {
+        HostError::os(
             "statvfs",
             path,
-            e,
+            e.into(),
             "check that the volume is still mounted there",
-        ));
-    }
-    let fragment = u64::from(st.f_frsize);
-    let blocks = u64::from(st.f_blocks);
-    let free = u64::from(st.f_bfree);
-    let files = u64::from(st.f_files);
-    let ffree = u64::from(st.f_ffree);
+        )
+    })?;
+    let fragment = u64::from(st.fragment_size());
+    let blocks = u64::from(st.blocks());
+    let free = u64::from(st.blocks_free());
+    let files = u64::from(st.files());
+    let ffree = u64::from(st.files_free());
     Ok(FsStats {
         total_bytes: blocks.saturating_mul(fragment),
-        available_bytes: u64::from(st.f_bavail).saturating_mul(fragment),
+        available_bytes: u64::from(st.blocks_available()).saturating_mul(fragment),
         used_bytes: blocks.saturating_sub(free).saturating_mul(fragment),
         total_inodes: files,
         free_inodes: ffree,
@@ -681,7 +676,7 @@ mod tests {
     #[test]
     fn a_missing_device_is_an_error_not_blank() {
         let err = probe(Path::new("/dev/does-not-exist-multicsi")).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(err.raw_os_error(), Some(nix::errno::Errno::ENOENT as i32));
         assert!(err.to_string().contains("/dev/does-not-exist-multicsi"));
     }
 }

@@ -19,6 +19,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
 use super::HostError;
 use crate::error::CsiError;
 use crate::metrics;
@@ -492,8 +495,9 @@ impl Tools for SystemTools {
             Err(_) => {
                 // Not reaped yet (the reader thread is waiting on it), so
                 // the pid is still this child's.
-                // SAFETY: kill has no memory preconditions.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                if let Ok(pid) = i32::try_from(pid) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
                 let _ = rx.recv();
                 None
             }

@@ -15,37 +15,29 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::Duration;
 
-use super::{HostError, Result, c_path};
+use nix::errno::Errno;
+use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 
-const LOOP_SET_FD: libc::Ioctl = 0x4C00;
-const LOOP_CLR_FD: libc::Ioctl = 0x4C01;
-const LOOP_SET_STATUS64: libc::Ioctl = 0x4C04;
-const LOOP_GET_STATUS64: libc::Ioctl = 0x4C05;
-const LOOP_SET_CAPACITY: libc::Ioctl = 0x4C07;
-const LOOP_CONFIGURE: libc::Ioctl = 0x4C0A;
-const LOOP_CTL_GET_FREE: libc::Ioctl = 0x4C82;
+use super::{HostError, Result, c_path, errno};
 
-/// `_IOR(0x12, 114, size_t)`; the direction bits sit higher on a few architectures.
-#[cfg(any(
-    target_arch = "mips",
-    target_arch = "mips64",
-    target_arch = "powerpc",
-    target_arch = "powerpc64",
-    target_arch = "sparc",
-    target_arch = "sparc64"
-))]
-const IOC_READ: u64 = 2 << 29;
-#[cfg(not(any(
-    target_arch = "mips",
-    target_arch = "mips64",
-    target_arch = "powerpc",
-    target_arch = "powerpc64",
-    target_arch = "sparc",
-    target_arch = "sparc64"
-)))]
-const IOC_READ: u64 = 2 << 30;
-const BLKGETSIZE64: libc::Ioctl =
-    (IOC_READ | ((std::mem::size_of::<usize>() as u64) << 16) | (0x12 << 8) | 114) as libc::Ioctl;
+/// `BLKGETSIZE64`: `_IOR(0x12, 114, size_t)`.
+const BLKGETSIZE64: nix::sys::ioctl::ioctl_num_type =
+    nix::request_code_read!(0x12, 114, std::mem::size_of::<usize>());
+
+/// The ioctls of `<linux/loop.h>` and `BLKGETSIZE64`, typed by nix's ioctl macros. nix has no
+/// loop device API: each request's argument type is declared here, which is what makes a call
+/// sound, so the functions they generate stay `unsafe` and each has one safe wrapper below.
+mod sys {
+    use super::{LoopConfig, LoopInfo64};
+    nix::ioctl_none_bad!(loop_ctl_get_free, 0x4C82);
+    nix::ioctl_write_int_bad!(loop_set_fd, 0x4C00);
+    nix::ioctl_none_bad!(loop_clr_fd, 0x4C01);
+    nix::ioctl_write_ptr_bad!(loop_set_status64, 0x4C04, LoopInfo64);
+    nix::ioctl_read_bad!(loop_get_status64, 0x4C05, LoopInfo64);
+    nix::ioctl_none_bad!(loop_set_capacity, 0x4C07);
+    nix::ioctl_write_ptr_bad!(loop_configure, 0x4C0A, LoopConfig);
+    nix::ioctl_read_bad!(blkgetsize64, super::BLKGETSIZE64, u64);
+}
 
 const LO_NAME_SIZE: usize = 64;
 const LO_KEY_SIZE: usize = 32;
@@ -117,25 +109,63 @@ impl LoopInfo64 {
     }
 }
 
-fn ioctl_value(file: &File, request: libc::Ioctl, arg: libc::c_ulong) -> io::Result<libc::c_int> {
-    // SAFETY: the loop ioctls used with this helper take an integer argument, no pointer.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), request, arg) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
+/// `LOOP_CTL_GET_FREE` on `/dev/loop-control`: the number of a free loop device.
+fn get_free(control: &File) -> io::Result<i32> {
+    // SAFETY: LOOP_CTL_GET_FREE takes no argument; `control` is an open descriptor.
+    Ok(unsafe { sys::loop_ctl_get_free(control.as_raw_fd()) }?)
 }
 
-fn ioctl_ptr<T>(file: &File, request: libc::Ioctl, arg: &mut T) -> io::Result<libc::c_int> {
-    // SAFETY: `arg` points to a live, properly laid out (repr(C)) value of the type the
-    // request reads or writes.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), request, arg as *mut T) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
+/// `LOOP_SET_FD`: attaches the open `backing` file.
+fn set_fd(device: &File, backing: &File) -> io::Result<()> {
+    // SAFETY: LOOP_SET_FD takes a file descriptor by value, no pointer.
+    unsafe { sys::loop_set_fd(device.as_raw_fd(), backing.as_raw_fd()) }?;
+    Ok(())
+}
+
+/// `LOOP_CLR_FD`: detaches the backing file.
+fn clear_fd(device: &File) -> io::Result<()> {
+    // SAFETY: LOOP_CLR_FD takes no argument.
+    unsafe { sys::loop_clr_fd(device.as_raw_fd()) }?;
+    Ok(())
+}
+
+/// `LOOP_SET_CAPACITY`: re-reads the size of the backing file.
+fn set_capacity(device: &File) -> io::Result<()> {
+    // SAFETY: LOOP_SET_CAPACITY takes no argument.
+    unsafe { sys::loop_set_capacity(device.as_raw_fd()) }?;
+    Ok(())
+}
+
+/// `LOOP_SET_STATUS64`.
+fn set_status(device: &File, info: &LoopInfo64) -> io::Result<()> {
+    // SAFETY: the kernel reads a `struct loop_info64`, which `LoopInfo64` lays out (size
+    // checked at compile time), from a reference that lives through the call.
+    unsafe { sys::loop_set_status64(device.as_raw_fd(), info) }?;
+    Ok(())
+}
+
+/// `LOOP_GET_STATUS64`.
+fn get_status(device: &File) -> io::Result<LoopInfo64> {
+    let mut info = LoopInfo64::zeroed();
+    // SAFETY: the kernel writes a `struct loop_info64` into `info`, laid out alike.
+    unsafe { sys::loop_get_status64(device.as_raw_fd(), &mut info) }?;
+    Ok(info)
+}
+
+/// `LOOP_CONFIGURE` (Linux 5.8+).
+fn apply_config(device: &File, config: &LoopConfig) -> io::Result<()> {
+    // SAFETY: the kernel reads a `struct loop_config`, which `LoopConfig` lays out (size
+    // checked at compile time), from a reference that lives through the call.
+    unsafe { sys::loop_configure(device.as_raw_fd(), config) }?;
+    Ok(())
+}
+
+/// `BLKGETSIZE64`: the size of a block device in bytes.
+fn block_size_of(device: &File) -> io::Result<u64> {
+    let mut size: u64 = 0;
+    // SAFETY: the kernel writes a 64-bit size into `size`.
+    unsafe { sys::blkgetsize64(device.as_raw_fd(), &mut size) }?;
+    Ok(size)
 }
 
 fn open_device(op: &'static str, device: &Path, write: bool) -> Result<File> {
@@ -167,16 +197,14 @@ pub fn is_block_device(path: &Path) -> bool {
 /// The size in bytes of a block device (`BLKGETSIZE64`); works for any block device.
 pub fn device_size(device: &Path) -> Result<u64> {
     let file = open_device("open device to read its size", device, false)?;
-    let mut size: u64 = 0;
-    ioctl_ptr(&file, BLKGETSIZE64, &mut size).map_err(|e| {
-        let hint = if e.raw_os_error() == Some(libc::ENOTTY) {
+    block_size_of(&file).map_err(|e| {
+        let hint = if errno(&e) == Errno::ENOTTY {
             "this is not a block device"
         } else {
             "check that the device is still present"
         };
         HostError::os("read the size (BLKGETSIZE64) of", device, e, hint)
-    })?;
-    Ok(size)
+    })
 }
 
 /// The loop device number in a name like `loop7`.
@@ -198,7 +226,7 @@ fn ensure_node(number: u32) -> Result<PathBuf> {
             return Err(HostError::os(
                 "use loop device node",
                 &path,
-                io::Error::from_raw_os_error(libc::ENOTBLK),
+                io::Error::from(Errno::ENOTBLK),
                 "it exists but is not a block device; remove it",
             ));
         }
@@ -215,17 +243,14 @@ fn ensure_node(number: u32) -> Result<PathBuf> {
         })
         .unwrap_or((LOOP_MAJOR, number));
     let cpath = c_path("create loop device node", &path)?;
-    // SAFETY: `cpath` is a valid NUL-terminated string that outlives the call.
-    let rc = unsafe {
-        libc::mknod(
-            cpath.as_ptr(),
-            libc::S_IFBLK | 0o660,
-            libc::makedev(major, minor),
-        )
-    };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EEXIST) {
+    if let Err(e) = mknod(
+        cpath.as_c_str(),
+        SFlag::S_IFBLK,
+        Mode::from_bits_truncate(0o660),
+        makedev(major.into(), minor.into()),
+    ) {
+        let e = io::Error::from(e);
+        if errno(&e) != Errno::EEXIST {
             return Err(HostError::os(
                 "create loop device node",
                 &path,
@@ -241,14 +266,13 @@ fn ensure_node(number: u32) -> Result<PathBuf> {
 /// read-only, if it is attached.
 fn backing_identity(device: &Path) -> io::Result<Option<(u64, u64, bool)>> {
     let file = File::open(device)?;
-    let mut info = LoopInfo64::zeroed();
-    match ioctl_ptr(&file, LOOP_GET_STATUS64, &mut info) {
-        Ok(_) => Ok(Some((
+    match get_status(&file) {
+        Ok(info) => Ok(Some((
             info.lo_device,
             info.lo_inode,
             info.lo_flags & LO_FLAGS_READ_ONLY != 0,
         ))),
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+        Err(e) if errno(&e) == Errno::ENXIO => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -269,7 +293,7 @@ fn attached() -> Result<Vec<(u32, PathBuf)>> {
         let raw = match fs::read(&file) {
             Ok(raw) => raw,
             // Not attached, or detached while we were looking.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENXIO)) => {
+            Err(e) if matches!(errno(&e), Errno::ENOENT | Errno::ENXIO) => {
                 continue;
             }
             Err(e) => return Err(HostError::os("read", &file, e, "is /sys mounted?")),
@@ -331,7 +355,7 @@ fn find_all(image: &Path, read_only: bool) -> Result<Vec<PathBuf>> {
             }
             // Another file at the same path, or detached meanwhile.
             Ok(_) => continue,
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => continue,
+            Err(e) if errno(&e) == Errno::ENXIO => continue,
             Err(e) => {
                 return Err(HostError::os(
                     "read loop status (LOOP_GET_STATUS64) of",
@@ -351,26 +375,26 @@ fn configure(device: &File, backing: &File, image: &Path, read_only: bool) -> io
     if read_only {
         info.lo_flags = LO_FLAGS_READ_ONLY;
     }
-    let mut config = LoopConfig {
+    let config = LoopConfig {
         fd: backing.as_raw_fd() as u32,
         block_size: 0,
         info,
         reserved: [0; 8],
     };
-    match ioctl_ptr(device, LOOP_CONFIGURE, &mut config) {
-        Ok(_) => return Ok(()),
+    match apply_config(device, &config) {
+        Ok(()) => return Ok(()),
         // Kernels before 5.8 do not know LOOP_CONFIGURE.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTTY)) => {}
+        Err(e) if matches!(errno(&e), Errno::EINVAL | Errno::ENOTTY) => {}
         Err(e) => return Err(e),
     }
     // LOOP_SET_FD makes the device read-only when the backing file is open read-only.
-    ioctl_value(device, LOOP_SET_FD, backing.as_raw_fd() as libc::c_ulong)?;
-    let mut info = LoopInfo64::for_image(image);
+    set_fd(device, backing)?;
+    let info = LoopInfo64::for_image(image);
     let mut last = None;
     for _ in 0..10 {
-        match ioctl_ptr(device, LOOP_SET_STATUS64, &mut info) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+        match set_status(device, &info) {
+            Ok(()) => return Ok(()),
+            Err(e) if errno(&e) == Errno::EAGAIN => {
                 last = Some(e);
                 sleep(Duration::from_millis(20));
             }
@@ -380,8 +404,8 @@ fn configure(device: &File, backing: &File, image: &Path, read_only: bool) -> io
             }
         }
     }
-    let _ = ioctl_value(device, LOOP_CLR_FD, 0);
-    Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EAGAIN)))
+    let _ = clear_fd(device);
+    Err(last.unwrap_or_else(|| io::Error::from(Errno::EAGAIN)))
 }
 
 /// Attaches `image` to a free loop device and returns the device path, or returns the device it
@@ -440,7 +464,7 @@ fn attach_as(image: &Path, read_only: bool) -> Result<PathBuf> {
             )
         })?;
     for _ in 0..ATTACH_ATTEMPTS {
-        let number = ioctl_value(&control, LOOP_CTL_GET_FREE, 0).map_err(|e| {
+        let number = get_free(&control).map_err(|e| {
             HostError::os(
                 "get a free loop device (LOOP_CTL_GET_FREE) from",
                 control_path,
@@ -452,7 +476,7 @@ fn attach_as(image: &Path, read_only: bool) -> Result<PathBuf> {
         let file = match OpenOptions::new().read(true).write(true).open(&device) {
             Ok(file) => file,
             // Removed (loop_remove via LOOP_CTL_REMOVE) between GET_FREE and open.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENXIO) | Some(libc::ENOENT)) => {
+            Err(e) if matches!(errno(&e), Errno::ENXIO | Errno::ENOENT) => {
                 continue;
             }
             Err(e) => {
@@ -466,7 +490,7 @@ fn attach_as(image: &Path, read_only: bool) -> Result<PathBuf> {
         };
         match configure(&file, &backing, &canonical, read_only) {
             Ok(()) => return Ok(device),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            Err(e) if errno(&e) == Errno::EBUSY => {
                 // Somebody else took this device; maybe even for the same image.
                 if let Some(device) = find_all(image, read_only)?.into_iter().next() {
                     return Ok(device);
@@ -500,7 +524,7 @@ fn detach_unmetered(device: &Path) -> Result<()> {
     let name = device.file_name().unwrap_or_default();
     let file = match File::open(device) {
         Ok(file) => file,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENXIO)) => {
+        Err(e) if matches!(errno(&e), Errno::ENOENT | Errno::ENXIO) => {
             let attached = loop_number(name).is_some_and(|n| {
                 Path::new(&format!("/sys/block/loop{n}/loop/backing_file")).exists()
             });
@@ -521,13 +545,13 @@ fn detach_unmetered(device: &Path) -> Result<()> {
             ));
         }
     };
-    match ioctl_value(&file, LOOP_CLR_FD, 0) {
-        Ok(_) => {}
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(()),
+    match clear_fd(&file) {
+        Ok(()) => {}
+        Err(e) if errno(&e) == Errno::ENXIO => return Ok(()),
         Err(e) => {
-            let hint = match e.raw_os_error() {
-                Some(libc::ENOTTY) | Some(libc::EINVAL) => "this is not a loop device",
-                Some(libc::EBUSY) => "the device is still in use; unmount it first",
+            let hint = match errno(&e) {
+                Errno::ENOTTY | Errno::EINVAL => "this is not a loop device",
+                Errno::EBUSY => "the device is still in use; unmount it first",
                 _ => "check `losetup -a`",
             };
             return Err(HostError::os("detach (LOOP_CLR_FD)", device, e, hint));
@@ -576,10 +600,10 @@ pub fn refresh_capacity(device: &Path) -> Result<()> {
 
 fn refresh_capacity_unmetered(device: &Path) -> Result<()> {
     let file = open_device("open loop device", device, false)?;
-    ioctl_value(&file, LOOP_SET_CAPACITY, 0).map_err(|e| {
-        let hint = match e.raw_os_error() {
-            Some(libc::ENXIO) => "the loop device is not attached",
-            Some(libc::ENOTTY) | Some(libc::EINVAL) => "this is not a loop device",
+    set_capacity(&file).map_err(|e| {
+        let hint = match errno(&e) {
+            Errno::ENXIO => "the loop device is not attached",
+            Errno::ENOTTY | Errno::EINVAL => "this is not a loop device",
             _ => "check the loop device",
         };
         HostError::os("refresh capacity (LOOP_SET_CAPACITY) of", device, e, hint)
@@ -603,7 +627,7 @@ mod tests {
 
     #[test]
     fn blkgetsize64_matches_the_kernel_header_value() {
-        // The request number is 32 bits wide whatever the type of `libc::Ioctl`.
+        // The request number is 32 bits wide whatever the type of `ioctl_num_type`.
         #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
         assert_eq!(BLKGETSIZE64 as i64 & 0xffff_ffff, 0x8008_1272);
     }

@@ -192,8 +192,8 @@ fn backing_device(path: &Path) -> Result<(u32, u32), LuksError> {
         .rdev();
     let slaves = PathBuf::from(format!(
         "/sys/dev/block/{}:{}/slaves",
-        libc::major(rdev),
-        libc::minor(rdev)
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
     ));
     let mut found = Vec::new();
     for entry in std::fs::read_dir(&slaves).map_err(|e| os("list", &slaves, e))? {
@@ -308,7 +308,7 @@ pub fn device_numbers(device: &Path) -> Result<(u32, u32), LuksError> {
     let rdev = std::fs::metadata(device)
         .map_err(|e| super::HostError::os("stat", device, e, "is the device present?"))?
         .rdev();
-    Ok((libc::major(rdev), libc::minor(rdev)))
+    Ok(super::device_numbers(rdev))
 }
 
 #[cfg(test)]

@@ -13,7 +13,10 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
+use nix::errno::Errno;
+
 use super::cryptsetup::{self, Argon2id, Device, Session, Status};
+use super::errno;
 use super::luks::{KeyState, LuksError, Pbkdf};
 use super::luks_keys::VolumeKeys;
 use crate::csi::params::Luks;
@@ -87,7 +90,7 @@ fn unlock(
 ) -> Result<u32, LuksError> {
     match cd.activate(name, key) {
         Ok(slot) => Ok(slot),
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Err(LuksError::WrongKey {
+        Err(e) if errno(&e) == Errno::EPERM => Err(LuksError::WrongKey {
             device: device.to_path_buf(),
         }),
         Err(e) => Err(crypt_error(
@@ -198,7 +201,7 @@ pub fn deactivate(name: &str) -> Result<(), LuksError> {
         .map_err(|e| crypt_error("find mapping", name, e))?;
     match cd.deactivate(name) {
         Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(LuksError::Busy {
+        Err(e) if errno(&e) == Errno::EBUSY => Err(LuksError::Busy {
             name: name.to_string(),
         }),
         Err(e) => Err(crypt_error("close mapping", name, e)),

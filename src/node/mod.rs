@@ -5,6 +5,8 @@
 //! the crate, so the node logic above them can put them behind traits and fake them in tests.
 
 use std::io;
+
+use nix::errno::Errno;
 use std::path::{Path, PathBuf};
 
 pub mod cryptsetup;
@@ -110,6 +112,21 @@ impl HostError {
 /// Result of the host primitives.
 pub type Result<T, E = HostError> = std::result::Result<T, E>;
 
+/// The errno of an I/O error from a system call (`UnknownErrno` for any other error).
+pub(crate) fn errno(e: &io::Error) -> Errno {
+    e.raw_os_error()
+        .map_or(Errno::UnknownErrno, Errno::from_raw)
+}
+
+/// The (major, minor) numbers of a device number. Linux's are 32 bits each
+/// (glibc's `major`/`minor` return `unsigned int`), so the casts keep them whole.
+pub(crate) fn device_numbers(dev: u64) -> (u32, u32) {
+    (
+        nix::sys::stat::major(dev) as u32,
+        nix::sys::stat::minor(dev) as u32,
+    )
+}
+
 /// A path as a C string for a system call; a path with a NUL byte is rejected.
 pub(crate) fn c_path(op: &'static str, path: &Path) -> Result<std::ffi::CString> {
     use std::os::unix::ffi::OsStrExt;
@@ -117,7 +134,7 @@ pub(crate) fn c_path(op: &'static str, path: &Path) -> Result<std::ffi::CString>
         HostError::os(
             op,
             path,
-            io::Error::from_raw_os_error(libc::EINVAL),
+            io::Error::from(Errno::EINVAL),
             "the path contains a NUL byte",
         )
     })

@@ -2,13 +2,17 @@
 //!
 //! Nothing here executes a program: a bind mount is two or three system calls.
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CStr, CString, OsString};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags, umount2};
+use nix::sys::statvfs::{FsFlags, statvfs};
 
 use super::{HostError, Result, c_path};
 
@@ -158,45 +162,59 @@ pub fn lookup(table: &[MountEntry], path: &Path) -> Result<Option<MountEntry>> {
 }
 
 /// Mount options turned into mount(2) flags and the filesystem-specific data string.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedOptions {
-    pub flags: libc::c_ulong,
+    pub flags: MsFlags,
     /// Options for the filesystem itself, joined with ',' for mount(2).
     pub data: Vec<String>,
 }
 
+/// No flag.
+const NONE: MsFlags = MsFlags::empty();
+/// `MS_NOSYMFOLLOW` (Linux 5.10+): not among nix's named flags.
+const MS_NOSYMFOLLOW: MsFlags = MsFlags::from_bits_retain(0x100);
+
+impl Default for ParsedOptions {
+    fn default() -> Self {
+        ParsedOptions {
+            flags: MsFlags::empty(),
+            data: Vec::new(),
+        }
+    }
+}
+
 /// (word, flag it sets, flag it clears)
-const FLAG_WORDS: &[(&str, libc::c_ulong, libc::c_ulong)] = &[
-    ("ro", libc::MS_RDONLY, 0),
-    ("rw", 0, libc::MS_RDONLY),
-    ("nosuid", libc::MS_NOSUID, 0),
-    ("suid", 0, libc::MS_NOSUID),
-    ("nodev", libc::MS_NODEV, 0),
-    ("dev", 0, libc::MS_NODEV),
-    ("noexec", libc::MS_NOEXEC, 0),
-    ("exec", 0, libc::MS_NOEXEC),
-    ("sync", libc::MS_SYNCHRONOUS, 0),
-    ("async", 0, libc::MS_SYNCHRONOUS),
-    ("dirsync", libc::MS_DIRSYNC, 0),
-    ("noatime", libc::MS_NOATIME, 0),
-    ("atime", 0, libc::MS_NOATIME),
-    ("nodiratime", libc::MS_NODIRATIME, 0),
-    ("diratime", 0, libc::MS_NODIRATIME),
-    ("relatime", libc::MS_RELATIME, 0),
-    ("norelatime", 0, libc::MS_RELATIME),
-    ("strictatime", libc::MS_STRICTATIME, 0),
-    ("nostrictatime", 0, libc::MS_STRICTATIME),
-    ("lazytime", libc::MS_LAZYTIME, 0),
-    ("nolazytime", 0, libc::MS_LAZYTIME),
-    ("mand", libc::MS_MANDLOCK, 0),
-    ("nomand", 0, libc::MS_MANDLOCK),
-    ("silent", libc::MS_SILENT, 0),
-    ("loud", 0, libc::MS_SILENT),
-    ("iversion", libc::MS_I_VERSION, 0),
-    ("noiversion", 0, libc::MS_I_VERSION),
-    ("nosymfollow", libc::MS_NOSYMFOLLOW, 0),
-    ("symfollow", 0, libc::MS_NOSYMFOLLOW),
-    ("defaults", 0, 0),
+const FLAG_WORDS: &[(&str, MsFlags, MsFlags)] = &[
+    ("ro", MsFlags::MS_RDONLY, NONE),
+    ("rw", NONE, MsFlags::MS_RDONLY),
+    ("nosuid", MsFlags::MS_NOSUID, NONE),
+    ("suid", NONE, MsFlags::MS_NOSUID),
+    ("nodev", MsFlags::MS_NODEV, NONE),
+    ("dev", NONE, MsFlags::MS_NODEV),
+    ("noexec", MsFlags::MS_NOEXEC, NONE),
+    ("exec", NONE, MsFlags::MS_NOEXEC),
+    ("sync", MsFlags::MS_SYNCHRONOUS, NONE),
+    ("async", NONE, MsFlags::MS_SYNCHRONOUS),
+    ("dirsync", MsFlags::MS_DIRSYNC, NONE),
+    ("noatime", MsFlags::MS_NOATIME, NONE),
+    ("atime", NONE, MsFlags::MS_NOATIME),
+    ("nodiratime", MsFlags::MS_NODIRATIME, NONE),
+    ("diratime", NONE, MsFlags::MS_NODIRATIME),
+    ("relatime", MsFlags::MS_RELATIME, NONE),
+    ("norelatime", NONE, MsFlags::MS_RELATIME),
+    ("strictatime", MsFlags::MS_STRICTATIME, NONE),
+    ("nostrictatime", NONE, MsFlags::MS_STRICTATIME),
+    ("lazytime", MsFlags::MS_LAZYTIME, NONE),
+    ("nolazytime", NONE, MsFlags::MS_LAZYTIME),
+    ("mand", MsFlags::MS_MANDLOCK, NONE),
+    ("nomand", NONE, MsFlags::MS_MANDLOCK),
+    ("silent", MsFlags::MS_SILENT, NONE),
+    ("loud", NONE, MsFlags::MS_SILENT),
+    ("iversion", MsFlags::MS_I_VERSION, NONE),
+    ("noiversion", NONE, MsFlags::MS_I_VERSION),
+    ("nosymfollow", MS_NOSYMFOLLOW, NONE),
+    ("symfollow", NONE, MS_NOSYMFOLLOW),
+    ("defaults", NONE, NONE),
 ];
 
 /// Words meaningful only to mount(8) or fstab; they never reach the kernel.
@@ -221,15 +239,15 @@ const REJECTED_WORDS: &[&str] = &[
 ];
 
 /// The per-mount flags a bind mount can carry (set with `MS_BIND | MS_REMOUNT`).
-const BIND_FLAGS: libc::c_ulong = libc::MS_RDONLY
-    | libc::MS_NOSUID
-    | libc::MS_NODEV
-    | libc::MS_NOEXEC
-    | libc::MS_NOATIME
-    | libc::MS_NODIRATIME
-    | libc::MS_RELATIME
-    | libc::MS_STRICTATIME
-    | libc::MS_NOSYMFOLLOW;
+const BIND_FLAGS: MsFlags = MsFlags::MS_RDONLY
+    .union(MsFlags::MS_NOSUID)
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC)
+    .union(MsFlags::MS_NOATIME)
+    .union(MsFlags::MS_NODIRATIME)
+    .union(MsFlags::MS_RELATIME)
+    .union(MsFlags::MS_STRICTATIME)
+    .union(MS_NOSYMFOLLOW);
 
 /// Checks one option: no NUL or control characters, no ',' except inside a double-quoted value
 /// (SELinux `context="a,b"`), balanced quotes.
@@ -286,60 +304,45 @@ pub fn parse_options(options: &[String], read_only: bool) -> Result<ParsedOption
         }
         match FLAG_WORDS.iter().find(|(word, _, _)| *word == option) {
             Some((_, set, clear)) => {
-                parsed.flags &= !clear;
-                parsed.flags |= set;
+                parsed.flags.remove(*clear);
+                parsed.flags.insert(*set);
             }
             None => parsed.data.push(option.to_string()),
         }
     }
     if read_only {
-        parsed.flags |= libc::MS_RDONLY;
+        parsed.flags |= MsFlags::MS_RDONLY;
     }
     Ok(parsed)
 }
 
-fn mount_hint(errno: Option<i32>) -> &'static str {
+fn mount_hint(errno: Errno) -> &'static str {
     match errno {
-        Some(libc::ENOENT) => "the source or the target does not exist; create the target first",
-        Some(libc::ENOTDIR) => "the target is not a directory (a filesystem needs a directory)",
-        Some(libc::EBUSY) => "the device is in use or the target is already mounted",
-        Some(libc::ENODEV) => "the kernel does not know this filesystem type; load its module",
-        Some(libc::ENOTBLK) => "the source is not a block device",
-        Some(libc::EACCES) | Some(libc::EROFS) => "the device is read-only; mount it read-only",
-        Some(libc::EINVAL) => {
+        Errno::ENOENT => "the source or the target does not exist; create the target first",
+        Errno::ENOTDIR => "the target is not a directory (a filesystem needs a directory)",
+        Errno::EBUSY => "the device is in use or the target is already mounted",
+        Errno::ENODEV => "the kernel does not know this filesystem type; load its module",
+        Errno::ENOTBLK => "the source is not a block device",
+        Errno::EACCES | Errno::EROFS => "the device is read-only; mount it read-only",
+        Errno::EINVAL => {
             "a mount option is not valid for this filesystem, or the filesystem is damaged; check dmesg"
         }
-        Some(libc::EPERM) => "the node plugin must run privileged (CAP_SYS_ADMIN)",
+        Errno::EPERM => "the node plugin must run privileged (CAP_SYS_ADMIN)",
         _ => "check dmesg",
     }
 }
 
 fn sys_mount(
     op: &'static str,
-    source: &CString,
+    source: &CStr,
     target_path: &Path,
-    target: &CString,
-    fs_type: Option<&CString>,
-    flags: libc::c_ulong,
-    data: Option<&CString>,
+    target: &CStr,
+    fs_type: Option<&CStr>,
+    flags: MsFlags,
+    data: Option<&CStr>,
 ) -> Result<()> {
-    // SAFETY: all pointers are valid NUL-terminated strings (or NULL) that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fs_type.map_or(std::ptr::null(), |t| t.as_ptr()),
-            flags,
-            data.map_or(std::ptr::null(), |d| d.as_ptr().cast()),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        let e = io::Error::last_os_error();
-        let hint = mount_hint(e.raw_os_error());
-        Err(HostError::os(op, target_path, e, hint))
-    }
+    nix::mount::mount(Some(source), target, fs_type, flags, data)
+        .map_err(|e| HostError::os(op, target_path, e.into(), mount_hint(e)))
 }
 
 /// Mounts the filesystem on `device` at the directory `target`.
@@ -379,43 +382,38 @@ fn mount_fs_unmetered(
         &c_source,
         target,
         &c_target,
-        Some(&c_type),
+        Some(c_type.as_c_str()),
         parsed.flags,
-        Some(&c_data),
+        Some(c_data.as_c_str()),
     )
 }
 
-/// `ST_NOSYMFOLLOW` from `<sys/statvfs.h>` (Linux 5.10+), not in the libc crate.
-const ST_NOSYMFOLLOW: libc::c_ulong = 0x2000;
+/// `ST_NOSYMFOLLOW` from `<sys/statvfs.h>` (Linux 5.10+): not among nix's named flags.
+const ST_NOSYMFOLLOW: FsFlags = FsFlags::from_bits_retain(0x2000);
 
 /// The per-mount flags a mount has now, as `MS_*` flags (from statvfs's `ST_*`), so a remount
 /// adds to them and never loosens them (a bind of a read-only mount stays read-only).
-fn current_bind_flags(target: &Path, c_target: &CString) -> Result<libc::c_ulong> {
-    // SAFETY: an all-zero statvfs is a valid value; statvfs fills it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c_target` is a valid C string and `st` a valid out-pointer.
-    if unsafe { libc::statvfs(c_target.as_ptr(), &mut st) } != 0 {
-        let e = io::Error::last_os_error();
-        return Err(HostError::os("statvfs", target, e, "check the mount"));
-    }
-    let f = st.f_flag;
-    let mut flags = 0;
+fn current_bind_flags(target: &Path, c_target: &CStr) -> Result<MsFlags> {
+    let f = statvfs(c_target)
+        .map_err(|e| HostError::os("statvfs", target, e.into(), "check the mount"))?
+        .flags();
+    let mut flags = MsFlags::empty();
     for (st_flag, ms_flag) in [
-        (libc::ST_RDONLY, libc::MS_RDONLY),
-        (libc::ST_NOSUID, libc::MS_NOSUID),
-        (libc::ST_NODEV, libc::MS_NODEV),
-        (libc::ST_NOEXEC, libc::MS_NOEXEC),
-        (libc::ST_NOATIME, libc::MS_NOATIME),
-        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
-        (libc::ST_RELATIME, libc::MS_RELATIME),
-        (ST_NOSYMFOLLOW, libc::MS_NOSYMFOLLOW),
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        (ST_NOSYMFOLLOW, MS_NOSYMFOLLOW),
     ] {
-        if f & st_flag != 0 {
+        if f.contains(st_flag) {
             flags |= ms_flag;
         }
     }
-    if f & (libc::ST_NOATIME | libc::ST_RELATIME) == 0 {
-        flags |= libc::MS_STRICTATIME;
+    if !f.intersects(FsFlags::ST_NOATIME | FsFlags::ST_RELATIME) {
+        flags |= MsFlags::MS_STRICTATIME;
     }
     Ok(flags)
 }
@@ -446,18 +444,19 @@ fn bind_unmetered(source: &Path, target: &Path, read_only: bool, options: &[Stri
         target,
         &c_target,
         None,
-        libc::MS_BIND,
+        MsFlags::MS_BIND,
         None,
     )?;
     let requested = parsed.flags & BIND_FLAGS;
-    if requested == 0 {
+    if requested.is_empty() {
         return Ok(());
     }
     let remount = current_bind_flags(target, &c_target).and_then(|inherited| {
         let mut flags = inherited | requested;
-        if requested & (libc::MS_NOATIME | libc::MS_RELATIME | libc::MS_STRICTATIME) != 0 {
-            flags &= !(libc::MS_NOATIME | libc::MS_RELATIME | libc::MS_STRICTATIME);
-            flags |= requested & (libc::MS_NOATIME | libc::MS_RELATIME | libc::MS_STRICTATIME);
+        let atime = MsFlags::MS_NOATIME | MsFlags::MS_RELATIME | MsFlags::MS_STRICTATIME;
+        if requested.intersects(atime) {
+            flags.remove(atime);
+            flags |= requested & atime;
         }
         sys_mount(
             "remount bind mount with flags",
@@ -465,25 +464,20 @@ fn bind_unmetered(source: &Path, target: &Path, read_only: bool, options: &[Stri
             target,
             &c_target,
             None,
-            libc::MS_BIND | libc::MS_REMOUNT | flags,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
             None,
         )
     });
     if let Err(e) = remount {
         // Never leave a writable mount where a read-only one was asked for.
-        let _ = umount_once(&c_target, libc::MNT_DETACH);
+        let _ = umount_once(&c_target, MntFlags::MNT_DETACH);
         return Err(e);
     }
     Ok(())
 }
 
-fn umount_once(c_target: &CString, flags: libc::c_int) -> io::Result<()> {
-    // SAFETY: `c_target` is a valid NUL-terminated string that outlives the call.
-    if unsafe { libc::umount2(c_target.as_ptr(), flags | libc::UMOUNT_NOFOLLOW) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+fn umount_once(c_target: &CStr, flags: MntFlags) -> nix::Result<()> {
+    umount2(c_target, flags | MntFlags::UMOUNT_NOFOLLOW)
 }
 
 /// How many mounts stacked on one point `unmount` removes at most.
@@ -497,20 +491,20 @@ const BUSY_BACKOFF_MS: &[u64] = &[10, 20, 40, 80, 160];
 /// unmount, which would hide the mount and keep the device in use (a later detach or LUKS
 /// close would fail instead, far from the cause). Use [`unmount_lazy`] when that is wanted.
 pub fn unmount(target: &Path) -> Result<()> {
-    unmount_with(target, 0)
+    unmount_with(target, MntFlags::empty())
 }
 
 /// Like [`unmount`] but detaches lazily (`MNT_DETACH`): the mounts disappear from the tree at
 /// once and the filesystems are released when their last user goes away.
 pub fn unmount_lazy(target: &Path) -> Result<()> {
-    unmount_with(target, libc::MNT_DETACH)
+    unmount_with(target, MntFlags::MNT_DETACH)
 }
 
-fn unmount_with(target: &Path, flags: libc::c_int) -> Result<()> {
+fn unmount_with(target: &Path, flags: MntFlags) -> Result<()> {
     crate::metrics::node_op("unmount", || unmount_with_unmetered(target, flags))
 }
 
-fn unmount_with_unmetered(target: &Path, flags: libc::c_int) -> Result<()> {
+fn unmount_with_unmetered(target: &Path, flags: MntFlags) -> Result<()> {
     let c_target = c_path("unmount", target)?;
     let mut busy = 0;
     let mut layers = 0;
@@ -522,26 +516,26 @@ fn unmount_with_unmetered(target: &Path, flags: libc::c_int) -> Result<()> {
                     return Err(HostError::os(
                         "unmount",
                         target,
-                        io::Error::from_raw_os_error(libc::EBUSY),
+                        Errno::EBUSY.into(),
                         format!("more than {MAX_STACKED} mounts are stacked here; check mountinfo"),
                     ));
                 }
             }
-            Err(e) => match e.raw_os_error() {
-                Some(libc::EINVAL) | Some(libc::ENOENT) => return Ok(()),
-                Some(libc::EBUSY) if busy < BUSY_BACKOFF_MS.len() => {
+            Err(e) => match e {
+                Errno::EINVAL | Errno::ENOENT => return Ok(()),
+                Errno::EBUSY if busy < BUSY_BACKOFF_MS.len() => {
                     sleep(Duration::from_millis(BUSY_BACKOFF_MS[busy]));
                     busy += 1;
                 }
                 errno => {
                     let hint = match errno {
-                        Some(libc::EBUSY) => {
+                        Errno::EBUSY => {
                             "a process still uses it (open file or working directory); stop it, then retry"
                         }
-                        Some(libc::EPERM) => "the node plugin must run privileged (CAP_SYS_ADMIN)",
+                        Errno::EPERM => "the node plugin must run privileged (CAP_SYS_ADMIN)",
                         _ => "check mountinfo and dmesg",
                     };
-                    return Err(HostError::os("unmount", target, e, hint));
+                    return Err(HostError::os("unmount", target, e.into(), hint));
                 }
             },
         }
@@ -672,12 +666,12 @@ garbage line
         .unwrap();
         assert_eq!(
             p.flags,
-            libc::MS_NOATIME
-                | libc::MS_NODEV
-                | libc::MS_NOSUID
-                | libc::MS_NOEXEC
-                | libc::MS_SYNCHRONOUS
-                | libc::MS_DIRSYNC
+            MsFlags::MS_NOATIME
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NOEXEC
+                | MsFlags::MS_SYNCHRONOUS
+                | MsFlags::MS_DIRSYNC
         );
         assert_eq!(p.data, ["discard", "data=ordered"]);
     }
@@ -685,11 +679,11 @@ garbage line
     #[test]
     fn later_words_override_earlier_ones_and_read_only_wins() {
         let p = parse_options(&opts(&["ro", "rw", "nodev", "dev"]), false).unwrap();
-        assert_eq!(p.flags, 0);
+        assert_eq!(p.flags, MsFlags::empty());
         let p = parse_options(&opts(&["rw"]), true).unwrap();
-        assert_eq!(p.flags, libc::MS_RDONLY);
+        assert_eq!(p.flags, MsFlags::MS_RDONLY);
         let p = parse_options(&opts(&["relatime", "nodiratime", "defaults"]), false).unwrap();
-        assert_eq!(p.flags, libc::MS_RELATIME | libc::MS_NODIRATIME);
+        assert_eq!(p.flags, MsFlags::MS_RELATIME | MsFlags::MS_NODIRATIME);
         assert!(p.data.is_empty());
     }
 

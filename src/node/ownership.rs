@@ -26,7 +26,7 @@ impl Owner {
         Ok(Owner {
             device: device.to_path_buf(),
             canonical: std::fs::canonicalize(device).unwrap_or_else(|_| device.to_path_buf()),
-            numbers: (libc::major(rdev), libc::minor(rdev)),
+            numbers: super::device_numbers(rdev),
         })
     }
 

@@ -155,8 +155,7 @@ mod tests {
     use std::os::unix::fs::{PermissionsExt, symlink};
 
     fn root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
+        nix::unistd::geteuid().is_root()
     }
 
     fn chmod(path: &Path, mode: u32) {
@@ -164,10 +163,7 @@ mod tests {
     }
 
     fn lchown(path: &Path, uid: u32) {
-        use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::lchown(c.as_ptr(), uid, uid) }, 0);
+        std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap();
     }
 
     #[test]

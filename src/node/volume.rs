@@ -210,8 +210,8 @@ pub async fn stage_filesystem(
             if made {
                 let _ = std::fs::remove_dir(&at);
             }
-            match e.raw_os_error() {
-                Some(libc::EINVAL) if requested_flags => CsiError::InvalidArgument(format!(
+            match e.raw_os_error().map(nix::errno::Errno::from_raw) {
+                Some(nix::errno::Errno::EINVAL) if requested_flags => CsiError::InvalidArgument(format!(
                     "volume_capability.mount.mount_flags: {fs} refused the mount ({e}); remove or correct the flags the filesystem does not know"
                 )),
                 _ => e.into(),

@@ -3,9 +3,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{FallocateFlags, copy_file_range, fallocate};
+use nix::unistd::{Whence, lseek};
 
 /// Creates a sparse file of `size` bytes; a file already there is never
 /// overwritten (an error).
@@ -26,13 +29,10 @@ pub fn create(path: &Path, size: u64) -> io::Result<()> {
 /// space of every thick volume again (see `repair_image`).
 pub fn reserve(path: &Path, size: u64) -> io::Result<()> {
     let file = OpenOptions::new().write(true).open(path)?;
-    let len = libc::off_t::try_from(size)
+    let len = i64::try_from(size)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "size too large"))?;
-    // SAFETY: fallocate takes a descriptor `file` keeps open; mode 0 only
-    // allocates.
-    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // Mode 0 only allocates.
+    fallocate(&file, FallocateFlags::empty(), 0, len)?;
     Ok(())
 }
 
@@ -83,10 +83,9 @@ pub fn copy_unsynced(src: &Path, dst: &Path, size: u64) -> io::Result<File> {
         .mode(0o600)
         .open(dst)?;
     let len = input.metadata()?.len();
-    // FICLONE shares extents on filesystems that support it (xfs, btrfs).
-    const FICLONE: libc::c_ulong = 0x4004_9409;
-    let cloned = unsafe { libc::ioctl(output.as_raw_fd(), FICLONE as _, input.as_raw_fd()) } == 0;
-    if !cloned {
+    // FICLONE shares extents on filesystems that support it (xfs, btrfs);
+    // nix has no wrapper for it, rustix a safe one.
+    if rustix::fs::ioctl_ficlone(&output, &input).is_err() {
         copy_data_extents(&input, &output, len)?;
     }
     output.set_len(len.max(size))?;
@@ -94,37 +93,19 @@ pub fn copy_unsynced(src: &Path, dst: &Path, size: u64) -> io::Result<File> {
 }
 
 fn copy_data_extents(input: &File, output: &File, len: u64) -> io::Result<()> {
-    let (fd_in, fd_out) = (input.as_raw_fd(), output.as_raw_fd());
     let mut offset: i64 = 0;
     while (offset as u64) < len {
-        let data = unsafe { libc::lseek(fd_in, offset, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole remains
-            }
-            return Err(err);
-        }
-        let hole = unsafe { libc::lseek(fd_in, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let data = match lseek(input, offset, Whence::SeekData) {
+            Ok(data) => data,
+            Err(Errno::ENXIO) => break, // only a hole remains
+            Err(e) => return Err(e.into()),
+        };
+        let hole = lseek(input, data, Whence::SeekHole)?;
         let mut pos_in = data;
         let mut pos_out = data;
         while pos_in < hole {
-            let n = unsafe {
-                libc::copy_file_range(
-                    fd_in,
-                    &mut pos_in,
-                    fd_out,
-                    &mut pos_out,
-                    (hole - pos_in) as usize,
-                    0,
-                )
-            };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            let want = (hole - pos_in) as usize;
+            let n = copy_file_range(input, Some(&mut pos_in), output, Some(&mut pos_out), want)?;
             if n == 0 {
                 break;
             }

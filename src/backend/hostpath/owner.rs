@@ -9,9 +9,11 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 /// The lock file's name inside the state directory.
 pub const LOCK_FILE: &str = "lock";
@@ -32,7 +34,7 @@ pub enum OwnerError {
 /// The held lock; dropping it (or exiting) releases it.
 #[derive(Debug)]
 pub struct StateLock {
-    _file: File,
+    _file: Flock<File>,
     path: PathBuf,
 }
 
@@ -50,7 +52,7 @@ impl StateLock {
             .create(root)
             .map_err(io_error)?;
         let path = root.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -58,16 +60,16 @@ impl StateLock {
             .mode(0o600)
             .open(&path)
             .map_err(io_error)?;
-        match try_flock(&file, libc::LOCK_EX) {
-            Ok(true) => {}
-            Ok(false) => {
+        let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => locked,
+            Err((mut file, Errno::EWOULDBLOCK)) => {
                 return Err(OwnerError::Held {
                     dir: root.display().to_string(),
                     holder: describe_holder(&mut file),
                 });
             }
-            Err(e) => return Err(io_error(e)),
-        }
+            Err((_, e)) => return Err(io_error(e.into())),
+        };
         let me = format!("pid {}\n", std::process::id());
         file.set_len(0).map_err(io_error)?;
         file.rewind().map_err(io_error)?;
@@ -107,8 +109,8 @@ pub fn holder(root: &Path) -> io::Result<Option<String>> {
     let dev = meta.dev();
     let id = format!(
         "{:02x}:{:02x}:{}",
-        libc::major(dev),
-        libc::minor(dev),
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev),
         meta.ino()
     );
     let table = fs::read_to_string("/proc/locks")?;
@@ -120,21 +122,6 @@ pub fn holder(root: &Path) -> io::Result<Option<String>> {
         return Ok(None);
     }
     Ok(Some(describe_holder(&mut File::open(&path)?)))
-}
-
-/// Takes a `flock` without waiting: `false` when another open file holds
-/// a conflicting one.
-fn try_flock(file: &File, how: libc::c_int) -> io::Result<bool> {
-    // SAFETY: flock takes a file descriptor that `file` keeps open.
-    if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
-    }
 }
 
 #[cfg(test)]

@@ -501,10 +501,10 @@ fn in_use(host: &DeviceHost, link_name: &str) -> bool {
     };
     match std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_EXCL)
+        .custom_flags(nix::fcntl::OFlag::O_EXCL.bits())
         .open(&device)
     {
         Ok(_) => false,
-        Err(e) => e.raw_os_error() == Some(libc::EBUSY),
+        Err(e) => e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32),
     }
 }
