@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use crate::cloud::settings::{CivoSettings, CloudSettings, CloudscaleSettings, PacketSettings};
+use crate::csi::block_style::BlockStyle;
 use crate::node::luks::Pbkdf;
 
 /// Default CSI driver name.
@@ -110,6 +111,11 @@ pub struct ServeArgs {
     /// (port 0: any free port); off (the default) serves none.
     #[arg(long, env = "MULTICSI_METRICS_ADDRESS")]
     pub metrics_address: Option<String>,
+    /// How the SnapshotMetadata service describes ranges: 0 (the default)
+    /// gives variable-length extents, a power of two from 4096 to 1048576
+    /// gives fixed-length blocks of that many bytes.
+    #[arg(long, env = "MULTICSI_METADATA_BLOCK_SIZE")]
+    pub metadata_block_size: Option<u64>,
 }
 
 /// The config file: the same settings as the flags, by the same names.
@@ -131,6 +137,7 @@ pub struct FileConfig {
     pub luks_pbkdf_memory_kib: Option<u32>,
     pub luks_pbkdf_iterations: Option<u32>,
     pub metrics_address: Option<String>,
+    pub metadata_block_size: Option<u64>,
     pub cloudscale: Option<CloudscaleSettings>,
     pub civo: Option<CivoSettings>,
     pub packet: Option<PacketSettings>,
@@ -158,6 +165,8 @@ pub struct Settings {
     pub luks_pbkdf: Pbkdf,
     /// Where /metrics, /healthz and /readyz are served; None: nowhere.
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Extents or fixed blocks in SnapshotMetadata replies.
+    pub metadata_blocks: BlockStyle,
     /// Provider credentials and settings (file, then the providers' own
     /// environment variables).
     pub clouds: CloudSettings,
@@ -324,6 +333,12 @@ impl Settings {
             metrics_address: parse_metrics_address(
                 args.metrics_address.or(file.metrics_address).as_deref(),
             )?,
+            metadata_blocks: BlockStyle::from_size(
+                args.metadata_block_size
+                    .or(file.metadata_block_size)
+                    .unwrap_or(0),
+            )
+            .map_err(ConfigError::Invalid)?,
             clouds,
         })
     }

@@ -15,6 +15,7 @@ use crate::config::{Endpoint, ServeArgs, Settings};
 use crate::csi::controller_server::ControllerServer;
 use crate::csi::identity_server::IdentityServer;
 use crate::csi::node_server::NodeServer;
+use crate::csi::snapshot_metadata_server::SnapshotMetadataServer;
 use crate::driver::Driver;
 use crate::{metrics, telemetry};
 
@@ -86,6 +87,9 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
     }
     if settings.mode.serves_node() {
         router = router.add_service(NodeServer::from_arc(driver.clone()));
+    }
+    if driver.serves_snapshot_metadata() {
+        router = router.add_service(SnapshotMetadataServer::from_arc(driver.clone()));
     }
     tracing::info!(
         endpoint = %settings.endpoint,

@@ -21,10 +21,12 @@ impl std::fmt::Debug for RedactedMap<'_> {
     }
 }
 
+pub mod block_style;
 pub mod controller;
 pub mod identity;
 pub mod made_as;
 pub mod node;
 pub mod paging;
 pub mod params;
+pub mod snapshot_metadata;
 pub mod validate;

@@ -4,9 +4,11 @@
 //! carry their node in the topology, which keeps the design open to
 //! node-local volumes on many nodes.
 
+mod extents;
 mod files;
 pub(crate) mod image;
 mod journal;
+mod metadata;
 pub mod owner;
 mod recover;
 
@@ -23,6 +25,7 @@ use sha2::{Digest, Sha256};
 use self::files::ImageDir;
 use self::journal::{Journal, OpenError, Replay};
 use self::owner::StateLock;
+use super::blocks::ExtentStream;
 use super::size::{self, GIB, MIB, SizeRules};
 use super::{
     Backend, Capacity, ContentSource, CreateVolume, Features, Map, NodeBackend, Recorded, Snapshot,
@@ -1082,6 +1085,24 @@ impl Backend for HostPath {
 
     async fn list_snapshots(&self) -> CsiResult<Vec<Snapshot>> {
         Ok(self.state().snapshots.values().map(to_snapshot).collect())
+    }
+
+    fn snapshot_metadata(&self) -> bool {
+        true
+    }
+
+    async fn allocated_extents(&self, snapshot_id: &str, from: u64) -> CsiResult<ExtentStream> {
+        self.snapshot_allocated(snapshot_id, from).await
+    }
+
+    async fn changed_extents(
+        &self,
+        base_snapshot_id: &str,
+        target_snapshot_id: &str,
+        from: u64,
+    ) -> CsiResult<ExtentStream> {
+        self.snapshot_delta(base_snapshot_id, target_snapshot_id, from)
+            .await
     }
 }
 
