@@ -88,7 +88,8 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
     if settings.mode.serves_node() {
         router = router.add_service(NodeServer::from_arc(driver.clone()));
     }
-    if driver.serves_snapshot_metadata() {
+    if settings.mode.serves_controller() {
+        // Answers UNIMPLEMENTED, with the reason, for a backend without it.
         router = router.add_service(SnapshotMetadataServer::from_arc(driver.clone()));
     }
     tracing::info!(

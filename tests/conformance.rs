@@ -21,6 +21,8 @@ mod crash;
 mod harness;
 #[path = "conformance/identity.rs"]
 mod identity;
+#[path = "conformance/metadata.rs"]
+mod metadata;
 #[path = "conformance/node.rs"]
 mod node;
 #[path = "conformance/observability.rs"]
@@ -96,6 +98,9 @@ macro_rules! api_sections {
         ]);
         section!($backend, logs in observability: [
             control_characters_cannot_forge_log_lines,
+        ]);
+        section!($backend, metadata_service in metadata: [
+            snapshot_metadata_is_served_only_where_advertised,
         ]);
     };
 }
@@ -197,6 +202,14 @@ mod hostpath {
         a_truncated_journal_is_refused,
         a_missing_journal_with_images_is_refused,
         space_is_honest_on_a_small_state_disk,
+    ]);
+    section!(crate::harness::BackendUnderTest::hostpath, metadata: [
+        delta_is_exactly_the_blocks_written_between,
+        paging_and_continuation_are_exact,
+        fixed_length_blocks_cover_exactly_the_changes,
+        metadata_errors_follow_the_spec,
+        delta_of_thousands_of_scattered_blocks_is_exact,
+        shared_blocks_are_skipped_on_a_reflink_filesystem,
     ]);
     section!(crate::harness::BackendUnderTest::hostpath, node_snapshot_crash in crash: [
         crash_during_snapshot_of_a_mounted_volume,

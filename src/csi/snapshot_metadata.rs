@@ -130,10 +130,21 @@ impl Driver {
         self.settings.metadata_blocks
     }
 
+    fn require_snapshot_metadata(&self) -> CsiResult<()> {
+        if self.serves_snapshot_metadata() {
+            return Ok(());
+        }
+        Err(CsiError::Unimplemented(format!(
+            "the {} backend does not offer the SnapshotMetadata service (SNAPSHOT_METADATA_SERVICE is not advertised); take full backups of its snapshots",
+            self.backend.name()
+        )))
+    }
+
     async fn metadata_allocated(
         &self,
         r: pb::GetMetadataAllocatedRequest,
     ) -> CsiResult<ReplyStream<pb::GetMetadataAllocatedResponse>> {
+        self.require_snapshot_metadata()?;
         let id = validate::identifier("snapshot_id", &r.snapshot_id)?;
         let from = starting_offset(r.starting_offset)?;
         let per_page = page_size(r.max_results)?;
@@ -151,6 +162,7 @@ impl Driver {
         &self,
         r: pb::GetMetadataDeltaRequest,
     ) -> CsiResult<ReplyStream<pb::GetMetadataDeltaResponse>> {
+        self.require_snapshot_metadata()?;
         let base = validate::identifier("base_snapshot_id", &r.base_snapshot_id)?;
         let target = validate::identifier("target_snapshot_id", &r.target_snapshot_id)?;
         let from = starting_offset(r.starting_offset)?;

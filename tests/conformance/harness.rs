@@ -25,6 +25,7 @@ use multicsi::csi::identity_client::IdentityClient;
 use multicsi::csi::node_client::NodeClient;
 use multicsi::csi::node_service_capability::rpc::Type as NodeRpc;
 use multicsi::csi::plugin_capability::service::Type as PluginService;
+use multicsi::csi::snapshot_metadata_client::SnapshotMetadataClient;
 use multicsi::csi::{self as csi};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
@@ -179,6 +180,7 @@ impl BackendUnderTest {
             plugin_services: vec![
                 PluginService::ControllerService,
                 PluginService::VolumeAccessibilityConstraints,
+                PluginService::SnapshotMetadataService,
             ],
             controller_rpcs: vec![
                 CtrlRpc::CreateDeleteVolume,
@@ -710,6 +712,10 @@ impl Server {
 
     pub fn controller(&self) -> ControllerClient<Channel> {
         ControllerClient::new(self.channel())
+    }
+
+    pub fn snapshot_metadata(&self) -> SnapshotMetadataClient<Channel> {
+        SnapshotMetadataClient::new(self.channel())
     }
 
     pub fn node(&self) -> NodeClient<Channel> {
