@@ -1,7 +1,8 @@
 //! `multicsi client`: speaks CSI to any driver's socket, the way `csc` did.
 //!
 //! `multicsi client [--endpoint E] [--json] [--timeout SECS] <group> <command> [args]`
-//! with the groups `identity`, `controller` and `node`. Results go to stdout
+//! with the groups `identity`, `controller`, `node` and `snapshot` (the
+//! SnapshotMetadata service). Results go to stdout
 //! (readable, or one JSON object per result with `--json`); errors go to
 //! stderr as `error: <gRPC code>: <message>` with exit code 1, usage errors
 //! exit with 2. Secrets given on the command line are never printed.
@@ -10,6 +11,7 @@ pub mod args;
 pub mod connect;
 pub mod controller;
 pub mod identity;
+pub mod metadata;
 pub mod node;
 pub mod output;
 
@@ -50,6 +52,9 @@ pub enum Group {
     /// Node service: stage, publish, stats, expand, info.
     #[command(subcommand)]
     Node(node::Command),
+    /// SnapshotMetadata service: allocated and changed ranges of snapshots.
+    #[command(subcommand)]
+    Snapshot(metadata::Command),
 }
 
 /// Why a client command failed.
@@ -152,6 +157,7 @@ async fn dispatch<W: Write>(
         Group::Identity(command) => identity::run(command, connection, out).await,
         Group::Controller(command) => controller::run(command, connection, out).await,
         Group::Node(command) => node::run(command, connection, out).await,
+        Group::Snapshot(command) => metadata::run(command, connection, out).await,
     }
 }
 
