@@ -88,10 +88,9 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
     if settings.mode.serves_node() {
         router = router.add_service(NodeServer::from_arc(driver.clone()));
     }
-    if settings.mode.serves_controller() {
-        // Answers UNIMPLEMENTED, with the reason, for a backend without it.
-        router = router.add_service(SnapshotMetadataServer::from_arc(driver.clone()));
-    }
+    // Served beside the controller for a backend that computes block
+    // metadata; elsewhere it answers UNIMPLEMENTED with the reason.
+    router = router.add_service(SnapshotMetadataServer::from_arc(driver.clone()));
     tracing::info!(
         endpoint = %settings.endpoint,
         mode = ?settings.mode,

@@ -291,6 +291,9 @@ mod cloudscale {
             two_backends_route_by_id,
             capacity_follows_the_storage_class,
         ]);
+        section!(crate::harness::BackendUnderTest::cloudscale_with_hostpath, routed_metadata in metadata: [
+            metadata_is_routed_to_the_backend_that_computes_it,
+        ]);
     }
 }
 

@@ -616,3 +616,62 @@ impl Drop for Unmount {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// Several backends: the service is advertised because hostpath offers it;
+/// hostpath snapshots (IDs `hostpath:...`) get their delta, a snapshot of
+/// the cloud backend FAILED_PRECONDITION, a delta across backends
+/// INVALID_ARGUMENT.
+pub async fn metadata_is_routed_to_the_backend_that_computes_it(b: BackendUnderTest) {
+    let s = Server::start(&b).await;
+    let adv = s.advertised().await;
+    assert!(adv.plugin(PluginService::SnapshotMetadataService));
+    let size = 16 * MIB;
+    let mut request = create_request(&name("meta-route", 0), size, mount_cap("ext4"));
+    request.parameters = params(&[
+        ("multicsi.io/backend", "hostpath"),
+        ("multicsi.io/provisioning", "thin"),
+    ]);
+    let local = ok("CreateVolume", s.controller().create_volume(request).await)
+        .volume
+        .expect("volume")
+        .volume_id;
+    let own = local.strip_prefix("hostpath:").expect("a hostpath ID");
+    let base = snapshot(&s, &local, "meta-route", 1).await;
+    let mut rng = fastrand::Rng::with_seed(9);
+    let writes = vec![(5 * MIB, noise(&mut rng, BLOCK))];
+    write_at(&image(&state_of(&s), own), &writes);
+    let target = snapshot(&s, &local, "meta-route", 2).await;
+    let got = streamed("GetMetadataDelta", delta(&s, &base, &target, 0, 0).await)
+        .checked(BlockMetadataType::VariableLength, size);
+    assert_eq!(got.tuples, vec![(5 * MIB, BLOCK)]);
+
+    let cloud = ok(
+        "CreateVolume on the default backend",
+        s.controller()
+            .create_volume(create_request(
+                &name("meta-route", 3),
+                1 << 30,
+                mount_cap("ext4"),
+            ))
+            .await,
+    )
+    .volume
+    .expect("volume")
+    .volume_id;
+    let cloud_snapshot = snapshot(&s, &cloud, "meta-route", 4).await;
+    refused(
+        "allocated of a cloud snapshot",
+        allocated(&s, &cloud_snapshot, 0, 0).await,
+        Code::FailedPrecondition,
+    );
+    refused(
+        "delta of cloud snapshots",
+        delta(&s, &cloud_snapshot, &cloud_snapshot, 0, 0).await,
+        Code::FailedPrecondition,
+    );
+    refused(
+        "delta across backends",
+        delta(&s, &cloud_snapshot, &target, 0, 0).await,
+        Code::InvalidArgument,
+    );
+}
