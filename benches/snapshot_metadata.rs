@@ -84,7 +84,11 @@ impl Server {
             .arg(&dir)
             .args(extra)
             .env("MULTICSI_LOG_FORMAT", "json")
-            .env("MULTICSI_LOG_LEVEL", "warn")
+            // The delta's cost (bytes compared, bytes shared) is logged at info.
+            .env(
+                "MULTICSI_LOG_LEVEL",
+                "warn,multicsi::backend::hostpath::metadata=info",
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -186,12 +190,23 @@ impl Drop for Server {
 }
 
 /// One measured call: ranges, bytes they cover, wall time, the server's
-/// peak VmRSS while it ran.
+/// peak VmRSS while it ran, and for a delta the bytes it read and compared.
 struct Measured {
     ranges: u64,
     bytes: u64,
     wall: Duration,
     peak_rss_kib: u64,
+    compared_bytes: Option<u64>,
+}
+
+/// `compared_bytes` of the server's last "snapshot delta computed" line.
+fn last_compared_bytes(log: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text
+        .lines()
+        .rfind(|l| l.contains("snapshot delta computed"))?;
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    value["compared_bytes"].as_u64()
 }
 
 /// Samples the server's VmRSS every 2 ms until stopped; returns the peak.
@@ -256,11 +271,14 @@ async fn measure(server: &Server, base: Option<&str>, target: &str) -> Measured 
     let wall = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let peak_rss_kib = sampler.join().unwrap_or(0);
+    // The producer logs its cost as it ends, just before the stream does.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     Measured {
         ranges,
         bytes,
         wall,
         peak_rss_kib,
+        compared_bytes: base.and_then(|_| last_compared_bytes(&server.dir.join("server.log"))),
     }
 }
 
@@ -302,14 +320,18 @@ fn fill(path: &Path, rng: &mut fastrand::Rng, offset: u64, len: u64) {
 
 fn row(what: &str, m: &Measured) {
     let per_sec = m.ranges as f64 / m.wall.as_secs_f64().max(1e-9);
+    let read = m.compared_bytes.map_or("-".to_string(), |b| {
+        format!("{:.1} MiB", b as f64 / MIB as f64)
+    });
     println!(
-        "{:<44} {:>7} {:>10} {:>9.1} {:>12.0} {:>9}",
+        "{:<44} {:>7} {:>10} {:>9.1} {:>12.0} {:>9} {:>10}",
         what,
         m.ranges,
         format!("{:.1} MiB", m.bytes as f64 / MIB as f64),
         m.wall.as_secs_f64() * 1000.0,
         per_sec,
-        m.peak_rss_kib
+        m.peak_rss_kib,
+        read
     );
 }
 
@@ -339,8 +361,8 @@ fn header(title: &str) {
     println!();
     println!("{title}");
     println!(
-        "{:<44} {:>7} {:>10} {:>9} {:>12} {:>9}",
-        "call", "ranges", "covering", "ms", "ranges/s", "peak KiB"
+        "{:<44} {:>7} {:>10} {:>9} {:>12} {:>9} {:>10}",
+        "call", "ranges", "covering", "ms", "ranges/s", "peak KiB", "compared"
     );
 }
 
@@ -407,6 +429,13 @@ fn main() {
                 "allocated of the target",
                 &measure(&server, None, &target).await,
             );
+            // The reflink case below, without reflinks: every data block of
+            // both snapshots is read.
+            let (base, target) = pair(&server, "copied", &mut rng, 512 * MIB, o.blocks).await;
+            row(
+                &format!("delta, {} changed in 512 MiB of data", o.blocks),
+                &measure(&server, Some(&base), &target).await,
+            );
         }
         {
             let dir = base_dir.join("fixed");
@@ -435,7 +464,7 @@ fn main() {
                         let (base, target) =
                             pair(&server, "shared", &mut rng, 512 * MIB, o.blocks).await;
                         row(
-                            &format!("delta, {} changed blocks", o.blocks),
+                            &format!("delta, {} changed in 512 MiB of data", o.blocks),
                             &measure(&server, Some(&base), &target).await,
                         );
                     }

@@ -82,7 +82,7 @@ fn client(s: &Server) -> SnapshotMetadataClient<Channel> {
 }
 
 async fn allocated(s: &Server, id: &str, from: i64, max: i32) -> Result<Streamed, Status> {
-    let mut stream = client(s)
+    let stream = client(s)
         .get_metadata_allocated(csi::GetMetadataAllocatedRequest {
             snapshot_id: id.to_string(),
             starting_offset: from,
@@ -91,13 +91,26 @@ async fn allocated(s: &Server, id: &str, from: i64, max: i32) -> Result<Streamed
         })
         .await?
         .into_inner();
+    drain(stream, |r: &csi::GetMetadataAllocatedResponse| {
+        (
+            r.block_metadata_type,
+            r.volume_capacity_bytes,
+            &r.block_metadata,
+        )
+    })
+    .await
+}
+
+/// Reads a whole stream; `parts` gives each reply's style, capacity and
+/// tuples.
+async fn drain<R>(
+    mut stream: tonic::Streaming<R>,
+    parts: impl Fn(&R) -> (i32, i64, &Vec<csi::BlockMetadata>),
+) -> Result<Streamed, Status> {
     let mut out = Streamed::new();
     while let Some(reply) = stream.message().await? {
-        out.add(
-            reply.block_metadata_type,
-            reply.volume_capacity_bytes,
-            &reply.block_metadata,
-        );
+        let (kind, capacity, tuples) = parts(&reply);
+        out.add(kind, capacity, tuples);
     }
     Ok(out)
 }
@@ -109,7 +122,7 @@ async fn delta(
     from: i64,
     max: i32,
 ) -> Result<Streamed, Status> {
-    let mut stream = client(s)
+    let stream = client(s)
         .get_metadata_delta(csi::GetMetadataDeltaRequest {
             base_snapshot_id: base.to_string(),
             target_snapshot_id: target.to_string(),
@@ -119,15 +132,14 @@ async fn delta(
         })
         .await?
         .into_inner();
-    let mut out = Streamed::new();
-    while let Some(reply) = stream.message().await? {
-        out.add(
-            reply.block_metadata_type,
-            reply.volume_capacity_bytes,
-            &reply.block_metadata,
-        );
-    }
-    Ok(out)
+    drain(stream, |r: &csi::GetMetadataDeltaResponse| {
+        (
+            r.block_metadata_type,
+            r.volume_capacity_bytes,
+            &r.block_metadata,
+        )
+    })
+    .await
 }
 
 #[track_caller]

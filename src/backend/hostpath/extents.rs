@@ -209,7 +209,7 @@ pub fn shared(a: &[Mapped], b: &[Mapped], start: u64, end: u64) -> Vec<(u64, u64
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
 
@@ -219,20 +219,36 @@ mod tests {
         assert_eq!(std::mem::size_of::<FiemapExtent>(), 56);
     }
 
-    #[test]
-    fn data_ranges_of_a_sparse_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("a.img");
+    /// A new sparse file of `size` bytes with `writes` in it, durable.
+    pub(in crate::backend::hostpath) fn sparse_file(
+        dir: &std::path::Path,
+        name: &str,
+        size: u64,
+        writes: &[(u64, &[u8])],
+    ) -> File {
         let file = File::options()
             .create_new(true)
             .read(true)
             .write(true)
-            .open(&path)
+            .open(dir.join(name))
             .unwrap();
-        file.set_len(16 << 20).unwrap();
-        file.write_at(&[1u8; 4096], 1 << 20).unwrap();
-        file.write_at(&[2u8; 8192], 5 << 20).unwrap();
+        file.set_len(size).unwrap();
+        for (offset, data) in writes {
+            file.write_all_at(data, *offset).unwrap();
+        }
         file.sync_all().unwrap();
+        file
+    }
+
+    #[test]
+    fn data_ranges_of_a_sparse_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = sparse_file(
+            tmp.path(),
+            "a.img",
+            16 << 20,
+            &[(1 << 20, &[1u8; 4096]), (5 << 20, &[2u8; 8192])],
+        );
         let mut ranges = DataRanges::new(&file, 0, 16 << 20).unwrap();
         let mut all = Vec::new();
         while let Some(range) = ranges.next_range().unwrap() {

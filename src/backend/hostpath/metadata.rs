@@ -284,25 +284,10 @@ impl HostPath {
 mod tests {
     use super::*;
     use crate::backend::blocks::Extent;
-    use std::path::Path;
 
     const MIB: u64 = 1 << 20;
 
-    fn image(dir: &Path, name: &str, size: u64, writes: &[(u64, &[u8])]) -> File {
-        let path = dir.join(name);
-        let file = File::options()
-            .create_new(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        file.set_len(size).unwrap();
-        for (offset, data) in writes {
-            file.write_all_at(data, *offset).unwrap();
-        }
-        file.sync_all().unwrap();
-        file
-    }
+    use crate::backend::hostpath::extents::tests::sparse_file as image;
 
     async fn run(
         produce: impl FnOnce(&mut ExtentSink) -> CsiResult<()> + Send + 'static,
