@@ -168,17 +168,17 @@ impl Server {
     fn image(&self, volume: &str) -> PathBuf {
         self.state.join("volumes").join(format!("{volume}.img"))
     }
+}
 
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
+/// A KiB field of a process's /proc status, e.g. `VmRSS:`; 0 when unknown.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 impl Drop for Server {
@@ -214,14 +214,7 @@ fn sample_rss(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     let peak = Arc::new(AtomicU64::new(0));
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let rss = status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            peak.fetch_max(rss, Ordering::Relaxed);
+            peak.fetch_max(status_kib(pid, "VmRSS:"), Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(2));
         }
         peak.load(Ordering::Relaxed)
@@ -406,7 +399,7 @@ fn main() {
         {
             let dir = base_dir.join("plain");
             let server = Server::start(dir.clone(), dir.join("state"), &[]).await;
-            let idle = server.status_kib("VmRSS:");
+            let idle = status_kib(server.child.id(), "VmRSS:");
             header(&format!(
                 "SnapshotMetadata, 1 GiB thin volume, state on {} (server idle {idle} KiB)",
                 dir.display()
