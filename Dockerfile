@@ -22,14 +22,15 @@ COPY . .
 # --locked: build exactly the dependency versions of Cargo.lock.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked \
- && install -D -m 0755 target/release/multicsi /out/multicsi
+ && install -D -m 0755 target/release/multicsi /out/multicsi \
+ && install -D -m 0755 target/release/multicsi-luks /out/multicsi-luks
 
 ############################ runtime ############################
 FROM debian:bookworm-slim
 
 # The host tools the driver runs on a node (filesystems, mounts, iSCSI and
-# multipath, udev, kmod), libcryptsetup (linked: the driver does not start
-# without it) and CA certificates for the cloud APIs: the
+# multipath, udev, kmod), libcryptsetup (for the multicsi-luks helper, which
+# does the work on encrypted volumes) and CA certificates for the cloud APIs: the
 # package list's `node` job, the same list the tests check.
 COPY scripts/lib/packages.tsv /tmp/packages.tsv
 RUN apt-get update \
@@ -37,7 +38,7 @@ RUN apt-get update \
       $(awk '{ sub(/#.*/, "") } NF >= 3 { for (i = 3; i <= NF; i++) if ($i == "node") { print $2; break } }' /tmp/packages.tsv | sort -u) \
  && rm -rf /var/lib/apt/lists/* /tmp/packages.tsv
 
-COPY --from=build /out/multicsi /usr/local/bin/multicsi
+COPY --from=build /out/multicsi /out/multicsi-luks /usr/local/bin/
 
 ARG VERSION=0.1.0
 ARG REVISION=unknown

@@ -20,7 +20,7 @@ section "cargo test"
 cargo test --locked
 
 section "VM suites: node (LUKS, filesystems, restage) and iSCSI + multipath"
-cargo build --locked --bin multicsi
+cargo build --locked --bin multicsi --bin multicsi-luks
 target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
 export MULTICSI_BIN="$target_dir/debug/multicsi" VM_PASS_ENV=MULTICSI_BIN
 bash scripts/vm-test.sh --timeout 580 -- bash scripts/vm/node-suite.sh

@@ -87,6 +87,12 @@ pub struct ServeArgs {
     /// multicsi.io/backend.
     #[arg(long, env = "MULTICSI_BACKENDS", value_delimiter = ',')]
     pub backends: Option<Vec<String>>,
+    /// A node-only process (--mode=node) of a multi-cloud driver: the
+    /// backends whose node calls it serves, comma-separated (default: all
+    /// of --backends). A node belongs to one cloud; the others' volumes are
+    /// refused here with FAILED_PRECONDITION.
+    #[arg(long, env = "MULTICSI_NODE_BACKENDS", value_delimiter = ',')]
+    pub node_backends: Option<Vec<String>>,
     /// Maximum number of volumes this node accepts (0 = the backend's default).
     #[arg(long, env = "MULTICSI_MAX_VOLUMES_PER_NODE")]
     pub max_volumes_per_node: Option<u64>,
@@ -130,6 +136,7 @@ pub struct FileConfig {
     pub kubelet_dir: Option<PathBuf>,
     pub backend: Option<String>,
     pub backends: Option<Vec<String>>,
+    pub node_backends: Option<Vec<String>>,
     pub max_volumes_per_node: Option<u64>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
@@ -157,6 +164,9 @@ pub struct Settings {
     pub backend: String,
     /// Every backend served, the default first.
     pub backends: Vec<String>,
+    /// The backends whose node half this process serves (all of `backends`
+    /// unless a node-only process names fewer).
+    pub node_backends: Vec<String>,
     pub max_volumes_per_node: u64,
     pub log_format: Option<LogFormat>,
     pub log_level: String,
@@ -299,6 +309,9 @@ impl Settings {
             args.backend.or(file.backend),
             args.backends.or(file.backends),
         )?;
+        let mode = args.mode.or(file.mode).unwrap_or(Mode::All);
+        let node_backends =
+            choose_node_backends(&backends, mode, args.node_backends.or(file.node_backends))?;
         let luks_pbkdf = Pbkdf {
             memory_kib: args
                 .luks_pbkdf_memory_kib
@@ -313,12 +326,13 @@ impl Settings {
         Ok(Settings {
             endpoint: Endpoint::parse(&endpoint)?,
             node_id,
-            mode: args.mode.or(file.mode).unwrap_or(Mode::All),
+            mode,
             driver_name,
             state_dir,
             kubelet_dir,
             backend,
             backends,
+            node_backends,
             max_volumes_per_node: args
                 .max_volumes_per_node
                 .or(file.max_volumes_per_node)
@@ -379,6 +393,49 @@ fn choose_backends(
     list.retain(|b| *b != default);
     list.insert(0, default.clone());
     Ok((default, list))
+}
+
+/// The backends whose node half a process serves: every one of `backends`,
+/// or for a node-only process the ones `node_backends` names (each of them
+/// served, none twice).
+fn choose_node_backends(
+    backends: &[String],
+    mode: Mode,
+    node_backends: Option<Vec<String>>,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = node_backends else {
+        return Ok(backends.to_vec());
+    };
+    let list: Vec<String> = list
+        .into_iter()
+        .map(|b| b.trim().to_string())
+        .filter(|b| !b.is_empty())
+        .collect();
+    if list.is_empty() {
+        return Err(ConfigError::Invalid(
+            "node-backends is empty: name at least one of the backends this node serves, or leave it unset for all".into(),
+        ));
+    }
+    if mode != Mode::Node {
+        return Err(ConfigError::Invalid(
+            "node-backends is only for a node-only process (--mode=node): a process that serves the controller serves every backend".into(),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for name in &list {
+        if !backends.contains(name) {
+            return Err(ConfigError::Invalid(format!(
+                "node-backends names {name:?}, which is not served (backends: {}): list only served backends",
+                backends.join(", ")
+            )));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "backend {name:?} is listed twice in node-backends"
+            )));
+        }
+    }
+    Ok(list)
 }
 
 /// `IP:PORT`, or `off` (or nothing) for no metrics listener.
@@ -531,6 +588,38 @@ mod tests {
         assert_eq!(d, "hostpath");
         assert_eq!(all, ["hostpath", "cloudscale"]);
         assert!(choose_backends(None, list(&["civo", "civo"])).is_err());
+    }
+
+    #[test]
+    fn node_backends_narrow_only_a_node_process_to_served_backends() {
+        let list = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let with = |mode, backends: &[&str], node: Option<Vec<String>>| {
+            let mut a = args();
+            a.mode = Some(mode);
+            a.backends = list(backends);
+            a.node_backends = node;
+            Settings::resolve(a)
+        };
+        let s = with(Mode::All, &["cloudscale", "civo"], None).unwrap();
+        assert_eq!(s.node_backends, ["cloudscale", "civo"]);
+        let s = with(Mode::Node, &["cloudscale", "civo"], list(&[" civo "])).unwrap();
+        assert_eq!(s.node_backends, ["civo"]);
+        let err = with(Mode::All, &["cloudscale", "civo"], list(&["civo"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--mode=node"), "{err}");
+        let err = with(Mode::Node, &["cloudscale", "civo"], list(&["packet"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"packet\", which is not served"), "{err}");
+        let err = with(Mode::Node, &["cloudscale", "civo"], list(&["civo", "civo"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("twice"), "{err}");
+        let err = with(Mode::Node, &["cloudscale"], list(&[" "]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("empty"), "{err}");
     }
 
     #[test]

@@ -301,11 +301,28 @@ fn dm_crypt_check() -> Check {
     }
 }
 
+/// The LUKS helper runs and loads libcryptsetup: asked the status of a
+/// mapping name nobody uses, it answers (whatever the answer).
 fn libcryptsetup_check() -> Check {
-    Check::ok(
-        "libcryptsetup",
-        "linked into the driver (libcryptsetup.so.12 from libcryptsetup12: a node image without it cannot start the driver)",
-    )
+    use crate::node::luks::LuksError;
+    use crate::node::luks_helper::{self, Request};
+    let request = Request::Status {
+        name: "luks-multicsi-doctor".to_string(),
+    };
+    match luks_helper::call(&request) {
+        Ok(_) | Err(LuksError::Crypt { .. }) => Check::ok(
+            "libcryptsetup",
+            format!(
+                "the LUKS helper {} runs and loads libcryptsetup",
+                luks_helper::HELPER
+            ),
+        ),
+        Err(e) => Check::missing(
+            "libcryptsetup",
+            e.to_string(),
+            "install multicsi-luks beside multicsi and the package libcryptsetup12 (the driver's image has both); on a node that never stages encrypted volumes pass --without-encryption",
+        ),
+    }
 }
 
 /// Whether an abstract unix socket (`@name`) or a path socket is bound.

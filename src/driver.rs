@@ -9,6 +9,7 @@ use tonic::{Response, Status};
 use tracing::Instrument;
 
 use crate::backend::cloudscale;
+use crate::backend::elsewhere::Elsewhere;
 use crate::backend::hostpath::HostPath;
 use crate::backend::router::{Route, Router};
 use crate::backend::{Backend, NodeBackend};
@@ -69,6 +70,18 @@ async fn build(name: &str, settings: &Settings, node_id: &str) -> Result<Halves,
     })
 }
 
+/// Stand-in halves of a backend whose node calls another node plugin serves.
+fn elsewhere(name: &str) -> Result<Halves, String> {
+    let name = BACKENDS.iter().find(|b| **b == name).ok_or_else(|| {
+        format!(
+            "unknown backend {name:?}; this binary serves: {}",
+            BACKENDS.join(", ")
+        )
+    })?;
+    let stand_in = Arc::new(Elsewhere::new(name));
+    Ok((stand_in.clone(), stand_in))
+}
+
 impl Driver {
     /// Builds the driver for the configured backends (a router in front
     /// when there are several).
@@ -77,12 +90,16 @@ impl Driver {
     /// (a server ID from its metadata service), else `--node-id`. Cloud
     /// backends are built first to learn it; hostpath then records its
     /// volumes on that node, so that ControllerPublish with the ID that
-    /// NodeGetInfo reports reaches every backend.
+    /// NodeGetInfo reports reaches every backend. A node-only process
+    /// builds only the backends of `node_backends`; the others stand
+    /// `Elsewhere`, so that IDs still route by the full list.
     pub async fn new(settings: &Settings) -> Result<Self, String> {
         let mut settings = settings.clone();
         let mut built: Vec<Option<Halves>> = Vec::new();
         for name in &settings.backends {
-            built.push(if name == "hostpath" {
+            built.push(if !settings.node_backends.contains(name) {
+                Some(elsewhere(name)?)
+            } else if name == "hostpath" {
                 None
             } else {
                 Some(build(name, &settings, &settings.node_id).await?)
@@ -149,5 +166,46 @@ impl Driver {
                 .map_or_else(|e| e.code(), |_| tonic::Code::Ok),
         );
         result.map(Response::new).map_err(Status::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Map;
+    use crate::backend::hostpath::TOPOLOGY_KEY;
+    use crate::config::{Mode, ServeArgs};
+    use crate::error::CsiError;
+
+    /// A node of a cloudscale + hostpath driver that serves hostpath only
+    /// starts without cloudscale's metadata service, reports hostpath's
+    /// topology alone, and refuses to stage a cloudscale volume.
+    #[tokio::test]
+    async fn a_node_serves_only_its_node_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings::resolve(ServeArgs {
+            endpoint: Some("unix:///tmp/unused.sock".into()),
+            node_id: Some("n1".into()),
+            mode: Some(Mode::Node),
+            state_dir: Some(dir.path().to_path_buf()),
+            backends: Some(vec!["cloudscale".into(), "hostpath".into()]),
+            node_backends: Some(vec!["hostpath".into()]),
+            ..Default::default()
+        })
+        .unwrap();
+        let driver = Driver::new(&settings).await.unwrap();
+        let node = driver.node_backend;
+        assert_eq!(
+            node.topology(),
+            Map::from([(TOPOLOGY_KEY.to_string(), "n1".to_string())])
+        );
+        let volume = "4f6e4e8a-0000-4000-8000-000000000001";
+        match node.attach_device(volume, &Map::new()).await {
+            Err(CsiError::FailedPrecondition(m)) => assert!(m.contains("cloudscale"), "{m}"),
+            other => panic!("attach of a cloudscale volume: {other:?}"),
+        }
+        assert_eq!(node.find_device(volume).await.unwrap(), None);
+        node.detach_device(volume).await.unwrap();
+        node.ready().await.unwrap();
     }
 }

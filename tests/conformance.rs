@@ -290,6 +290,7 @@ mod cloudscale {
         section!(crate::harness::BackendUnderTest::cloudscale_with_hostpath, routing: [
             two_backends_route_by_id,
             capacity_follows_the_storage_class,
+            a_node_plugin_serves_only_its_own_backends,
         ]);
         section!(crate::harness::BackendUnderTest::cloudscale_with_hostpath, routed_metadata in metadata: [
             metadata_is_routed_to_the_backend_that_computes_it,

@@ -143,6 +143,31 @@ fn doctor_fails_without_dm_crypt_and_names_it() {
 }
 
 #[test]
+fn the_luks_helper_is_checked() {
+    require_root();
+    let socket_dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("unix://{}/csi.sock", socket_dir.path().display());
+    let args = ["--endpoint", &endpoint, "--backend", "hostpath"];
+    let all = text(&doctor(&args));
+    assert!(
+        all.contains("ok       libcryptsetup: the LUKS helper multicsi-luks runs"),
+        "{all}"
+    );
+    let out = Command::new(bin())
+        .arg("doctor")
+        .args(args)
+        .env("MULTICSI_LUKS_HELPER", "/nonexistent/multicsi-luks")
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("MISSING  libcryptsetup: the LUKS helper /nonexistent/multicsi-luks failed"),
+        "{all}"
+    );
+}
+
+#[test]
 fn doctor_json_agrees_with_the_exit_status() {
     require_root();
     let kubelet = SharedDir::new();

@@ -6,6 +6,7 @@
 pub mod blocks;
 pub mod civo;
 pub mod cloudscale;
+pub mod elsewhere;
 pub mod hostpath;
 pub mod packet;
 pub mod router;
@@ -144,6 +145,10 @@ pub trait Backend: Send + Sync + 'static {
     /// The backends served, the default first (several behind a router).
     fn backend_names(&self) -> Vec<&'static str> {
         vec![self.name()]
+    }
+    /// The backend that holds the volume or snapshot `id`.
+    fn backend_of(&self, _id: &str) -> &'static str {
+        self.name()
     }
     /// Ok when the backend can serve requests.
     async fn ready(&self) -> CsiResult<()>;

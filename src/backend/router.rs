@@ -182,6 +182,10 @@ impl Backend for Router {
         self.routes.iter().map(|r| r.backend.name()).collect()
     }
 
+    fn backend_of(&self, id: &str) -> &'static str {
+        self.backend(self.route(id).0).name()
+    }
+
     async fn ready(&self) -> CsiResult<()> {
         for route in &self.routes {
             route.backend.ready().await?;

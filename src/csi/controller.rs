@@ -408,6 +408,7 @@ impl Driver {
         let source = validate::identifier("source_volume_id", &r.source_volume_id)?;
         let name = validate::identifier("name", &r.name)?;
         params::parse(&r.parameters, &self.backend.backend_names(), &[])?;
+        params::check_snapshot_class(&r.parameters, source, self.backend.backend_of(source))?;
         let _guard = self.locks.acquire(&[name])?;
         let snapshot = self.backend.create_snapshot(source, name).await?;
         Ok(pb::CreateSnapshotResponse {

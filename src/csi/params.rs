@@ -52,6 +52,24 @@ pub struct Parameters {
     pub node_context: Map,
 }
 
+/// A VolumeSnapshotClass that names a backend (`multicsi.io/backend`)
+/// takes snapshots of that backend's volumes only: a snapshot always stays
+/// in its volume's backend, so a class naming another one is a mistake.
+pub fn check_snapshot_class(
+    parameters: &HashMap<String, String>,
+    source_volume_id: &str,
+    source_backend: &str,
+) -> CsiResult<()> {
+    match parameters.get(BACKEND) {
+        Some(chosen) if chosen != source_backend => Err(CsiError::InvalidArgument(format!(
+            "the snapshot class selects {BACKEND}={chosen:?}, but volume {source_volume_id} is a \
+             {source_backend} volume: take its snapshot with the {source_backend} backend's \
+             VolumeSnapshotClass"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Splits and checks CreateVolume parameters.
 /// `backends` are the backends served, the default first; choosing another
 /// one leaves `BACKEND` in the backend parameters (for the router).

@@ -1,18 +1,18 @@
-//! LUKS (dm-crypt) through libcryptsetup: format a blank device, open it as
-//! a device-mapper mapping, close, grow, and find what is open.
+//! LUKS (dm-crypt) on the node: format a blank device, open it as a
+//! device-mapper mapping, close, grow, and find what is open. The work with
+//! libcryptsetup runs in the `multicsi-luks` helper process
+//! ([`super::luks_helper`], [`super::luks_ops`]); this module is the node's
+//! side of it, and what needs no libcryptsetup (names, device numbers).
 //!
-//! The key is handed to libcryptsetup as bytes in memory: it never goes
-//! through a file, a command line or a log. Each function is one whole
-//! operation within one [`Session`] (the library is not thread-safe);
-//! callers run it inside one blocking closure.
+//! The key is handed over as bytes in memory: it never goes through a file,
+//! a command line or a log.
 
-use std::cell::RefCell;
-use std::ffi::{CStr, c_char, c_int, c_void};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 
-use super::cryptsetup::{self, Argon2id, Device, Session, Status};
+use serde::{Deserialize, Serialize};
+
+use super::luks_helper::{self, Reply, Request};
 use super::luks_keys::VolumeKeys;
 use crate::csi::params::Luks;
 
@@ -22,7 +22,7 @@ const CONTROL: &str = "/dev/mapper/control";
 
 /// Cost of the argon2id key derivation of new volumes. Opening a volume
 /// costs the same memory, so it must fit the node plugin's memory limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pbkdf {
     pub memory_kib: u32,
     pub iterations: u32,
@@ -60,8 +60,9 @@ impl Pbkdf {
 }
 
 /// What can go wrong with LUKS. Messages name the device or mapping and
-/// never contain the key.
-#[derive(Debug, thiserror::Error)]
+/// never contain the key. The helper process sends them back as they are.
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum LuksError {
     /// The kernel offers no device-mapper (or the plugin may not use it).
     #[error(
@@ -94,15 +95,21 @@ pub enum LuksError {
     #[error("LUKS mapping {name} is in use and cannot be closed; unpublish and unmount it first")]
     Busy { name: String },
     /// libcryptsetup failed.
-    #[error("{op} {target}: {source}{messages}")]
+    #[error("{op} {target}: {error}{messages}")]
     Crypt {
-        op: &'static str,
+        op: String,
         target: String,
-        source: std::io::Error,
+        error: String,
         messages: String,
     },
+    /// The helper process that does the LUKS work is missing or failed.
+    #[error(
+        "the LUKS helper {path} failed: {reason}; it ships beside multicsi in the driver's image (see docs/install.md)", path = path.display()
+    )]
+    Helper { path: PathBuf, reason: String },
     /// A system call failed.
     #[error(transparent)]
+    #[serde(skip)]
     Host(#[from] super::HostError),
 }
 
@@ -145,16 +152,6 @@ fn check_device_mapper() -> Result<(), LuksError> {
         })
 }
 
-/// Starts an operation: libcryptsetup's messages go to this thread's
-/// collection, emptied first.
-fn begin() -> Session {
-    let session = Session::begin();
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| session.set_log_callback(collect_message));
-    MESSAGES.with(|m| m.borrow_mut().clear());
-    session
-}
-
 /// An open mapping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Active {
@@ -172,14 +169,12 @@ pub fn active(name: &str) -> Result<Option<Active>, LuksError> {
         return Ok(None);
     }
     let path = mapping_path(name);
-    let session = begin();
-    let busy = match session.status(name) {
-        Ok(Status::Active) => false,
-        Ok(Status::Busy) => true,
-        Ok(_) => return Ok(None),
-        Err(source) => return Err(crypt_error("status of mapping", name, source)),
+    let busy = match luks_helper::call(&Request::Status {
+        name: name.to_string(),
+    })? {
+        Reply::Status(Some(busy)) => busy,
+        _ => return Ok(None),
     };
-    drop(session);
     let backing = backing_device(&path)?;
     Ok(Some(Active {
         path,
@@ -232,75 +227,21 @@ fn backing_device(path: &Path) -> Result<(u32, u32), LuksError> {
 /// Writes a new LUKS2 header on `device` with one key slot for `key`. The
 /// caller makes sure the device is blank.
 pub fn format(device: &Path, key: &[u8], luks: &Luks, pbkdf: &Pbkdf) -> Result<(), LuksError> {
-    let target = device.display().to_string();
-    let fail = |op, source| crypt_error(op, &target, source);
-    let (cipher, mode) = luks
-        .cipher
-        .split_once('-')
-        .ok_or_else(|| LuksError::Crypt {
-            op: "format",
-            target: target.clone(),
-            source: std::io::Error::other(format!("cipher {:?} is not CIPHER-MODE", luks.cipher)),
-            messages: String::new(),
-        })?;
-    let session = begin();
-    let mut cd = session.device(device).map_err(|e| fail("open device", e))?;
-    let kdf = Argon2id {
-        iterations: pbkdf.iterations,
-        memory_kib: pbkdf.memory_kib,
-    };
-    cd.format_luks2(cipher, mode, luks.key_size_bits as usize / 8, &kdf)
-        .map_err(|e| fail("write a LUKS2 header on", e))?;
-    cd.add_keyslot(key)
-        .map_err(|e| fail("add a key slot on", e))
-}
-
-/// Loads the LUKS header (LUKS1 or LUKS2) of `device`.
-fn load<'s>(session: &'s Session, device: &Path) -> Result<Device<'s>, LuksError> {
-    let target = device.display().to_string();
-    let mut cd = session
-        .device(device)
-        .map_err(|e| crypt_error("open device", &target, e))?;
-    cd.load_luks().map_err(|e| LuksError::NotLuks {
-        device: device.to_path_buf(),
-        detail: format!("{e}{}", take_messages()),
-    })?;
-    Ok(cd)
-}
-
-/// Tries `key` against the key slots of `device`; returns the slot it opens.
-fn unlock(
-    cd: &mut Device,
-    device: &Path,
-    name: Option<&str>,
-    key: &[u8],
-) -> Result<u32, LuksError> {
-    match cd.activate(name, key) {
-        Ok(slot) => Ok(slot),
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Err(LuksError::WrongKey {
-            device: device.to_path_buf(),
-        }),
-        Err(e) => Err(crypt_error(
-            if name.is_some() {
-                "open"
-            } else {
-                "check the key of"
-            },
-            &device.display().to_string(),
-            e,
-        )),
-    }
+    luks_helper::call(&Request::format(device, key, luks, pbkdf)).map(drop)
 }
 
 /// Checks that `key` opens `device` without opening it.
 pub fn check_key(device: &Path, key: &[u8]) -> Result<(), LuksError> {
-    let session = begin();
-    let mut cd = load(&session, device)?;
-    unlock(&mut cd, device, None, key).map(drop)
+    luks_helper::call(&Request::CheckKey {
+        device: device.to_path_buf(),
+        key: key.to_vec(),
+    })
+    .map(drop)
 }
 
 /// Which key a volume opens with after [`settle_keys`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum KeyState {
     /// The current key (and the previous one, if any, no longer).
     Current,
@@ -313,83 +254,24 @@ pub enum KeyState {
 }
 
 /// Makes `device` open with `keys.current`, and no longer with
-/// `keys.previous`. A rotation takes three steps, each written to the
-/// header before the next: add a slot for the current key (unlocked by the
-/// previous one), check that the current key opens it, wipe the previous
-/// key's slot. Cut off anywhere, one of the two keys still opens the
-/// volume, and the next stage finishes the rotation: when both keys open
-/// it, the previous key's slot is wiped.
+/// `keys.previous` (see [`super::luks_ops::settle_keys`] for the steps and
+/// why a cut between them loses no key).
 pub fn settle_keys(device: &Path, keys: &VolumeKeys, pbkdf: &Pbkdf) -> Result<KeyState, LuksError> {
-    let session = begin();
-    let mut cd = load(&session, device)?;
-    let current = unlock(&mut cd, device, None, &keys.current);
-    let Some(previous) = keys.previous.as_deref() else {
-        return current.map(|_| KeyState::Current);
-    };
-    match current {
-        Ok(current_slot) => match unlock(&mut cd, device, None, previous) {
-            Ok(old) if old != current_slot => {
-                wipe_slot(&mut cd, device, old)?;
-                tracing::info!(device = %device.display(), slot = old, "LUKS key rotation finished: the previous key's slot is wiped");
-                Ok(KeyState::Rotated)
-            }
-            Ok(_) | Err(LuksError::WrongKey { .. }) => Ok(KeyState::Current),
-            Err(e) => Err(e),
-        },
-        Err(LuksError::WrongKey { .. }) => {
-            let old = match unlock(&mut cd, device, None, previous) {
-                Ok(slot) => slot,
-                Err(LuksError::WrongKey { .. }) => {
-                    return Err(LuksError::NoKeyOpens {
-                        device: device.to_path_buf(),
-                    });
-                }
-                Err(e) => return Err(e),
-            };
-            if !cd.is_luks1() {
-                let cost = Argon2id {
-                    iterations: pbkdf.iterations,
-                    memory_kib: pbkdf.memory_kib,
-                };
-                cd.set_argon2id(&cost).map_err(|e| {
-                    crypt_error("set the key slot cost of", &device.display().to_string(), e)
-                })?;
-            }
-            if let Err(e) = cd.add_keyslot_by_passphrase(previous, &keys.current) {
-                let error = crypt_error("add a key slot on", &device.display().to_string(), e);
-                tracing::warn!(device = %device.display(), %error, "LUKS key rotation not possible: the volume opens with the previous key");
-                return Ok(KeyState::Previous);
-            }
-            crate::failpoint::crash_point("luks-rotate-added");
-            unlock(&mut cd, device, None, &keys.current)?;
-            crate::failpoint::crash_point("luks-rotate-checked");
-            wipe_slot(&mut cd, device, old)?;
-            tracing::info!(device = %device.display(), slot = old, "LUKS key rotated: a slot for the current key added, the previous key's slot wiped");
-            Ok(KeyState::Rotated)
-        }
-        Err(e) => Err(e),
+    match luks_helper::call(&Request::settle_keys(device, keys, pbkdf))? {
+        Reply::Keys(state) => Ok(state),
+        other => Err(unexpected(other)),
     }
-}
-
-fn wipe_slot(cd: &mut Device, device: &Path, slot: u32) -> Result<(), LuksError> {
-    cd.destroy_keyslot(slot).map_err(|e| {
-        crypt_error(
-            "wipe the previous key's slot on",
-            &device.display().to_string(),
-            e,
-        )
-    })
 }
 
 /// Opens `device` as mapping `name` and returns the mapping's path. The
 /// volume key is kept in the device-mapper table rather than the kernel
 /// keyring, so that the mapping can be grown without the key.
 pub fn open(device: &Path, name: &str, key: &[u8]) -> Result<PathBuf, LuksError> {
-    let session = begin();
-    let mut cd = load(&session, device)?;
-    cd.use_keyring(false)
-        .map_err(|e| crypt_error("turn off the kernel keyring for", name, e))?;
-    unlock(&mut cd, device, Some(name), key)?;
+    luks_helper::call(&Request::Open {
+        device: device.to_path_buf(),
+        name: name.to_string(),
+        key: key.to_vec(),
+    })?;
     Ok(mapping_path(name))
 }
 
@@ -398,27 +280,27 @@ pub fn close(name: &str) -> Result<(), LuksError> {
     if active(name)?.is_none() {
         return Ok(());
     }
-    let session = begin();
-    let mut cd = session
-        .mapping(name)
-        .map_err(|e| crypt_error("find mapping", name, e))?;
-    match cd.deactivate(name) {
-        Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(LuksError::Busy {
-            name: name.to_string(),
-        }),
-        Err(e) => Err(crypt_error("close mapping", name, e)),
-    }
+    luks_helper::call(&Request::Close {
+        name: name.to_string(),
+    })
+    .map(drop)
 }
 
 /// Grows mapping `name` to the current size of the device under it.
 pub fn resize(name: &str) -> Result<(), LuksError> {
-    let session = begin();
-    let mut cd = session
-        .mapping(name)
-        .map_err(|e| crypt_error("find mapping", name, e))?;
-    cd.resize(name)
-        .map_err(|e| crypt_error("resize mapping", name, e))
+    luks_helper::call(&Request::Resize {
+        name: name.to_string(),
+    })
+    .map(drop)
+}
+
+fn unexpected(reply: Reply) -> LuksError {
+    LuksError::Crypt {
+        op: "understand the reply".to_string(),
+        target: luks_helper::HELPER.to_string(),
+        error: format!("{reply:?} answers another operation"),
+        messages: String::new(),
+    }
 }
 
 /// Major and minor number of `device`.
@@ -427,45 +309,6 @@ pub fn device_numbers(device: &Path) -> Result<(u32, u32), LuksError> {
         .map_err(|e| super::HostError::os("stat", device, e, "is the device present?"))?
         .rdev();
     Ok((libc::major(rdev), libc::minor(rdev)))
-}
-
-fn crypt_error(op: &'static str, target: &str, source: std::io::Error) -> LuksError {
-    LuksError::Crypt {
-        op,
-        target: target.to_string(),
-        source,
-        messages: take_messages(),
-    }
-}
-
-// libcryptsetup's own error messages (never the key) are collected per
-// thread while an operation runs, and go into the error it ends with.
-thread_local! {
-    static MESSAGES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
-}
-
-unsafe extern "C" fn collect_message(level: c_int, msg: *const c_char, _: *mut c_void) {
-    if msg.is_null() || level != cryptsetup::LOG_ERROR {
-        return;
-    }
-    // SAFETY: libcryptsetup passes a NUL-terminated string valid for the call.
-    let text = unsafe { CStr::from_ptr(msg) }
-        .to_string_lossy()
-        .trim()
-        .to_string();
-    if !text.is_empty() {
-        MESSAGES.with(|m| m.borrow_mut().push(text));
-    }
-}
-
-/// The collected messages as `" (libcryptsetup: a; b)"`, or nothing.
-fn take_messages() -> String {
-    let messages = MESSAGES.with(|m| std::mem::take(&mut *m.borrow_mut()));
-    if messages.is_empty() {
-        String::new()
-    } else {
-        format!(" (libcryptsetup: {})", messages.join("; "))
-    }
 }
 
 #[cfg(test)]
@@ -501,56 +344,6 @@ mod tests {
             .validate()
             .is_err()
         );
-    }
-
-    /// Formats a LUKS2 header on a plain file (no device-mapper needed)
-    /// and checks keys against it through the run-time binding.
-    #[test]
-    fn format_and_check_key_on_a_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("volume.img");
-        std::fs::File::create(&image)
-            .unwrap()
-            .set_len(32 << 20)
-            .unwrap();
-        let luks = Luks {
-            cipher: "aes-xts-plain64".to_string(),
-            key_size_bits: 512,
-        };
-        let cheap = Pbkdf {
-            memory_kib: 1024,
-            iterations: 4,
-        };
-        format(&image, b"right key", &luks, &cheap).unwrap();
-        check_key(&image, b"right key").unwrap();
-        match check_key(&image, b"wrong key") {
-            Err(LuksError::WrongKey { device }) => assert_eq!(device, image),
-            other => panic!("a wrong key must be refused: {other:?}"),
-        }
-        let header = std::process::Command::new("cryptsetup")
-            .arg("luksDump")
-            .arg(&image)
-            .output()
-            .expect("cryptsetup (cryptsetup-bin) is installed by scripts/test.sh");
-        let dump = String::from_utf8_lossy(&header.stdout);
-        assert!(dump.contains("Version:       \t2"), "{dump}");
-        assert!(dump.contains("aes-xts-plain64"), "{dump}");
-        assert!(dump.contains("argon2id"), "{dump}");
-        assert!(dump.contains("Memory:     1024"), "{dump}");
-    }
-
-    #[test]
-    fn a_blank_file_holds_no_luks_header() {
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("blank.img");
-        std::fs::File::create(&image)
-            .unwrap()
-            .set_len(4 << 20)
-            .unwrap();
-        match check_key(&image, b"key") {
-            Err(LuksError::NotLuks { device, .. }) => assert_eq!(device, image),
-            other => panic!("a blank device has no header: {other:?}"),
-        }
     }
 
     #[test]

@@ -34,7 +34,8 @@ impl From<LuksError> for CsiError {
             LuksError::Unavailable { .. }
             | LuksError::NotLuks { .. }
             | LuksError::StaleMapping { .. }
-            | LuksError::Busy { .. } => CsiError::FailedPrecondition(e.to_string()),
+            | LuksError::Busy { .. }
+            | LuksError::Helper { .. } => CsiError::FailedPrecondition(e.to_string()),
             LuksError::Crypt { .. } | LuksError::Host(_) => CsiError::Internal(e.to_string()),
         }
     }

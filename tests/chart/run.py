@@ -328,9 +328,20 @@ def driver_mode(workload):
     return modes[0] if modes else "all"
 
 
+def node_selector(workload):
+    return workload["spec"]["template"]["spec"].get("nodeSelector", {})
+
+
+def never_on_one_node(a, b):
+    """Two workloads' node selectors exclude each other: one label key, two values."""
+    sa, sb = node_selector(a), node_selector(b)
+    return any(k in sb and sb[k] != v for k, v in sa.items())
+
+
 def state_dir_single_owner(docs):
-    """The host's state directory: at most one workload mounts it, a DaemonSet that
-    never runs two pods on one host (RollingUpdate with maxSurge 0, or OnDelete)."""
+    """The host's state directory: on any host at most one workload mounts it, a
+    DaemonSet that never runs two pods on one host (RollingUpdate with maxSurge 0,
+    or OnDelete); several DaemonSets only where their node selectors exclude each other."""
     owners = {}
     for w in workloads(docs):
         for path in host_paths(w):
@@ -338,13 +349,16 @@ def state_dir_single_owner(docs):
                 owners.setdefault(path, []).append(w)
     for path, ws in owners.items():
         names = [f"{w['kind']}/{w['metadata']['name']}" for w in ws]
-        ensure(len(ws) == 1, f"{path} is mounted by {', '.join(names)}: two processes would own one state directory")
-        w = ws[0]
-        ensure(w["kind"] == "DaemonSet", f"{names[0]} mounts {path}: only a DaemonSet has one pod per host")
-        strategy = w["spec"].get("updateStrategy", {"type": "RollingUpdate"})
-        if strategy.get("type", "RollingUpdate") == "RollingUpdate":
-            surge = str(strategy.get("rollingUpdate", {}).get("maxSurge", 0))
-            ensure(surge in ("0", "0%"), f"{names[0]} surges {surge}: a new pod would start next to the old one")
+        for i, a in enumerate(ws):
+            for b in ws[i + 1:]:
+                ensure(never_on_one_node(a, b), f"{path} is mounted by {', '.join(names)}, whose node selectors "
+                       "can pick one host: two processes would own one state directory")
+        for w, name in zip(ws, names):
+            ensure(w["kind"] == "DaemonSet", f"{name} mounts {path}: only a DaemonSet has one pod per host")
+            strategy = w["spec"].get("updateStrategy", {"type": "RollingUpdate"})
+            if strategy.get("type", "RollingUpdate") == "RollingUpdate":
+                surge = str(strategy.get("rollingUpdate", {}).get("maxSurge", 0))
+                ensure(surge in ("0", "0%"), f"{name} surges {surge}: a new pod would start next to the old one")
 
 
 def hostpath_controller_on_host(docs):
@@ -742,6 +756,14 @@ def controller_shape(snapshots):
     return a
 
 
+def driver_env_multi(docs):
+    """driver env on the controller and every node plugin: MULTICSI_* settings, node id from spec.nodeName"""
+    for w in driver_workloads(docs):
+        env = env_of(containers(w)["multicsi"])
+        for k in ("MULTICSI_BACKEND", "MULTICSI_DRIVER_NAME", "MULTICSI_NODE_ID", "MULTICSI_STATE_DIR"):
+            ensure(k in env, f"{w['metadata']['name']} misses {k}")
+
+
 def driver_env(docs):
     """driver env: MULTICSI_* settings on controller and node, node id from spec.nodeName"""
     for w, mode in ((get_controller(docs), "controller"), (get_node(docs), "node")):
@@ -1036,9 +1058,14 @@ def credentials_ref(secret_name, key, created):
     return a
 
 
+def driver_workloads(docs):
+    """Every workload that runs the driver: the controller and each node plugin."""
+    return [w for w in workloads(docs) if "multicsi" in containers(w)]
+
+
 def plain_env(container_env):
     def a(docs):
-        for w in (get_controller(docs), get_node(docs)):
+        for w in driver_workloads(docs):
             env = env_of(containers(w)["multicsi"])
             for k, v in container_env.items():
                 ensure(env.get(k, {}).get("value") == v, f"{w['kind']} {k}={env.get(k)}")
@@ -1195,6 +1222,80 @@ def overridden_images(docs):
 
 
 # ================================================================= examples
+# ------------------------------------------------------- several backends
+def node_plugins(docs):
+    """The node plugin DaemonSets by the backend they serve (--node-backends)."""
+    found = {}
+    for ds in by_kind(docs, "DaemonSet"):
+        args = containers(ds)["multicsi"]["args"]
+        served = [a.split("=", 1)[1] for a in args if a.startswith("--node-backends=")]
+        ensure(len(served) == 1, f"DaemonSet/{ds['metadata']['name']} has no single --node-backends: {args}")
+        found[served[0]] = ds
+    return found
+
+
+def multi_backend(backends, default):
+    expected_args = f"--backends={','.join(backends)}"
+
+    def a(docs):
+        ctrl = get_controller(docs)
+        ensure(ctrl["kind"] == "Deployment" and driver_mode(ctrl) == "controller", "the controller is no Deployment")
+        c = containers(ctrl)["multicsi"]
+        ensure(expected_args in c["args"], f"controller args {c['args']}")
+        ensure(env_of(c)["MULTICSI_BACKEND"]["value"] == default, "the default backend")
+        plugins = node_plugins(docs)
+        ensure(sorted(plugins) == sorted(backends), f"node plugins for {sorted(plugins)}")
+        for backend, ds in plugins.items():
+            ensure(ds["metadata"]["name"] == f"{RELEASE}-node-{backend}", f"DaemonSet name {ds['metadata']['name']}")
+            dc = containers(ds)["multicsi"]
+            ensure(expected_args in dc["args"] and "--mode=node" in dc["args"], f"{backend} node args {dc['args']}")
+            ensure(node_selector(ds).get("multicsi.io/cloud") == backend, f"{backend} node selector {node_selector(ds)}")
+            ensure(ds["spec"]["selector"]["matchLabels"].get("multicsi.io/node-backend") == backend,
+                   f"{backend} DaemonSet selector {ds['spec']['selector']}")
+            ensure(bool(ds["spec"]["template"]["spec"].get("hostNetwork")) == (backend == "packet"),
+                   f"{backend} node host network")
+            ensure(("/etc/iscsi" in host_paths(ds)) == (backend == "packet"), f"{backend} node iSCSI mounts")
+            ensure(("civostatsd" in volumes_of(ds)) == (backend == "civo"), f"{backend} node civostatsd")
+            ensure(env_of(dc).keys().isdisjoint({"CLOUDSCALE_ACCESS_TOKEN", "CIVO_API_KEY", "PACKET_API_KEY"}),
+                   f"{backend} node receives cloud credentials")
+        for i, x in enumerate(plugins.values()):
+            for y in list(plugins.values())[i + 1:]:
+                ensure(never_on_one_node(x, y), "two node plugins can land on one node")
+    a.__doc__ = f"one controller with {expected_args}, default {default}; one node plugin per backend on its cloud's nodes"
+    return a
+
+
+def credentials_for(secret_name, keys, created):
+    def a(docs):
+        env = env_of(containers(get_controller(docs))["multicsi"])
+        for key in keys:
+            ensure(env.get(key, {}).get("valueFrom", {}).get("secretKeyRef") == {"name": secret_name, "key": key},
+                   f"{key} env {env.get(key)}")
+        secrets = by_kind(docs, "Secret")
+        if created:
+            ensure(len(secrets) == 1 and secrets[0]["metadata"]["name"] == secret_name, f"secrets {secrets}")
+            ensure(secrets[0]["stringData"] == {k: SECRET_VALUE for k in keys}, "secret keys")
+        else:
+            ensure(not secrets, "a Secret was rendered although an existing one is named")
+    a.__doc__ = f"controller reads {', '.join(keys)} from Secret {secret_name} ({'created' if created else 'existing'})"
+    return a
+
+
+def snapshot_classes(expected):
+    def a(docs):
+        vscs = {d["metadata"]["name"]: d for d in by_kind(docs, "VolumeSnapshotClass")}
+        ensure(sorted(vscs) == sorted(expected), f"VolumeSnapshotClasses {sorted(vscs)}, want {sorted(expected)}")
+        defaults = [n for n, d in vscs.items()
+                    if d["metadata"]["annotations"]["snapshot.storage.kubernetes.io/is-default-class"] == "true"]
+        ensure(defaults == list(expected)[:1], f"default snapshot classes {defaults}")
+        for name, backend in expected.items():
+            ensure(vscs[name].get("parameters", {}).get("multicsi.io/backend") == backend,
+                   f"{name} parameters {vscs[name].get('parameters')}")
+        ensure("csi-snapshotter" in containers(get_controller(docs)), "no csi-snapshotter")
+    a.__doc__ = "VolumeSnapshotClasses " + ", ".join(f"{n} ({b})" for n, b in expected.items())
+    return a
+
+
 def check_examples(r: Runner):
     manifests = sorted(p for p in glob.glob(os.path.join(r.examples, "*.yaml"))
                        if not os.path.basename(p).startswith("values-"))
@@ -1289,7 +1390,7 @@ def main():
     r.check("[self] strict validation rejects an unknown field", validator_bites)
 
     # Lint: defaults and every example.
-    for name, files in [("defaults", [])] + [(os.path.basename(ex(b)), [ex(b)]) for b in ("hostpath", "cloudscale", "civo", "packet")]:
+    for name, files in [("defaults", [])] + [(os.path.basename(ex(b)), [ex(b)]) for b in ("hostpath", "cloudscale", "civo", "packet", "multi-backend")]:
         def lint(files=files):
             args = ["lint", "--strict", o.chart, "--namespace", NAMESPACE]
             for f in files:
@@ -1447,6 +1548,64 @@ def main():
                      "snapshotController.extraArgs[0]=--extra-flag-snapshot-controller"],
                set_json=extra, asserts=[extras_everywhere])
 
+    # Several backends in one release.
+    r.scenario("values-multi-backend.yaml", [ex("multi-backend")], asserts=[
+        multi_backend(["cloudscale", "civo"], "cloudscale"), controller_shape(True), driver_env_multi,
+        credentials_for("multicsi-clouds", ["CLOUDSCALE_ACCESS_TOKEN", "CIVO_API_KEY"], created=False),
+        plain_env({"CIVO_REGION": "LON1", "CIVO_VOLUME_SNAPSHOTS": "false"}),
+        csidriver(False), capacity_tracking(False), rbac_scoped, helm_test_hook("cloudscale-volume-ssd"),
+        snapshot_classes({"cloudscale-snapshots": "cloudscale"}),
+        storage_classes({"cloudscale-volume-ssd": {"multicsi.io/volume-type": "ssd", "multicsi.io/backend": "cloudscale"},
+                         "cloudscale-volume-bulk": {"multicsi.io/volume-type": "bulk", "multicsi.io/backend": "cloudscale"},
+                         "cloudscale-volume-ssd-luks": LUKS({"multicsi.io/volume-type": "ssd", "multicsi.io/backend": "cloudscale"}),
+                         "cloudscale-volume-bulk-luks": LUKS({"multicsi.io/volume-type": "bulk", "multicsi.io/backend": "cloudscale"}),
+                         "civo-volume": {"multicsi.io/backend": "civo"}}, "cloudscale-volume-ssd")])
+    three = ["backend=civo", "backends={cloudscale,packet,civo}", "credentials.create=true",
+             f"credentials.cloudscaleAccessToken={SECRET_VALUE}", f"credentials.civoApiKey={SECRET_VALUE}",
+             f"credentials.packetApiKey={SECRET_VALUE}", "civo.region=FRA1", "civo.clusterId=c1", "civo.volumeSnapshots=true",
+             "packet.projectId=p1", "cloudscale.nodeSelector.multicsi\\.io/cloud=cloudscale",
+             "civo.nodeSelector.multicsi\\.io/cloud=civo", "packet.nodeSelector.multicsi\\.io/cloud=packet"]
+    r.scenario("three clouds, civo the default, credentials created by the chart", sets=three, asserts=[
+        multi_backend(["civo", "cloudscale", "packet"], "civo"),
+        credentials_for("multicsi-credentials", ["CIVO_API_KEY", "CLOUDSCALE_ACCESS_TOKEN", "PACKET_API_KEY"], created=True),
+        plain_env({"CIVO_REGION": "FRA1", "CIVO_VOLUME_SNAPSHOTS": "true", "PACKET_PROJECT_ID": "p1"}),
+        snapshot_classes({"civo-snapshots": "civo", "cloudscale-snapshots": "cloudscale"}),
+        storage_classes({"civo-volume": {"multicsi.io/backend": "civo"},
+                         "cloudscale-volume-ssd": {"multicsi.io/backend": "cloudscale"},
+                         "cloudscale-volume-bulk": {"multicsi.io/backend": "cloudscale"},
+                         "cloudscale-volume-ssd-luks": LUKS({"multicsi.io/backend": "cloudscale"}),
+                         "cloudscale-volume-bulk-luks": LUKS({"multicsi.io/backend": "cloudscale"}),
+                         "packet-standard": {"multicsi.io/plan": "standard", "multicsi.io/backend": "packet"},
+                         "packet-performance": {"multicsi.io/plan": "performance", "multicsi.io/backend": "packet"}},
+                        "civo-volume")])
+    r.scenario("several backends, own StorageClasses naming their backend", [ex("multi-backend")],
+               set_json=['storageClasses=[{"name":"fast","default":true,"backend":"cloudscale"},{"name":"civo-xfs","fsType":"xfs","backend":"civo"}]'],
+               asserts=[storage_classes({"fast": {"multicsi.io/backend": "cloudscale"},
+                                         "civo-xfs": {"multicsi.io/backend": "civo", "csi.storage.k8s.io/fstype": "xfs"}}, "fast")])
+    r.scenario("one backend listed in backends as well", [ex("cloudscale")], sets=["backends={cloudscale}"], asserts=[
+        lambda d: ensure(not any(a.startswith("--backends") for w in (get_controller(d), get_node(d))
+                                 for a in containers(w)["multicsi"]["args"]),
+                         "--backends for one backend"),
+        lambda d: ensure(get_node(d)["metadata"]["name"] == f"{RELEASE}-node", "node DaemonSet renamed")])
+    multi = [ex("multi-backend")]
+    r.must_fail("hostpath beside a cloud backend", r"hostpath cannot share a release with a cloud backend.*own driverName",
+                sets=["backend=hostpath", "backends={cloudscale}", "credentials.existingSecret=s",
+                      "cloudscale.nodeSelector.a=b"])
+    r.must_fail("a cloud backend beside hostpath (backends lists hostpath)", r"hostpath cannot share a release",
+                [ex("cloudscale")], sets=["backends={hostpath}"])
+    r.must_fail("several backends, one without a node selector", r"set civo.nodeSelector",
+                multi, set_json=["civo.nodeSelector={}"])
+    r.must_fail("several backends whose node selectors can pick one node", r"could both pick one node",
+                multi, set_json=['civo.nodeSelector={"pool":"civo"}'])
+    r.must_fail("several backends, created Secret without the civo key", r"/credentials/civoApiKey",
+                sets=["backend=cloudscale", "backends={civo}", "credentials.create=true",
+                      f"credentials.cloudscaleAccessToken={SECRET_VALUE}", "civo.region=FRA1", "civo.clusterId=c",
+                      "cloudscale.nodeSelector.c=cloudscale", "civo.nodeSelector.c=civo"])
+    r.must_fail("several backends, civo without region", r"/civo/region", multi, sets=["civo.region="])
+    r.must_fail("StorageClass of a backend that is not served", r'"x" names backend packet, which this release does not serve',
+                multi, set_json=['storageClasses=[{"name":"x","backend":"packet"}]'])
+    r.must_fail("unknown backend in backends", r"/backends/0", sets=["backends={nfs}"])
+
     # Bad values must not render.
     r.must_fail("unknown backend", r"/backend.*one of", sets=["backend=nfs"])
     r.must_fail("snapshot metadata on cloudscale", r"cloudscale backend cannot tell which blocks",
@@ -1519,7 +1678,11 @@ def main():
                f"Dockerfile VERSION {version and version.group(1)} is not the chart's appVersion {chart['appVersion']}")
         ensure(values["image"]["tag"] in ("", chart["appVersion"]), "values image.tag differs from appVersion")
         ensure(re.search(r"cargo build --release --locked", docker), "the build stage does not build the locked release")
-        ensure(re.search(r"COPY --from=build /out/multicsi /usr/local/bin/multicsi", docker), "binary not copied")
+        ensure(re.search(r"COPY --from=build /out/multicsi /out/multicsi-luks /usr/local/bin/", docker),
+               "binaries not copied: multicsi and the multicsi-luks helper it runs go to /usr/local/bin")
+        for binary in ("multicsi", "multicsi-luks"):
+            ensure(re.search(rf"install -D -m 0755 target/release/{binary} /out/{binary}\b", docker),
+                   f"the build stage does not install {binary}")
         ensure('ENTRYPOINT ["/usr/local/bin/multicsi"]' in docker, "entrypoint")
         runtime = docker.split("FROM debian:bookworm-slim", 1)[-1]
         # The runtime stage installs the package list's `node` job.

@@ -519,6 +519,37 @@ pub fn can_resize_ext4_online() -> bool {
 }
 
 /// Connects a channel to a unix socket.
+/// Waits until the driver `child` answers Probe on `socket`; the error
+/// (it exited, or did not serve in time) carries the end of its `log`.
+pub async fn serving(child: &mut Child, socket: &Path, log: &Path) -> Result<Channel, String> {
+    let tail = || log_tail(log, 60);
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "multicsi exited with {status} before serving; log:\n{}",
+                tail()
+            ));
+        }
+        if socket.exists()
+            && let Ok(channel) = connect(socket).await
+            && IdentityClient::new(channel.clone())
+                .probe(csi::ProbeRequest {})
+                .await
+                .is_ok()
+        {
+            return Ok(channel);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "multicsi did not serve within {START_TIMEOUT:?}; log:\n{}",
+                tail()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
     let socket = socket.to_path_buf();
     Endpoint::from_static("http://[::]:50051")
@@ -612,7 +643,7 @@ impl Server {
 
     /// The server's command line on `socket`, with `{dir}` standing for
     /// `dir`.
-    fn command_at(&self, dir: &Path, socket: &Path) -> Command {
+    pub fn command_at(&self, dir: &Path, socket: &Path) -> Command {
         let api = self.api_url.clone().unwrap_or_default();
         let expand = |text: &str| {
             text.replace("{dir}", &dir.display().to_string())
@@ -670,36 +701,15 @@ impl Server {
     }
 
     async fn wait_ready(&mut self) -> Channel {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                panic!(
-                    "multicsi exited with {status} before serving; log:\n{}",
-                    self.log_tail(60)
-                );
-            }
-            if self.socket.exists()
-                && let Ok(channel) = connect(&self.socket).await
-            {
-                let probe = IdentityClient::new(channel.clone())
-                    .probe(csi::ProbeRequest {})
-                    .await;
-                if probe.is_ok() {
-                    return channel;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "multicsi did not serve within {START_TIMEOUT:?}; log:\n{}",
-                self.log_tail(60)
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let Some(child) = self.child.as_mut() else {
+            panic!("server is not running");
+        };
+        let served = serving(child, &self.socket, &self.log).await;
+        // An exited child is gone; one that did not serve is still killed on drop.
+        if served.is_err() && matches!(child.try_wait(), Ok(Some(_))) {
+            self.child = None;
         }
+        served.unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn channel(&self) -> Channel {
@@ -799,12 +809,17 @@ impl Server {
 
     /// The last lines of the server's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let Ok(file) = File::open(&self.log) else {
-            return String::from("(no log)");
-        };
-        let all: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        log_tail(&self.log, lines)
     }
+}
+
+/// The last `lines` lines of the log file at `path`.
+fn log_tail(path: &Path, lines: usize) -> String {
+    let Ok(file) = File::open(path) else {
+        return String::from("(no log)");
+    };
+    let all: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Bytes of a file allocated on disk.

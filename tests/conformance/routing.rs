@@ -100,7 +100,19 @@ pub async fn two_backends_route_by_id(b: BackendUnderTest) {
     let stored: BTreeSet<String> = s.stored_volumes().into_iter().collect();
     assert_eq!(stored, listed);
 
-    // Snapshots stay in their backend, and so do restores.
+    // Snapshots stay in their backend, and so do restores. A snapshot class
+    // that names a backend takes snapshots of that backend's volumes only.
+    fails(
+        "CreateSnapshot of a hostpath volume with a cloudscale snapshot class",
+        c.create_snapshot(csi::CreateSnapshotRequest {
+            name: "route-wrong-class".into(),
+            source_volume_id: local.volume_id.clone(),
+            parameters: params(&[(BACKEND, "cloudscale")]),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+    );
     let snap = s.snapshot("route-local-snap", &local.volume_id).await;
     assert!(
         snap.snapshot_id.starts_with("hostpath:"),
@@ -212,4 +224,80 @@ pub async fn only_shared_capabilities_are_advertised(b: BackendUnderTest) {
         local.maximum_volume_size, civo.maximum_volume_size,
         "hostpath answers for itself: {local:?} {civo:?}"
     );
+}
+
+/// A node plugin of one cloud in a multi-cloud driver (`--mode=node
+/// --node-backends=hostpath` beside cloudscale): it starts although
+/// cloudscale's metadata service cannot be reached, reports hostpath's
+/// topology only, and refuses to stage a cloudscale volume with
+/// FAILED_PRECONDITION, mounting nothing.
+pub async fn a_node_plugin_serves_only_its_own_backends(b: BackendUnderTest) {
+    use std::fs::File;
+    use std::process::Stdio;
+
+    use multicsi::csi::node_client::NodeClient;
+
+    let s = Server::start(&b).await;
+    let dir = tempfile::Builder::new()
+        .prefix("csi-conf-node-")
+        .tempdir()
+        .expect("temporary directory");
+    let root = dir.path().canonicalize().expect("canonical temp dir");
+    let work = root.join("work");
+    std::fs::create_dir_all(&work).expect("kubelet dir");
+    let socket = root.join("node.sock");
+    let log = root.join("node.log");
+    let mut child = s
+        .command_at(&root, &socket)
+        .args(["--mode", "node", "--node-backends", "hostpath"])
+        .env("CLOUDSCALE_METADATA_URL", "http://127.0.0.1:9")
+        .env("MULTICSI_KUBELET_DIR", &work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).expect("node log"))
+        .spawn()
+        .expect("start the node plugin");
+    let channel = crate::harness::serving(&mut child, &socket, &log)
+        .await
+        .unwrap_or_else(|e| panic!("the node plugin: {e}"));
+    let mut node = NodeClient::new(channel);
+    let info = ok(
+        "NodeGetInfo",
+        node.node_get_info(csi::NodeGetInfoRequest {}).await,
+    );
+    let keys: Vec<String> = info
+        .accessible_topology
+        .expect("topology")
+        .segments
+        .into_keys()
+        .collect();
+    assert_eq!(
+        keys,
+        ["topology.multicsi.io/node"],
+        "only hostpath's topology"
+    );
+    let staging = work.join("staging");
+    std::fs::create_dir(&staging).expect("staging dir");
+    let status = fails(
+        "NodeStageVolume of a cloudscale volume on a hostpath-only node",
+        node.node_stage_volume(csi::NodeStageVolumeRequest {
+            volume_id: "00000000-0000-4000-8000-00000000abcd".into(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(mount_cap("ext4")),
+            ..Default::default()
+        })
+        .await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        status.message().contains("cloudscale"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        crate::harness::mount_at(&staging).is_none(),
+        "the refused stage mounted {staging:?}"
+    );
+    child.kill().expect("stop the node plugin");
+    child.wait().expect("node plugin exit");
 }

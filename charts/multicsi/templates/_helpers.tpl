@@ -92,9 +92,50 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .repository .tag -}}
 {{- end -}}
 
-{{/* "true" when the backend supports snapshots and they are switched on; packet has none, civo only with civo.volumeSnapshots. */}}
+{{/*
+Every backend the release serves, the default (.Values.backend) first, then
+the others of .Values.backends, as a JSON list: include ... | fromJsonArray.
+*/}}
+{{- define "multicsi.backends" -}}
+{{- $all := list .Values.backend -}}
+{{- range .Values.backends -}}
+{{- if not (has . $all) -}}{{- $all = append $all . -}}{{- end -}}
+{{- end -}}
+{{- toJson $all -}}
+{{- end -}}
+
+{{/* "true" when the release serves several backends. */}}
+{{- define "multicsi.multiBackend" -}}
+{{- if gt (len (include "multicsi.backends" . | fromJsonArray)) 1 -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when the release serves the backend .name: include with (dict "ctx" $ "name" "civo"). */}}
+{{- define "multicsi.serves" -}}
+{{- if has .name (include "multicsi.backends" .ctx | fromJsonArray) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when backend .name has snapshots and they are switched on; packet has
+none, civo only with civo.volumeSnapshots. Include with (dict "ctx" $ "name" "civo").
+*/}}
+{{- define "multicsi.backendSnapshots" -}}
+{{- $v := .ctx.Values -}}
+{{- if and $v.snapshots.enabled (or (ne .name "civo") $v.civo.volumeSnapshots) (ne .name "packet") -}}true{{- end -}}
+{{- end -}}
+
+{{/* The served backends that have snapshots, as a JSON list. */}}
+{{- define "multicsi.snapshotBackends" -}}
+{{- $ctx := . -}}
+{{- $with := list -}}
+{{- range (include "multicsi.backends" . | fromJsonArray) -}}
+{{- if include "multicsi.backendSnapshots" (dict "ctx" $ctx "name" .) -}}{{- $with = append $with . -}}{{- end -}}
+{{- end -}}
+{{- toJson $with -}}
+{{- end -}}
+
+{{/* "true" when a served backend supports snapshots and they are switched on. */}}
 {{- define "multicsi.snapshotsEnabled" -}}
-{{- if and .Values.snapshots.enabled (or (ne .Values.backend "civo") .Values.civo.volumeSnapshots) (ne .Values.backend "packet") -}}true{{- end -}}
+{{- if include "multicsi.snapshotBackends" . | fromJsonArray -}}true{{- end -}}
 {{- end -}}
 
 {{/*
@@ -137,11 +178,47 @@ whose volumes are limited by the free space of the host's state directory.
 {{- end -}}
 {{- end -}}
 
-{{/* "true" when the node plugin uses the host network. */}}
+{{/*
+"true" when the node plugin of backend .name uses the host network (packet,
+unless node.hostNetwork says otherwise). Include with (dict "ctx" $ "name" .Values.backend).
+*/}}
 {{- define "multicsi.nodeHostNetwork" -}}
-{{- if kindIs "bool" .Values.node.hostNetwork -}}
-{{- if .Values.node.hostNetwork -}}true{{- end -}}
-{{- else if eq .Values.backend "packet" -}}true{{- end -}}
+{{- if kindIs "bool" .ctx.Values.node.hostNetwork -}}
+{{- if .ctx.Values.node.hostNetwork -}}true{{- end -}}
+{{- else if eq .name "packet" -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The node plugin DaemonSets, as YAML {items: [...]}, each {name, backend,
+nodeBackends, nodeSelector, selector}. One backend: one DaemonSet
+"<fullname>-node" on every node. Several (cloud) backends: a node belongs to
+one cloud, whose metadata service tells the node plugin who it is, so each
+backend has its own DaemonSet "<fullname>-node-<backend>" on the nodes its
+<backend>.nodeSelector picks, serving that backend's node calls only
+(--node-backends).
+*/}}
+{{- define "multicsi.nodePlugins" -}}
+{{- $ctx := . -}}
+{{- $fullname := include "multicsi.fullname" . -}}
+items:
+{{- if include "multicsi.multiBackend" . }}
+{{- range (include "multicsi.backends" . | fromJsonArray) }}
+  - name: {{ printf "%s-node-%s" $fullname . }}
+    backend: {{ . }}
+    nodeBackends: {{ . }}
+    nodeSelector:
+      {{- merge (deepCopy (default dict (index $ctx.Values . "nodeSelector"))) (default dict $ctx.Values.node.nodeSelector) | toYaml | nindent 6 }}
+    selector:
+      multicsi.io/node-backend: {{ . }}
+{{- end }}
+{{- else }}
+  - name: {{ printf "%s-node" $fullname }}
+    backend: {{ .Values.backend }}
+    nodeBackends: ""
+    nodeSelector:
+      {{- default dict .Values.node.nodeSelector | toYaml | nindent 6 }}
+    selector: {}
+{{- end }}
 {{- end -}}
 
 {{/* Directory of the node plugin's socket on the host. */}}
@@ -160,6 +237,11 @@ whose volumes are limited by the free space of the host's state directory.
 {{- end -}}
 {{- end -}}
 
+{{/* The key of backend "." in the credentials Secret (none for hostpath). */}}
+{{- define "multicsi.credentialsKey" -}}
+{{- get (dict "cloudscale" "CLOUDSCALE_ACCESS_TOKEN" "civo" "CIVO_API_KEY" "packet" "PACKET_API_KEY") . -}}
+{{- end -}}
+
 {{/*
 Checks the schema cannot express with a helpful message. Rendered from every
 workload template so that a bad combination fails early.
@@ -168,6 +250,7 @@ workload template so that a bad combination fails early.
 {{- if and (ne .Values.backend "hostpath") (not (include "multicsi.credentialsSecret" .)) -}}
 {{- fail (printf "backend %s needs credentials: set credentials.existingSecret to the name of a Secret, or credentials.create=true with the token (see docs/install.md)" .Values.backend) -}}
 {{- end -}}
+{{- include "multicsi.validateBackends" . -}}
 {{- with .Values.node.updateStrategy.rollingUpdate }}
 {{- if and (hasKey . "maxSurge") (ne (toString .maxSurge) "0") (ne (toString .maxSurge) "0%") -}}
 {{- fail "node.updateStrategy.rollingUpdate.maxSurge must be 0: a surge pod would run a second driver on the host's state directory next to the old one (see docs/install.md, Upgrading)" -}}
@@ -179,6 +262,41 @@ workload template so that a bad combination fails early.
 {{- fail (printf "storageClasses: the name %q appears twice" .name) -}}
 {{- end -}}
 {{- $names = append $names .name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Checks of a release with several backends (values.backends): which
+combinations one release can run, each with what it needs.
+*/}}
+{{- define "multicsi.validateBackends" -}}
+{{- $backends := include "multicsi.backends" . | fromJsonArray -}}
+{{- if gt (len $backends) 1 -}}
+{{- if has "hostpath" $backends -}}
+{{- fail (printf "backends %s: hostpath cannot share a release with a cloud backend. Its controller runs inside the node plugin on the host that owns the volume images (--mode=all), a cloud backend's controller is one Deployment for the cluster, and both would act on every claim of the one driver name. Install hostpath as a second release with its own driverName and hostpath.stateDir (and snapshotController.enabled=false in one of them; see docs/install.md, Several backends)" (join ", " $backends)) -}}
+{{- end -}}
+{{- range $backends -}}
+{{- if not (index $.Values . "nodeSelector") -}}
+{{- fail (printf "backends %s: set %s.nodeSelector to the node labels that pick the %s cloud's nodes. A node belongs to one cloud, so each backend's node plugin runs only on that cloud's nodes (see docs/install.md, Several backends)" (join ", " $backends) . .) -}}
+{{- end -}}
+{{- end -}}
+{{- range $i, $a := $backends -}}
+{{- range $b := slice $backends (add1 $i) -}}
+{{- $disjoint := false -}}
+{{- range $key, $value := index $.Values $a "nodeSelector" -}}
+{{- $other := index $.Values $b "nodeSelector" -}}
+{{- if and (hasKey $other $key) (ne (toString (index $other $key)) (toString $value)) -}}{{- $disjoint = true -}}{{- end -}}
+{{- end -}}
+{{- if not $disjoint -}}
+{{- fail (printf "%s.nodeSelector and %s.nodeSelector could both pick one node, which would then run two node plugins of one driver: give them a label key in common with different values, e.g. multicsi.io/cloud: %s and multicsi.io/cloud: %s" $a $b $a $b) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range .Values.storageClasses -}}
+{{- if and .backend (not (has .backend $backends)) -}}
+{{- fail (printf "storageClasses: %q names backend %s, which this release does not serve (%s): add it to backends or pick a served one" .name .backend (join ", " $backends)) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -212,15 +330,16 @@ Include with (dict "ctx" $ "mode" "controller").
 - name: MULTICSI_KUBELET_DIR
   value: {{ trimSuffix "/" $ctx.Values.kubeletDir | quote }}
 {{- end }}
-{{- if eq $ctx.Values.backend "civo" }}
+{{- $backends := include "multicsi.backends" $ctx | fromJsonArray }}
+{{- if has "civo" $backends }}
 - name: CIVO_REGION
   value: {{ $ctx.Values.civo.region | quote }}
 - name: CIVO_CLUSTER_ID
   value: {{ $ctx.Values.civo.clusterId | quote }}
 - name: CIVO_VOLUME_SNAPSHOTS
-  value: {{ ternary "true" "false" (eq (include "multicsi.snapshotsEnabled" $ctx) "true") | quote }}
+  value: {{ ternary "true" "false" (eq (include "multicsi.backendSnapshots" (dict "ctx" $ctx "name" "civo")) "true") | quote }}
 {{- end }}
-{{- if eq $ctx.Values.backend "packet" }}
+{{- if has "packet" $backends }}
 - name: PACKET_PROJECT_ID
   value: {{ $ctx.Values.packet.projectId | quote }}
 {{- with $ctx.Values.packet.facilityId }}
@@ -230,7 +349,8 @@ Include with (dict "ctx" $ "mode" "controller").
 {{- end }}
 {{- if ne .mode "node" }}
 {{- $secret := include "multicsi.credentialsSecret" $ctx }}
-{{- $key := get (dict "cloudscale" "CLOUDSCALE_ACCESS_TOKEN" "civo" "CIVO_API_KEY" "packet" "PACKET_API_KEY") $ctx.Values.backend }}
+{{- range $backends }}
+{{- $key := include "multicsi.credentialsKey" . }}
 {{- if and $secret $key }}
 - name: {{ $key }}
   valueFrom:
@@ -239,14 +359,25 @@ Include with (dict "ctx" $ "mode" "controller").
       key: {{ $key }}
 {{- end }}
 {{- end }}
+{{- end }}
 {{- end -}}
 
-{{/* Arguments of the driver container. Include with (dict "ctx" $ "mode" "controller" "extra" list). */}}
+{{/*
+Arguments of the driver container. Include with (dict "ctx" $ "mode"
+"controller" "extra" list), and "nodeBackends" "civo" for a node plugin that
+serves some of the backends only.
+*/}}
 {{- define "multicsi.driverArgs" -}}
 - serve
 - --mode={{ .mode }}
 - --endpoint=unix:///csi/csi.sock
 - --node-id=$(NODE_NAME)
+{{- if include "multicsi.multiBackend" .ctx }}
+- --backends={{ include "multicsi.backends" .ctx | fromJsonArray | join "," }}
+{{- end }}
+{{- with .nodeBackends }}
+- --node-backends={{ . }}
+{{- end }}
 {{- if .ctx.Values.config }}
 - --config=/etc/multicsi/config.toml
 {{- end }}
@@ -270,14 +401,32 @@ capabilities:
 {{- end -}}
 
 {{/*
-StorageClasses to render, as YAML {items: [...]}: the user's list, or the
-defaults of the backend when the list is empty.
+StorageClasses to render, as YAML {items: [...]}: the user's list, or when it
+is empty the defaults of the backend; with several backends the defaults of
+each, marked with their backend (multicsi.io/backend), the default backend's
+first class the cluster default.
 */}}
 {{- define "multicsi.storageClasses" -}}
 {{- if .Values.storageClasses -}}
 items:
 {{ toYaml .Values.storageClasses | indent 2 }}
-{{- else if eq .Values.backend "hostpath" -}}
+{{- else if include "multicsi.multiBackend" . -}}
+items:
+{{- range $i, $backend := include "multicsi.backends" . | fromJsonArray }}
+{{- range (include "multicsi.backendStorageClasses" (dict "Values" (dict "backend" $backend)) | fromYaml).items }}
+{{- $_ := set . "backend" $backend }}
+{{- if $i }}{{ $_ := unset . "default" }}{{ end }}
+  - {{ toYaml . | nindent 4 | trim }}
+{{- end }}
+{{- end }}
+{{- else -}}
+{{- include "multicsi.backendStorageClasses" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The default StorageClasses of one backend (.Values.backend), as YAML {items: [...]}. */}}
+{{- define "multicsi.backendStorageClasses" -}}
+{{- if eq .Values.backend "hostpath" -}}
 items:
   - name: multicsi-hostpath
     default: true

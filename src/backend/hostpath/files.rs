@@ -96,9 +96,13 @@ impl ImageDir {
         self.dir.join(format!("{id}.{DELETED_EXT}"))
     }
 
-    /// Writes an object's own record atomically and durably (temporary
-    /// file, fsync, rename, fsync of the directory). A mark of an earlier
-    /// deletion of the same ID is removed first.
+    /// Writes an object's own record atomically (temporary file, rename),
+    /// without waiting for the disk: the journal is what makes an object
+    /// durable; the own record is its second copy, made durable by the
+    /// kernel's write-back within seconds and rewritten from the journal at
+    /// every start. A record a crash cut short is rewritten then, and
+    /// `recover` keeps an image whose record it cannot read (under its ID).
+    /// A mark of an earlier deletion of the same ID is removed first.
     pub fn write_record<T: Serialize>(&self, id: &str, record: &T) -> io::Result<()> {
         remove_if_present(&self.deleted_path(id))?;
         let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
@@ -108,16 +112,13 @@ impl ImageDir {
             .create_new(true)
             .mode(0o600)
             .open(&temp)
-            .and_then(|mut f| {
-                f.write_all(&bytes)?;
-                f.sync_all()
-            })
+            .and_then(|mut f| f.write_all(&bytes))
             .and_then(|()| fs::rename(&temp, self.record_path(id)));
         if let Err(e) = written {
             let _ = fs::remove_file(&temp);
             return Err(e);
         }
-        self.sync()
+        Ok(())
     }
 
     /// Reads an object's own record; `None` when it has none.
@@ -132,23 +133,25 @@ impl ImageDir {
     }
 
     /// Marks an object deleted (its deletion is committed in the journal)
-    /// before its files are removed: its record becomes the mark.
+    /// before its files are removed: its record becomes the mark. Nothing
+    /// here waits for the disk: the journal holds the deletion, and what a
+    /// crash leaves of these steps is either finished at the next start (the
+    /// mark is there) or kept aside (an image or record the journal no
+    /// longer names), never lost data.
     pub fn mark_deleted(&self, id: &str) -> io::Result<()> {
         match fs::rename(self.record_path(id), self.deleted_path(id)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                File::create(self.deleted_path(id))?.sync_all()?;
+                File::create(self.deleted_path(id)).map(drop)
             }
-            other => other?,
+            other => other,
         }
-        self.sync()
     }
 
     /// Removes an object marked deleted: its image, then its mark.
     pub fn finish_deletion(&self, id: &str) -> io::Result<()> {
         remove_if_present(&self.image_path(id))?;
         remove_if_present(&self.record_path(id))?;
-        remove_if_present(&self.deleted_path(id))?;
-        self.sync()
+        remove_if_present(&self.deleted_path(id))
     }
 
     /// The IDs that have an image, a record or a deletion mark here, and

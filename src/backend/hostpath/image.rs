@@ -21,7 +21,9 @@ pub fn create(path: &Path, size: u64) -> io::Result<()> {
 /// Reserves the space of the first `size` bytes of a file (allocating what
 /// is a hole, keeping what is written, growing the file when shorter), so
 /// that writes there never fail for lack of space. A full filesystem is an
-/// error of kind `StorageFull`.
+/// error of kind `StorageFull`. Not flushed here: the volume's journal
+/// entry is what makes it durable, and a start after a crash reserves the
+/// space of every thick volume again (see `repair_image`).
 pub fn reserve(path: &Path, size: u64) -> io::Result<()> {
     let file = OpenOptions::new().write(true).open(path)?;
     let len = libc::off_t::try_from(size)
@@ -31,7 +33,7 @@ pub fn reserve(path: &Path, size: u64) -> io::Result<()> {
     if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    file.sync_all()
+    Ok(())
 }
 
 /// Bytes of a file that are allocated on disk.

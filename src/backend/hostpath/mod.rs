@@ -336,12 +336,18 @@ impl HostPath {
             state
                 .volumes
                 .values()
-                .map(|r| (volumes.image_path(&r.id), r.capacity_bytes))
-                .collect::<Vec<(PathBuf, u64)>>()
+                .map(|r| {
+                    let thin = provisioning(&r.parameters).ok() == Some(Provisioning::Thin);
+                    (volumes.image_path(&r.id), r.capacity_bytes, thin)
+                })
+                .collect::<Vec<(PathBuf, u64, bool)>>()
         };
         report_kept_aside(root);
-        for (image, capacity) in repairs {
+        for (image, capacity, thin) in repairs {
             repair_image(&image, capacity)?;
+            if !thin {
+                reserve_again(&image, capacity);
+            }
         }
         let records = root.join(FREEZE_RECORDS);
         for mount_point in freeze::thaw_recorded(&records)
@@ -689,6 +695,20 @@ fn repair_image(path: &Path, capacity: u64) -> Result<(), String> {
     };
     tracing::warn!(path = %path.display(), "image missing or short; restored to the recorded size");
     result.map_err(|e| format!("cannot repair image {}: {e}", path.display()))
+}
+
+/// Reserves the space of a thick volume again at start: a create or
+/// expand is acknowledged once its journal entry is durable, before its
+/// reservation is, so a crash may have lost the latter. Where the space is
+/// gone, the volume still serves (as thin) and the log says so.
+fn reserve_again(path: &Path, capacity: u64) {
+    let allocated = image::allocated(path).unwrap_or(0);
+    if allocated >= capacity {
+        return;
+    }
+    if let Err(e) = image::reserve(path, capacity) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot reserve the space of this thick volume again; writes to its unallocated parts may fail until space is freed and the driver restarts");
+    }
 }
 
 /// Copies a volume's image; when the volume is mounted on this host its
@@ -1267,6 +1287,31 @@ mod state_tests {
         // The known volume got its own record beside its image.
         let own: VolumeRecord = backend.volumes.read_record("hp-a").unwrap().unwrap();
         assert_eq!(own, record("hp-a", 8 * MIB));
+    }
+
+    #[test]
+    fn start_reserves_the_space_of_thick_volumes_a_crash_left_sparse() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
+        let rt = runtime();
+        let mut thin = record("hp-thin", 8 * MIB);
+        thin.parameters
+            .insert(PROVISIONING.to_string(), "thin".to_string());
+        for r in [record("hp-thick", 8 * MIB), thin] {
+            // Acknowledged with its journal entry; the image's reservation
+            // did not reach the disk.
+            image::create(&backend.volumes.image_path(&r.id), 8 * MIB).unwrap();
+            rt.block_on(backend.commit(Change::Volume(r))).unwrap();
+        }
+        drop(backend);
+        let backend = HostPath::open(tmp.path(), "n", 0).unwrap();
+        let allocated = |id| image::allocated(&backend.volumes.image_path(id)).unwrap();
+        assert!(
+            allocated("hp-thick") >= 8 * MIB,
+            "{}",
+            allocated("hp-thick")
+        );
+        assert_eq!(allocated("hp-thin"), 0);
     }
 
     #[test]
