@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use crate::cloud::settings::{CivoSettings, CloudSettings, CloudscaleSettings, PacketSettings};
+use crate::csi::block_style::BlockStyle;
 use crate::node::luks::Pbkdf;
 
 /// Default CSI driver name.
@@ -116,6 +117,11 @@ pub struct ServeArgs {
     /// (port 0: any free port); off (the default) serves none.
     #[arg(long, env = "MULTICSI_METRICS_ADDRESS")]
     pub metrics_address: Option<String>,
+    /// How the SnapshotMetadata service describes ranges: 0 (the default)
+    /// gives variable-length extents, a power of two from 4096 to 1048576
+    /// gives fixed-length blocks of that many bytes.
+    #[arg(long, env = "MULTICSI_METADATA_BLOCK_SIZE")]
+    pub metadata_block_size: Option<u64>,
 }
 
 /// Every layer merged: the config file's keys, the same names as the flags
@@ -140,6 +146,7 @@ struct Layers {
     luks_pbkdf_memory_kib: u32,
     luks_pbkdf_iterations: u32,
     metrics_address: Option<String>,
+    metadata_block_size: u64,
     cloudscale: Option<CloudscaleSettings>,
     civo: Option<CivoSettings>,
     packet: Option<PacketSettings>,
@@ -170,6 +177,8 @@ pub struct Settings {
     pub luks_pbkdf: Pbkdf,
     /// Where /metrics, /healthz and /readyz are served; None: nowhere.
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Extents or fixed blocks in SnapshotMetadata replies.
+    pub metadata_blocks: BlockStyle,
     /// Provider credentials and settings (file, then the providers' own
     /// environment variables).
     pub clouds: CloudSettings,
@@ -290,6 +299,10 @@ fn clap_layer(args: &ServeArgs) -> Result<Vec<(&'static str, Option<config::Valu
             args.luks_pbkdf_iterations.map(config::Value::from),
         ),
         ("metrics-address", text(&args.metrics_address)),
+        (
+            "metadata-block-size",
+            args.metadata_block_size.map(config::Value::from),
+        ),
     ])
 }
 
@@ -313,7 +326,7 @@ fn merge_layers(args: &ServeArgs) -> Result<Layers, ConfigError> {
         },
         None => ConfigError::Invalid(e.to_string()),
     };
-    let defaults: [(&str, config::Value); 9] = [
+    let defaults: [(&str, config::Value); 10] = [
         ("mode", "all".into()),
         ("driver-name", DEFAULT_DRIVER_NAME.into()),
         ("state-dir", DEFAULT_STATE_DIR.into()),
@@ -323,6 +336,7 @@ fn merge_layers(args: &ServeArgs) -> Result<Layers, ConfigError> {
         ("device-dir", DEFAULT_DEVICE_DIR.into()),
         ("luks-pbkdf-memory-kib", Pbkdf::DEFAULT.memory_kib.into()),
         ("luks-pbkdf-iterations", Pbkdf::DEFAULT.iterations.into()),
+        ("metadata-block-size", 0u64.into()),
     ];
     let mut builder = config::Config::builder();
     for (key, value) in defaults {
@@ -419,6 +433,8 @@ impl Settings {
             device_dir: layers.device_dir,
             luks_pbkdf,
             metrics_address: parse_metrics_address(layers.metrics_address.as_deref())?,
+            metadata_blocks: BlockStyle::from_size(layers.metadata_block_size)
+                .map_err(ConfigError::Invalid)?,
             clouds,
         })
     }
@@ -656,6 +672,7 @@ mod tests {
             ("luks-pbkdf-memory-kib", "MULTICSI_LUKS_PBKDF_MEMORY_KIB"),
             ("luks-pbkdf-iterations", "MULTICSI_LUKS_PBKDF_ITERATIONS"),
             ("metrics-address", "MULTICSI_METRICS_ADDRESS"),
+            ("metadata-block-size", "MULTICSI_METADATA_BLOCK_SIZE"),
         ]
         .map(|(flag, var)| (flag.to_string(), var.to_string()));
         assert_eq!(env, std::collections::BTreeMap::from(expected));

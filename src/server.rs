@@ -17,6 +17,7 @@ use crate::csi::controller_server::ControllerServer;
 use crate::csi::group_controller_server::GroupControllerServer;
 use crate::csi::identity_server::IdentityServer;
 use crate::csi::node_server::NodeServer;
+use crate::csi::snapshot_metadata_server::SnapshotMetadataServer;
 use crate::driver::Driver;
 use crate::{metrics, telemetry};
 
@@ -92,6 +93,9 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
     if settings.mode.serves_node() {
         router = router.add_service(NodeServer::from_arc(driver.clone()));
     }
+    // Served beside the controller for a backend that computes block
+    // metadata; elsewhere it answers UNIMPLEMENTED with the reason.
+    router = router.add_service(SnapshotMetadataServer::from_arc(driver.clone()));
     tracing::info!(
         endpoint = %settings.endpoint,
         mode = ?settings.mode,

@@ -468,6 +468,84 @@ fn group_snapshots_create_get_restore_delete() {
 }
 
 #[test]
+fn snapshot_allocated_and_delta() {
+    use std::os::unix::fs::FileExt;
+    let server = Server::start();
+    let volume = server.one(&[
+        "controller",
+        "create",
+        "pvc-m",
+        "--size",
+        "16Mi",
+        "--param",
+        "multicsi.io/provisioning=thin",
+    ]);
+    let volume_id = str_of(&volume, "volume_id").to_string();
+    let image = server
+        .path("state/volumes")
+        .join(format!("{volume_id}.img"));
+    let write = |offset: u64, len: usize, byte: u8| {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .expect("image");
+        file.write_all_at(&vec![byte; len], offset).expect("write");
+        file.sync_all().expect("sync");
+    };
+    write(MIB, 8192, 1);
+    let base = server.one(&[
+        "controller",
+        "snapshot",
+        "create",
+        "m-1",
+        "--volume",
+        &volume_id,
+    ]);
+    let base = str_of(&base, "snapshot_id").to_string();
+    write(4 * MIB, 4096, 2);
+    let target = server.one(&[
+        "controller",
+        "snapshot",
+        "create",
+        "m-2",
+        "--volume",
+        &volume_id,
+    ]);
+    let target = str_of(&target, "snapshot_id").to_string();
+
+    let lines = server.json(&["snapshot", "delta", &base, &target]);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(u64_of(&lines[0], "volume_capacity_bytes"), 16 * MIB);
+    assert_eq!(str_of(&lines[0], "block_metadata_type"), "VARIABLE_LENGTH");
+    assert_eq!(u64_of(&lines[1], "byte_offset"), 4 * MIB);
+    assert_eq!(u64_of(&lines[1], "size_bytes"), 4096);
+    assert_eq!(u64_of(&lines[2], "ranges"), 1);
+
+    let text = server.ok(&["snapshot", "allocated", &target, "--max-results", "1"]);
+    assert_eq!(
+        text,
+        "volume 16.0 MiB (16777216 bytes)  variable-length\n\
+         range 1048576 8192  (8.0 KiB at 1.0 MiB)\n\
+         range 4194304 4096  (4.0 KiB at 4.0 MiB)\n\
+         total 2 ranges, 12.0 KiB (12288 bytes)\n"
+    );
+    // Continued after the first range.
+    let rest = server.json(&["snapshot", "allocated", &target, "--from", "1056768"]);
+    assert_eq!(u64_of(&rest[1], "byte_offset"), 4 * MIB);
+    assert_eq!(rest.len(), 3);
+
+    server.fails(&["snapshot", "delta", &target, &base], "InvalidArgument");
+    server.fails(
+        &["snapshot", "allocated", &format!("hps-{}", "0".repeat(32))],
+        "NotFound",
+    );
+    server.fails(
+        &["snapshot", "allocated", &target, "--from", "1Gi"],
+        "OutOfRange",
+    );
+}
+
+#[test]
 fn secrets_are_never_printed() {
     let server = Server::start();
     let dir = tempfile::tempdir().expect("temp dir");

@@ -23,6 +23,8 @@ mod group;
 mod harness;
 #[path = "conformance/identity.rs"]
 mod identity;
+#[path = "conformance/metadata.rs"]
+mod metadata;
 #[path = "conformance/node.rs"]
 mod node;
 #[path = "conformance/observability.rs"]
@@ -101,6 +103,9 @@ macro_rules! api_sections {
         ]);
         section!($backend, logs in observability: [
             control_characters_cannot_forge_log_lines,
+        ]);
+        section!($backend, metadata_service in metadata: [
+            snapshot_metadata_is_served_only_where_advertised,
         ]);
     };
 }
@@ -203,6 +208,14 @@ mod hostpath {
         a_missing_journal_with_images_is_refused,
         space_is_honest_on_a_small_state_disk,
     ]);
+    section!(crate::harness::BackendUnderTest::hostpath, metadata: [
+        delta_is_exactly_the_blocks_written_between,
+        paging_and_continuation_are_exact,
+        fixed_length_blocks_cover_exactly_the_changes,
+        metadata_errors_follow_the_spec,
+        delta_of_thousands_of_scattered_blocks_is_exact,
+        shared_blocks_are_skipped_on_a_reflink_filesystem,
+    ]);
     section!(crate::harness::BackendUnderTest::hostpath, node_snapshot_crash in crash: [
         crash_during_snapshot_of_a_mounted_volume,
     ]);
@@ -294,6 +307,9 @@ mod cloudscale {
         ]);
         section!(crate::harness::BackendUnderTest::cloudscale_with_hostpath, group_routing in group: [
             group_snapshots_take_one_capable_backend,
+        ]);
+        section!(crate::harness::BackendUnderTest::cloudscale_with_hostpath, routed_metadata in metadata: [
+            metadata_is_routed_to_the_backend_that_computes_it,
         ]);
     }
 }

@@ -3,6 +3,7 @@
 //! A backend speaks in the driver's own types; the CSI adapters translate
 //! requests into them and errors into status codes (see `crate::error`).
 
+pub mod blocks;
 pub mod civo;
 pub mod cloudscale;
 pub mod elsewhere;
@@ -17,7 +18,8 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use crate::error::CsiResult;
+use self::blocks::ExtentStream;
+use crate::error::{CsiError, CsiResult};
 
 /// Key/value map in a stable order (parameters, contexts, topology segments).
 pub type Map = BTreeMap<String, String>;
@@ -222,6 +224,33 @@ pub trait Backend: Send + Sync + 'static {
             self.name()
         ))
     }
+    /// Whether the backend computes the block metadata of its snapshots
+    /// (the SnapshotMetadata service) from the storage itself.
+    fn snapshot_metadata(&self) -> bool {
+        false
+    }
+    /// The allocated extents of a snapshot, from `from` on.
+    async fn allocated_extents(&self, _snapshot_id: &str, _from: u64) -> CsiResult<ExtentStream> {
+        Err(no_block_metadata(self.name()))
+    }
+    /// The extents that differ between two snapshots of one volume, from
+    /// `from` on.
+    async fn changed_extents(
+        &self,
+        _base_snapshot_id: &str,
+        _target_snapshot_id: &str,
+        _from: u64,
+    ) -> CsiResult<ExtentStream> {
+        Err(no_block_metadata(self.name()))
+    }
+}
+
+/// What a backend without block metadata answers (the CSI spec's code for
+/// "changed block tracking is not enabled").
+fn no_block_metadata(backend: &str) -> CsiError {
+    CsiError::FailedPrecondition(format!(
+        "the {backend} backend cannot tell which blocks of a snapshot are allocated or changed; take a full backup of its snapshots instead"
+    ))
 }
 
 /// The node side of a storage provider: how a volume becomes a block device.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::blocks::ExtentStream;
 use super::{
     Backend, Capacity, ContentSource, CreateVolume, Features, GroupSnapshot, Map, NodeBackend,
     Recorded, Snapshot, Volume, VolumeStatus,
@@ -450,6 +451,35 @@ impl Backend for Router {
         let own_members = self.members_of(index, snapshot_ids)?;
         let group = backend.get_group_snapshot(own, &own_members).await?;
         Ok(self.outward_group(index, group))
+    }
+
+    /// Offered when any backend offers it; the others answer
+    /// FAILED_PRECONDITION for their snapshots.
+    fn snapshot_metadata(&self) -> bool {
+        self.routes.iter().any(|r| r.backend.snapshot_metadata())
+    }
+
+    async fn allocated_extents(&self, snapshot_id: &str, from: u64) -> CsiResult<ExtentStream> {
+        let (index, own) = self.route(snapshot_id);
+        self.backend(index).allocated_extents(own, from).await
+    }
+
+    async fn changed_extents(
+        &self,
+        base_snapshot_id: &str,
+        target_snapshot_id: &str,
+        from: u64,
+    ) -> CsiResult<ExtentStream> {
+        let (index, base) = self.route(base_snapshot_id);
+        let (target_index, target) = self.route(target_snapshot_id);
+        if index != target_index {
+            return Err(CsiError::InvalidArgument(format!(
+                "base snapshot {base_snapshot_id} and target snapshot {target_snapshot_id} belong to different backends: a delta is between two snapshots of one volume"
+            )));
+        }
+        self.backend(index)
+            .changed_extents(base, target, from)
+            .await
     }
 }
 

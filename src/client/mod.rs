@@ -1,7 +1,8 @@
 //! `multicsi client`: speaks CSI to any driver's socket, the way `csc` did.
 //!
 //! `multicsi client [--endpoint E] [--json] [--timeout SECS] <group> <command> [args]`
-//! with the groups `identity`, `controller`, `node` and `group-snapshot`. Results go to stdout
+//! with the groups `identity`, `controller`, `node`, `group-snapshot` and
+//! `snapshot` (the SnapshotMetadata service). Results go to stdout
 //! (readable, or one JSON object per result with `--json`); errors go to
 //! stderr as `error: <gRPC code>: <message>` with exit code 1, usage errors
 //! exit with 2. Secrets given on the command line are never printed.
@@ -11,6 +12,7 @@ pub mod connect;
 pub mod controller;
 pub mod group_snapshot;
 pub mod identity;
+pub mod metadata;
 pub mod node;
 pub mod output;
 
@@ -54,6 +56,9 @@ pub enum Group {
     /// GroupController service: volume group snapshots.
     #[command(subcommand)]
     GroupSnapshot(group_snapshot::Command),
+    /// SnapshotMetadata service: allocated and changed ranges of snapshots.
+    #[command(subcommand)]
+    Snapshot(metadata::Command),
 }
 
 /// Why a client command failed.
@@ -157,6 +162,7 @@ async fn dispatch<W: Write>(
         Group::Controller(command) => controller::run(command, connection, out).await,
         Group::Node(command) => node::run(command, connection, out).await,
         Group::GroupSnapshot(command) => group_snapshot::run(command, connection, out).await,
+        Group::Snapshot(command) => metadata::run(command, connection, out).await,
     }
 }
 

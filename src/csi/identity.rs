@@ -61,6 +61,12 @@ impl Driver {
         self.settings.mode.serves_controller() && self.backend.group_snapshots()
     }
 
+    /// The SnapshotMetadata service runs beside the controller, for a
+    /// backend that computes block metadata.
+    pub fn serves_snapshot_metadata(&self) -> bool {
+        self.settings.mode.serves_controller() && self.backend.snapshot_metadata()
+    }
+
     fn plugin_capabilities(&self) -> GetPluginCapabilitiesResponse {
         use plugin_capability::service::Type as Service;
         use plugin_capability::volume_expansion::Type as Expansion;
@@ -77,6 +83,9 @@ impl Driver {
             capabilities.push(service(Service::GroupControllerService));
         }
         capabilities.push(service(Service::VolumeAccessibilityConstraints));
+        if self.serves_snapshot_metadata() {
+            capabilities.push(service(Service::SnapshotMetadataService));
+        }
         if self.backend.features().expand {
             capabilities.push(PluginCapability {
                 r#type: Some(plugin_capability::Type::VolumeExpansion(

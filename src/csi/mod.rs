@@ -21,6 +21,7 @@ impl std::fmt::Debug for RedactedMap<'_> {
     }
 }
 
+pub mod block_style;
 pub mod controller;
 pub mod group_controller;
 pub mod identity;
@@ -28,4 +29,5 @@ pub mod made_as;
 pub mod node;
 pub mod paging;
 pub mod params;
+pub mod snapshot_metadata;
 pub mod validate;

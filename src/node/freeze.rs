@@ -210,16 +210,7 @@ pub fn flush_image(image: &Path) -> Result<()> {
             let dir = File::open(&mount_point).map_err(|e| {
                 HostError::os("open", &mount_point, e, "is the volume still mounted?")
             })?;
-            // SAFETY: a valid open file descriptor.
-            if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-                return Err(HostError::os(
-                    "flush (syncfs)",
-                    &mount_point,
-                    io::Error::last_os_error(),
-                    "check the filesystem",
-                ));
-            }
-            Ok(())
+            sync_filesystem(&dir, &mount_point)
         }
     }
 }
@@ -274,17 +265,22 @@ pub fn quiesce(mount_point: &Path, records: &Path) -> Result<Quiesced> {
             "the node plugin needs CAP_SYS_ADMIN",
         ));
     }
-    nix::unistd::syncfs(&dir).map_err(|e| {
+    sync_filesystem(&dir, mount_point)?;
+    Ok(Quiesced {
+        mount_point: mount_point.to_path_buf(),
+        frozen: None,
+    })
+}
+
+/// `syncfs` of the filesystem mounted at `mount_point` (`dir` is open on it).
+fn sync_filesystem(dir: &File, mount_point: &Path) -> Result<()> {
+    nix::unistd::syncfs(dir).map_err(|e| {
         HostError::os(
             "flush (syncfs)",
             mount_point,
             e.into(),
             "check the filesystem",
         )
-    })?;
-    Ok(Quiesced {
-        mount_point: mount_point.to_path_buf(),
-        frozen: None,
     })
 }
 

@@ -53,7 +53,8 @@ import yaml
 RELEASE = "multicsi"
 # Kinds of another operator's CRDs that a user switches on knowingly
 # (metrics.serviceMonitor, metrics.prometheusRule need the Prometheus operator).
-OPERATOR_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+OPERATOR_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
+                  ("cert-manager.io/v1", "Certificate")}
 NAMESPACE = "kube-system"
 SIDECAR_REGISTRY = "registry.k8s.io/sig-storage/"
 CUSTOM_KINDS = {
@@ -63,6 +64,8 @@ CUSTOM_KINDS = {
     ("groupsnapshot.storage.k8s.io/v1", "VolumeGroupSnapshot"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("cbt.storage.k8s.io/v1beta1", "SnapshotMetadataService"),
+    ("cert-manager.io/v1", "Certificate"),
 }
 SECRET_VALUE = "s3cr3t-token-value-for-tests"
 STATE_DIR = "/var/lib/multicsi"
@@ -186,6 +189,10 @@ class Runner:
                 self.validate_against_crd(d)
             elif kind[0] == "groupsnapshot.storage.k8s.io/v1":
                 self.validate_against_crd(d)
+            elif kind == ("cbt.storage.k8s.io/v1beta1", "SnapshotMetadataService"):
+                self.validate_against_crd(d)
+            elif kind == ("cert-manager.io/v1", "Certificate"):
+                validate_certificate(d, services)
             elif kind == ("monitoring.coreos.com/v1", "ServiceMonitor"):
                 validate_service_monitor(d, services)
             elif kind == ("monitoring.coreos.com/v1", "PrometheusRule"):
@@ -215,7 +222,7 @@ class Runner:
             self.crd_schemas[kind] = version["schema"]["openAPIV3Schema"]
         ensure(set(self.crd_schemas) == {"VolumeSnapshot", "VolumeSnapshotContent", "VolumeSnapshotClass",
                                          "VolumeGroupSnapshot", "VolumeGroupSnapshotContent",
-                                         "VolumeGroupSnapshotClass"},
+                                         "VolumeGroupSnapshotClass", "SnapshotMetadataService"},
                f"CRDs in crds/: {sorted(self.crd_schemas)}")
 
     def is_builtin(self, doc, version):
@@ -393,12 +400,16 @@ SIDECAR_FLAGS = {
     "node-driver-registrar": {"--csi-address", "--kubelet-registration-path", "--http-endpoint", "--v"},
     "snapshot-controller": {"--v", "--leader-election", "--leader-election-namespace",
                             "--enable-distributed-snapshotting", "--http-endpoint", "--feature-gates"},
+    "csi-snapshot-metadata": {"--csi-address", "--port", "--tls-cert", "--tls-key", "--max-streaming-duration-min",
+                              "--timeout", "--http-endpoint", "--metrics-path", "--kube-api-qps", "--kube-api-burst",
+                              "--v"},
 }
 # Releases at least as new as the reference hostpath driver v1.18 deploys; they
 # need Kubernetes 1.34 (csi-provisioner v6: storage/v1 VolumeAttributesClass).
 SIDECAR_MIN_VERSIONS = {"csi-provisioner": (6, 3, 0), "csi-attacher": (4, 12, 0), "csi-resizer": (2, 2, 1),
                         "csi-snapshotter": (8, 6, 0), "snapshot-controller": (8, 6, 0),
-                        "node-driver-registrar": (2, 17, 0), "liveness-probe": (2, 19, 0)}
+                        "node-driver-registrar": (2, 17, 0), "liveness-probe": (2, 19, 0),
+                        "csi-snapshot-metadata": (1, 0, 0)}
 
 
 def sidecar_flags(docs):
@@ -440,6 +451,11 @@ SIDECAR_RULES = {
                      ("", "persistentvolumes", "patch"), ("storage.k8s.io", "csinodes", "watch")],
     "csi-resizer": [("", "persistentvolumeclaims/status", "patch"), ("", "persistentvolumes", "patch"),
                     ("storage.k8s.io", "volumeattributesclasses", "watch"), ("", "events", "create")],
+    "csi-snapshot-metadata": [("cbt.storage.k8s.io", "snapshotmetadataservices", "get"),
+                              ("authentication.k8s.io", "tokenreviews", "create"),
+                              ("authorization.k8s.io", "subjectaccessreviews", "create"),
+                              ("snapshot.storage.k8s.io", "volumesnapshots", "get"),
+                              ("snapshot.storage.k8s.io", "volumesnapshotcontents", "get")],
     "csi-snapshotter": [("snapshot.storage.k8s.io", "volumesnapshotcontents", "update"),
                         ("snapshot.storage.k8s.io", "volumesnapshotcontents/status", "patch"),
                         ("snapshot.storage.k8s.io", "volumesnapshotclasses", "watch"), ("", "events", "create")],
@@ -573,6 +589,19 @@ def validate_service_monitor(sm, services):
         for r in ep.get("relabelings", []):
             ensure(set(r) <= {"sourceLabels", "separator", "targetLabel", "regex", "modulus", "replacement", "action"},
                    f"bad relabeling {r}")
+
+
+def validate_certificate(cert, services):
+    """A cert-manager Certificate: its fields, names of a rendered Service, an issuer."""
+    spec = cert["spec"]
+    ensure(set(spec) <= {"secretName", "duration", "renewBefore", "commonName", "dnsNames", "usages", "issuerRef"},
+           f"unexpected Certificate fields {sorted(spec)}")
+    ensure(spec.get("secretName") and spec.get("dnsNames"), "Certificate without secretName or dnsNames")
+    ensure(re.fullmatch(r"([0-9]+(\.[0-9]+)?(h|m|s))+", spec["duration"]), f"bad duration {spec['duration']}")
+    names = {s["metadata"]["name"] for s in services}
+    ensure(spec["dnsNames"][0] in names, f"Certificate {spec['dnsNames']} names no rendered Service")
+    ensure(spec["issuerRef"].get("name") and spec["issuerRef"].get("kind") in ("Issuer", "ClusterIssuer"),
+           f"bad issuerRef {spec['issuerRef']}")
 
 
 def queried_metrics(expr):
@@ -1093,6 +1122,59 @@ def plain_env(container_env):
     return a
 
 
+def snapshot_metadata_absent(docs):
+    """no snapshot-metadata sidecar, Service, RBAC or SnapshotMetadataService"""
+    for w in workloads(docs):
+        ensure("csi-snapshot-metadata" not in containers(w), f"{w['metadata']['name']} carries csi-snapshot-metadata")
+    names = [d["metadata"]["name"] for d in docs if "snapshot-metadata" in d["metadata"]["name"]]
+    ensure(not names, f"rendered {names}")
+    ensure(not by_kind(docs, "SnapshotMetadataService"), "SnapshotMetadataService rendered")
+
+
+def snapshot_metadata_on(tls_secret, cert_manager, crd=True):
+    def a(docs):
+        ds = get_node(docs)
+        c = containers(ds)["csi-snapshot-metadata"]
+        ensure(c["image"] == SIDECAR_REGISTRY + "csi-snapshot-metadata:v1.0.0", c["image"])
+        args = c["args"]
+        for flag in ("--csi-address=/csi/csi.sock", "--port=50051", "--tls-cert=/tls/tls.crt", "--tls-key=/tls/tls.key"):
+            ensure(flag in args, f"{flag} missing: {args}")
+        ensure(mounts_of(c)["socket-dir"]["mountPath"] == "/csi", "the sidecar does not share the driver's socket")
+        tls = mounts_of(c)["snapshot-metadata-tls"]
+        ensure(tls["mountPath"] == "/tls" and tls.get("readOnly"), f"TLS mount {tls}")
+        ensure(volumes_of(ds)["snapshot-metadata-tls"]["secret"]["secretName"] == tls_secret,
+               f"TLS volume {volumes_of(ds)['snapshot-metadata-tls']}")
+        ensure(c["securityContext"].get("allowPrivilegeEscalation") is False, "the sidecar may escalate privileges")
+        svc = one(docs, "Service", "-snapshot-metadata")
+        ensure(labels_match(svc["spec"]["selector"], ds["spec"]["template"]["metadata"]["labels"]),
+               "the Service does not select the node plugin pods")
+        ensure(svc["spec"]["ports"] == [{"name": "cbt-grpc", "port": 6443, "targetPort": "cbt-grpc", "protocol": "TCP"}],
+               str(svc["spec"]["ports"]))
+        ensure("cbt-grpc" in {p["name"] for p in c["ports"]}, "the sidecar has no port cbt-grpc")
+        sms = by_kind(docs, "SnapshotMetadataService")
+        if crd:
+            ensure(len(sms) == 1, f"{len(sms)} SnapshotMetadataService objects")
+            spec = sms[0]["spec"]
+            ensure(sms[0]["metadata"]["name"] == "multicsi.io", "SnapshotMetadataService not named after the driver")
+            ensure(spec["address"] == f"{svc['metadata']['name']}.{NAMESPACE}.svc:6443", spec["address"])
+            ensure(spec["audience"] == "multicsi.io", spec["audience"])
+            import base64
+            ensure(base64.b64decode(spec["caCert"]).decode().startswith("-----BEGIN CERTIFICATE-----"), "caCert is not the PEM, base64")
+        else:
+            ensure(not sms, "SnapshotMetadataService rendered without its API")
+        certs = by_kind(docs, "Certificate")
+        if cert_manager:
+            ensure(len(certs) == 1 and certs[0]["spec"]["secretName"] == tls_secret, f"Certificate {certs}")
+            ensure(f"{svc['metadata']['name']}.{NAMESPACE}.svc" in certs[0]["spec"]["dnsNames"],
+                   "the certificate does not name the Service")
+        else:
+            ensure(not certs, "a Certificate rendered without tls.certManager")
+    a.__doc__ = (f"snapshot-metadata sidecar with TLS from {tls_secret}, Service, RBAC"
+                 + (", SnapshotMetadataService" if crd else ", no SnapshotMetadataService (no API)")
+                 + (", cert-manager Certificate" if cert_manager else ""))
+    return a
+
+
 def pinned_to(node):
     def a(docs):
         for w in (get_controller(docs), get_node(docs)):
@@ -1397,7 +1479,7 @@ def main():
         storage_classes({"multicsi-hostpath": {}}, "multicsi-hostpath"), snapshot_objects(True), rbac_scoped,
         group_snapshot_objects(True),
         metrics_services, observability_off, no_credentials_needed, no_config, image_versions, no_civo_statsd,
-        helm_test_hook("multicsi-hostpath")])
+        helm_test_hook("multicsi-hostpath"), snapshot_metadata_absent])
 
     r.scenario("values-hostpath.yaml", [ex("hostpath")], asserts=[
         *hostpath_layout, node_common, node_not_host_network, snapshot_objects(True),
@@ -1476,6 +1558,17 @@ def main():
                            c["metadata"]["annotations"]["groupsnapshot.storage.kubernetes.io/is-default-class"])
                           for c in by_kind(d, "VolumeGroupSnapshotClass")] == [("db-groups", "Retain", "false")],
                          "class settings")])
+    ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    sm_secret = ["snapshotMetadata.enabled=true", "snapshotMetadata.tls.existingSecret=cbt-tls"]
+    r.scenario("snapshot metadata with an existing TLS Secret", sets=sm_secret, set_json=[f"snapshotMetadata.tls.caCert={json.dumps(ca)}"],
+               asserts=[snapshot_metadata_on("cbt-tls", False)])
+    r.scenario("snapshot metadata, CRDs skipped", sets=sm_secret, cluster="no-crds",
+               set_json=[f"snapshotMetadata.tls.caCert={json.dumps(ca)}"], asserts=[snapshot_metadata_on("cbt-tls", False, crd=False)])
+    r.scenario("snapshot metadata with a cert-manager Certificate", sets=[
+        "snapshotMetadata.enabled=true", "snapshotMetadata.tls.certManager.enabled=true",
+        "snapshotMetadata.tls.certManager.issuerRef.name=cluster-ca", "snapshotMetadata.tls.certManager.issuerRef.kind=ClusterIssuer"],
+        set_json=[f"snapshotMetadata.tls.caCert={json.dumps(ca)}"],
+        asserts=[snapshot_metadata_on("multicsi-snapshot-metadata-tls", True)])
     r.scenario("helm test hook off", sets=["tests.enabled=false"], asserts=[
         lambda d: ensure(not [x for x in d if x["metadata"].get("annotations", {}).get("helm.sh/hook")], "hook rendered")])
     r.scenario("helm test of another class", sets=["tests.storageClassName=fast"], asserts=[helm_test_hook("fast")])
@@ -1595,6 +1688,20 @@ def main():
 
     # Bad values must not render.
     r.must_fail("unknown backend", r"/backend.*one of", sets=["backend=nfs"])
+    r.must_fail("snapshot metadata on cloudscale", r"cloudscale backend cannot tell which blocks",
+                sets=["backend=cloudscale", "credentials.existingSecret=s", "snapshotMetadata.enabled=true",
+                      "snapshotMetadata.tls.existingSecret=t", "snapshotMetadata.tls.caCert=x"])
+    r.must_fail("snapshot metadata without TLS", r"give exactly one of tls.existingSecret",
+                sets=["snapshotMetadata.enabled=true", "snapshotMetadata.tls.caCert=x"])
+    r.must_fail("snapshot metadata with two TLS sources", r"give exactly one of tls.existingSecret",
+                sets=["snapshotMetadata.enabled=true", "snapshotMetadata.tls.caCert=x", "snapshotMetadata.tls.existingSecret=t",
+                      "snapshotMetadata.tls.certManager.enabled=true", "snapshotMetadata.tls.certManager.issuerRef.name=i"])
+    r.must_fail("snapshot metadata without the CA", r"tls.caCert: give the PEM",
+                sets=["snapshotMetadata.enabled=true", "snapshotMetadata.tls.existingSecret=t"])
+    r.must_fail("cert-manager without an issuer", r"issuerRef.name: name the cert-manager",
+                sets=["snapshotMetadata.enabled=true", "snapshotMetadata.tls.caCert=x", "snapshotMetadata.tls.certManager.enabled=true"])
+    r.must_fail("misspelt snapshotMetadata key", r"/snapshotMetadata.*additional properties .enable. not allowed",
+                sets=["snapshotMetadata.enable=true"])
     r.must_fail("StorageClass without a name", r"/storageClasses/0.*missing property .name.", set_json=['storageClasses=[{"parameters":{"a":"b"}}]'])
     r.must_fail("StorageClass with reclaimPolicy Recycle", r"/storageClasses/0/reclaimPolicy",
                 set_json=['storageClasses=[{"name":"x","reclaimPolicy":"Recycle"}]'])

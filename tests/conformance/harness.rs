@@ -26,6 +26,7 @@ use multicsi::csi::identity_client::IdentityClient;
 use multicsi::csi::node_client::NodeClient;
 use multicsi::csi::node_service_capability::rpc::Type as NodeRpc;
 use multicsi::csi::plugin_capability::service::Type as PluginService;
+use multicsi::csi::snapshot_metadata_client::SnapshotMetadataClient;
 use multicsi::csi::{self as csi};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
@@ -181,6 +182,7 @@ impl BackendUnderTest {
                 PluginService::ControllerService,
                 PluginService::VolumeAccessibilityConstraints,
                 PluginService::GroupControllerService,
+                PluginService::SnapshotMetadataService,
             ],
             controller_rpcs: vec![
                 CtrlRpc::CreateDeleteVolume,
@@ -756,6 +758,10 @@ impl Server {
 
     pub fn group_controller(&self) -> GroupControllerClient<Channel> {
         GroupControllerClient::new(self.channel())
+    }
+
+    pub fn snapshot_metadata(&self) -> SnapshotMetadataClient<Channel> {
+        SnapshotMetadataClient::new(self.channel())
     }
 
     pub fn node(&self) -> NodeClient<Channel> {

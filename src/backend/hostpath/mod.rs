@@ -4,10 +4,12 @@
 //! carry their node in the topology, which keeps the design open to
 //! node-local volumes on many nodes.
 
+mod extents;
 mod files;
 mod group;
 pub(crate) mod image;
 mod journal;
+mod metadata;
 pub mod owner;
 mod recover;
 
@@ -24,6 +26,7 @@ use sha2::{Digest, Sha256};
 use self::files::ImageDir;
 use self::journal::{Journal, OpenError, Replay};
 use self::owner::StateLock;
+use super::blocks::ExtentStream;
 use super::size::{self, GIB, MIB, SizeRules};
 use super::{
     Backend, Capacity, ContentSource, CreateVolume, Features, GroupSnapshot, Map, NodeBackend,
@@ -1196,6 +1199,24 @@ impl Backend for HostPath {
         snapshot_ids: &[String],
     ) -> CsiResult<GroupSnapshot> {
         self.get_group(id, snapshot_ids)
+    }
+
+    fn snapshot_metadata(&self) -> bool {
+        true
+    }
+
+    async fn allocated_extents(&self, snapshot_id: &str, from: u64) -> CsiResult<ExtentStream> {
+        self.snapshot_allocated(snapshot_id, from).await
+    }
+
+    async fn changed_extents(
+        &self,
+        base_snapshot_id: &str,
+        target_snapshot_id: &str,
+        from: u64,
+    ) -> CsiResult<ExtentStream> {
+        self.snapshot_delta(base_snapshot_id, target_snapshot_id, from)
+            .await
     }
 }
 
