@@ -127,3 +127,14 @@ fn the_serving_binary_does_not_load_libcryptsetup() {
     assert!(out.status.success() && text.contains("libc.so"), "{text}");
     assert!(!text.contains("libcryptsetup"), "{text}");
 }
+
+#[test]
+fn closing_a_mapping_that_is_not_open_is_done() {
+    let reply = call_with(
+        helper(),
+        &Request::Close {
+            name: "luks-multicsi-test-never-opened".to_string(),
+        },
+    );
+    assert!(matches!(reply, Ok(Reply::Done)), "{reply:?}");
+}

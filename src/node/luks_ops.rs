@@ -193,8 +193,11 @@ pub fn open(device: &Path, name: &str, key: &[u8]) -> Result<PathBuf, LuksError>
     Ok(super::luks::mapping_path(name))
 }
 
-/// Closes the open mapping `name`.
+/// Closes mapping `name`; one that is not open is done.
 pub fn deactivate(name: &str) -> Result<(), LuksError> {
+    if status(name)?.is_none() {
+        return Ok(());
+    }
     let session = begin();
     let mut cd = session
         .mapping(name)
