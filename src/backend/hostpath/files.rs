@@ -1,10 +1,16 @@
 //! The files of one directory of the state: an image per object
-//! (`<id>.img`) with its own record beside it (`<id>.record`, the object's
-//! journal record, written atomically, from which a lost journal can be
-//! rebuilt), the mark of a deletion that the journal has committed
-//! (`<id>.deleted`), temporary files of unfinished work, and the JSON
-//! records (`<id>.json`) that earlier versions kept, which are read once
-//! and moved into the journal.
+//! (`<id>.img`) carrying its own record (the object's journal record, from
+//! which a lost journal can be rebuilt) and, once the journal has committed
+//! its deletion, the mark of that deletion, temporary files of unfinished
+//! work, and the JSON records (`<id>.json`) that earlier versions kept,
+//! which are read once and moved into the journal.
+//!
+//! The own record and the deletion mark are the image's extended attribute
+//! `user.multicsi.record`: written in one call, renamed and removed with the
+//! image, and no second file per object to allocate. On a filesystem
+//! without user attributes (tmpfs before Linux 6.6), or for an object whose
+//! image is missing, they are files beside the image instead:
+//! `<id>.record`, written atomically, and `<id>.deleted`.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -14,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rustix::fs::XattrFlags;
+use rustix::io::Errno;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -22,6 +30,12 @@ const IMAGE_EXT: &str = "img";
 const RECORD_EXT: &str = "record";
 const DELETED_EXT: &str = "deleted";
 const TEMP_MARK: &str = ".tmp-";
+/// The extended attribute of an image that holds its own record.
+const RECORD_ATTR: &str = "user.multicsi.record";
+/// The value of that attribute once the object is marked deleted.
+const DELETED_MARK: &[u8] = b"deleted";
+/// The largest value of an extended attribute Linux takes.
+const ATTR_MAX: usize = 65536;
 
 /// Records read from files: each with its path, and the files that could
 /// not be read.
@@ -96,16 +110,40 @@ impl ImageDir {
         self.dir.join(format!("{id}.{DELETED_EXT}"))
     }
 
-    /// Writes an object's own record atomically (temporary file, rename),
-    /// without waiting for the disk: the journal is what makes an object
-    /// durable; the own record is its second copy, made durable by the
-    /// kernel's write-back within seconds and rewritten from the journal at
-    /// every start. A record a crash cut short is rewritten then, and
-    /// `recover` keeps an image whose record it cannot read (under its ID).
-    /// A mark of an earlier deletion of the same ID is removed first.
+    /// Writes an object's own record without waiting for the disk: the
+    /// journal is what makes an object durable; the own record is its
+    /// second copy, made durable by the kernel's write-back within seconds
+    /// and rewritten from the journal at every start. A record a crash cut
+    /// short is rewritten then, and `recover` keeps an image whose record it
+    /// cannot read (under its ID). A mark of an earlier deletion of the same
+    /// ID goes.
     pub fn write_record<T: Serialize>(&self, id: &str, record: &T) -> io::Result<()> {
-        remove_if_present(&self.deleted_path(id))?;
-        let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+        let image = self.image_path(id);
+        self.put_record(id, record, |value| set_attr(&image, value))
+    }
+
+    /// Writes the own record of an image just made, through its open file.
+    pub fn write_new_record<T: Serialize>(
+        &self,
+        image: &File,
+        id: &str,
+        record: &T,
+    ) -> io::Result<()> {
+        self.put_record(id, record, |value| set_file_attr(image, value))
+    }
+
+    /// Writes a record with `set` (the attribute), else as a file.
+    fn put_record<T: Serialize>(
+        &self,
+        id: &str,
+        record: &T,
+        set: impl FnOnce(&[u8]) -> io::Result<bool>,
+    ) -> io::Result<()> {
+        remove_stale(&self.deleted_path(id))?;
+        let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
+        if set(&bytes)? {
+            return remove_stale(&self.record_path(id));
+        }
         let temp = self.temp_path(id);
         let written = fs::OpenOptions::new()
             .write(true)
@@ -118,15 +156,25 @@ impl ImageDir {
             let _ = fs::remove_file(&temp);
             return Err(e);
         }
-        Ok(())
+        // An attribute of an earlier write would hide the file.
+        remove_attr(&self.image_path(id))
     }
 
-    /// Reads an object's own record; `None` when it has none.
+    /// Reads an object's own record; `None` when it has none (or is marked
+    /// deleted).
     pub fn read_record<T: DeserializeOwned>(&self, id: &str) -> io::Result<Option<T>> {
-        match fs::read(self.record_path(id)) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
+        let parse = |bytes: &[u8]| {
+            serde_json::from_slice(bytes)
                 .map(Some)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        };
+        match get_attr(&self.image_path(id))? {
+            Some(value) if value == DELETED_MARK => return Ok(None),
+            Some(value) => return parse(&value),
+            None => {}
+        }
+        match fs::read(self.record_path(id)) {
+            Ok(bytes) => parse(&bytes),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -139,6 +187,9 @@ impl ImageDir {
     /// mark is there) or kept aside (an image or record the journal no
     /// longer names), never lost data.
     pub fn mark_deleted(&self, id: &str) -> io::Result<()> {
+        if set_attr(&self.image_path(id), DELETED_MARK)? {
+            return remove_stale(&self.record_path(id));
+        }
         match fs::rename(self.record_path(id), self.deleted_path(id)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 File::create(self.deleted_path(id)).map(drop)
@@ -150,8 +201,8 @@ impl ImageDir {
     /// Removes an object marked deleted: its image, then its mark.
     pub fn finish_deletion(&self, id: &str) -> io::Result<()> {
         remove_if_present(&self.image_path(id))?;
-        remove_if_present(&self.record_path(id))?;
-        remove_if_present(&self.deleted_path(id))
+        remove_stale(&self.record_path(id))?;
+        remove_stale(&self.deleted_path(id))
     }
 
     /// The IDs that have an image, a record or a deletion mark here, and
@@ -171,7 +222,13 @@ impl ImageDir {
                 continue;
             }
             match ext {
-                IMAGE_EXT | RECORD_EXT => {
+                IMAGE_EXT => {
+                    if get_attr(&path)?.is_some_and(|value| value == DELETED_MARK) {
+                        deleted.insert(stem.to_string());
+                    }
+                    ids.insert(stem.to_string());
+                }
+                RECORD_EXT => {
                     ids.insert(stem.to_string());
                 }
                 DELETED_EXT => {
@@ -265,6 +322,77 @@ pub fn kept_aside(aside: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// Sets the record attribute of an image; `false` (nothing written) where
+/// the attribute cannot be: the filesystem has no user attributes, the image
+/// is missing, or the value is too large for the filesystem.
+fn set_attr(image: &Path, value: &[u8]) -> io::Result<bool> {
+    attr_written(rustix::fs::setxattr(
+        image,
+        RECORD_ATTR,
+        value,
+        XattrFlags::empty(),
+    ))
+}
+
+/// `set_attr` through the open file of an image.
+fn set_file_attr(image: &File, value: &[u8]) -> io::Result<bool> {
+    attr_written(rustix::fs::fsetxattr(
+        image,
+        RECORD_ATTR,
+        value,
+        XattrFlags::empty(),
+    ))
+}
+
+fn attr_written(set: Result<(), Errno>) -> io::Result<bool> {
+    match set {
+        Ok(()) => Ok(true),
+        Err(Errno::NOTSUP | Errno::NOENT | Errno::TOOBIG | Errno::RANGE | Errno::NOSPC) => {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes the record attribute of an image; none there is fine.
+fn remove_attr(image: &Path) -> io::Result<()> {
+    match rustix::fs::removexattr(image, RECORD_ATTR) {
+        Ok(()) | Err(Errno::NODATA | Errno::NOTSUP | Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The record attribute of an image; `None` where it has none (or the
+/// filesystem has no user attributes, or there is no image).
+fn get_attr(image: &Path) -> io::Result<Option<Vec<u8>>> {
+    let mut value = vec![0u8; 4096];
+    loop {
+        match rustix::fs::getxattr(image, RECORD_ATTR, &mut value[..]) {
+            Ok(len) => {
+                value.truncate(len);
+                return Ok(Some(value));
+            }
+            Err(Errno::RANGE) if value.len() < ATTR_MAX => value.resize(ATTR_MAX, 0),
+            Err(Errno::NODATA | Errno::NOTSUP | Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Removes a file that is usually absent (a record file beside an image
+/// that carries its record, a deletion mark): looked up first, since a
+/// lookup shares the directory while an unlink, even of nothing, takes it
+/// for itself and waits behind every create there. One object's files are
+/// only changed by the call that holds the object, so nothing comes
+/// between the look and the unlink.
+fn remove_stale(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => remove_if_present(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Removes a file; absent is fine.
 pub fn remove_if_present(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
@@ -280,6 +408,15 @@ mod tests {
     #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
     struct R {
         n: u32,
+    }
+
+    /// Whether the filesystem of `dir` takes user attributes.
+    fn has_attrs(dir: &Path) -> bool {
+        let probe = dir.join("probe");
+        fs::write(&probe, b"").unwrap();
+        let has = set_attr(&probe, b"{}").unwrap();
+        fs::remove_file(probe).unwrap();
+        has
     }
 
     #[test]
@@ -298,10 +435,14 @@ mod tests {
         assert_eq!(ids, BTreeSet::from(["kept".into(), "orphan".into()]));
         assert!(deleted.is_empty());
         let aside = tmp.path().join("aside");
-        let moved = dir.keep_aside("orphan", &aside, 7).unwrap();
-        assert_eq!(moved.len(), 2);
+        dir.keep_aside("orphan", &aside, 7).unwrap();
         assert_eq!(fs::read(aside.join("orphan-7.img")).unwrap(), b"data");
-        assert_eq!(kept_aside(&aside).unwrap().len(), 2);
+        // The record went with the image, whichever way it is kept.
+        let aside_dir = ImageDir::open(aside.clone()).unwrap();
+        assert_eq!(
+            aside_dir.read_record::<R>("orphan-7").unwrap(),
+            Some(R { n: 2 })
+        );
         // The same ID kept aside again in the same second replaces nothing.
         fs::write(dir.image_path("orphan"), b"later").unwrap();
         dir.keep_aside("orphan", &aside, 7).unwrap();
@@ -315,18 +456,67 @@ mod tests {
         assert!(broken[0].contains("torn.json"), "{broken:?}");
     }
 
+    /// Marks and finishes a deletion of `id`, checking what is seen between.
+    fn mark_then_finish(dir: &ImageDir, id: &str) {
+        dir.write_record(id, &R { n: 1 }).unwrap();
+        assert_eq!(dir.read_record::<R>(id).unwrap(), Some(R { n: 1 }));
+        dir.mark_deleted(id).unwrap();
+        let (ids, deleted) = dir.ids().unwrap();
+        assert_eq!(ids, BTreeSet::from([id.to_string()]));
+        assert_eq!(deleted, BTreeSet::from([id.to_string()]));
+        assert_eq!(dir.read_record::<R>(id).unwrap(), None);
+        // A new record of the same ID takes the mark away.
+        dir.write_record(id, &R { n: 2 }).unwrap();
+        assert!(dir.ids().unwrap().1.is_empty());
+        dir.mark_deleted(id).unwrap();
+        dir.finish_deletion(id).unwrap();
+        assert_eq!(dir.ids().unwrap().0.len(), 0);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
     #[test]
     fn a_deletion_is_marked_then_finished() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = ImageDir::open(tmp.path().join("v")).unwrap();
         fs::write(dir.image_path("a"), b"").unwrap();
+        mark_then_finish(&dir, "a");
+        // Without an image, record and mark are files.
+        mark_then_finish(&dir, "no-image");
+    }
+
+    #[test]
+    fn the_record_is_the_images_attribute_where_the_filesystem_has_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        if !has_attrs(tmp.path()) {
+            eprintln!(
+                "{} has no user attributes: nothing to check",
+                tmp.path().display()
+            );
+            return;
+        }
+        let dir = ImageDir::open(tmp.path().join("v")).unwrap();
+        fs::write(dir.image_path("a"), b"").unwrap();
+        // A record file of an earlier version is replaced by the attribute.
+        fs::write(dir.record_path("a"), br#"{"n":0}"#).unwrap();
+        assert_eq!(dir.read_record::<R>("a").unwrap(), Some(R { n: 0 }));
         dir.write_record("a", &R { n: 1 }).unwrap();
-        assert_eq!(dir.read_record::<R>("a").unwrap(), Some(R { n: 1 }));
-        dir.mark_deleted("a").unwrap();
-        let (_, deleted) = dir.ids().unwrap();
-        assert_eq!(deleted, BTreeSet::from(["a".to_string()]));
-        assert_eq!(dir.read_record::<R>("a").unwrap(), None);
-        dir.finish_deletion("a").unwrap();
-        assert_eq!(dir.ids().unwrap().0.len(), 0);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["a.img"], "one file per object");
+        assert_eq!(
+            get_attr(&dir.image_path("a")).unwrap().unwrap(),
+            br#"{"n":1}"#
+        );
+        // A damaged attribute is an error, not a missing record.
+        set_attr(&dir.image_path("a"), b"{").unwrap();
+        let e = dir.read_record::<R>("a").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // A record larger than the filesystem takes as an attribute is a file.
+        let big = serde_json::json!({"n": 3, "pad": "x".repeat(70_000)});
+        dir.write_record("a", &big).unwrap();
+        assert!(dir.record_path("a").exists());
+        assert_eq!(dir.read_record::<R>("a").unwrap(), Some(R { n: 3 }));
     }
 }

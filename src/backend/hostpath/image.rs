@@ -13,12 +13,25 @@ use nix::unistd::{Whence, lseek};
 /// Creates a sparse file of `size` bytes; a file already there is never
 /// overwritten (an error).
 pub fn create(path: &Path, size: u64) -> io::Result<()> {
+    make(path, size, false).map(drop)
+}
+
+/// Creates a file of `size` bytes, sparse or with its space reserved (see
+/// `reserve`), and returns it open for writing; a file already there is
+/// never overwritten (an error).
+pub fn make(path: &Path, size: u64, reserved: bool) -> io::Result<File> {
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    file.set_len(size)
+    if reserved {
+        // Allocating the whole length sets the size too.
+        allocate(&file, size)?;
+    } else {
+        file.set_len(size)?;
+    }
+    Ok(file)
 }
 
 /// Reserves the space of the first `size` bytes of a file (allocating what
@@ -28,11 +41,14 @@ pub fn create(path: &Path, size: u64) -> io::Result<()> {
 /// entry is what makes it durable, and a start after a crash reserves the
 /// space of every thick volume again (see `repair_image`).
 pub fn reserve(path: &Path, size: u64) -> io::Result<()> {
-    let file = OpenOptions::new().write(true).open(path)?;
+    allocate(&OpenOptions::new().write(true).open(path)?, size)
+}
+
+fn allocate(file: &File, size: u64) -> io::Result<()> {
     let len = i64::try_from(size)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "size too large"))?;
     // Mode 0 only allocates.
-    fallocate(&file, FallocateFlags::empty(), 0, len)?;
+    fallocate(file, FallocateFlags::empty(), 0, len)?;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ mod journal;
 mod metadata;
 pub mod owner;
 mod recover;
+mod thin;
 
 pub use recover::{RecoverArgs, recover_main};
 
@@ -177,6 +178,8 @@ struct State {
     volumes: BTreeMap<String, VolumeRecord>,
     snapshots: BTreeMap<String, SnapshotRecord>,
     groups: BTreeMap<String, group::GroupRecord>,
+    /// The capacity of every thin volume, by ID (kept with `volumes`).
+    thin: BTreeMap<String, u64>,
 }
 
 /// One change of the state, as the journal keeps it.
@@ -203,9 +206,15 @@ impl Replay for State {
     fn apply(&mut self, change: Change) {
         match change {
             Change::Volume(record) => {
+                if provisioning(&record.parameters).ok() == Some(Provisioning::Thin) {
+                    self.thin.insert(record.id.clone(), record.capacity_bytes);
+                } else {
+                    self.thin.remove(&record.id);
+                }
                 self.volumes.insert(record.id.clone(), record);
             }
             Change::VolumeDeleted(id) => {
+                self.thin.remove(&id);
                 self.volumes.remove(&id);
             }
             Change::Snapshot(record) => {
@@ -269,6 +278,7 @@ pub struct HostPath {
     snapshots: ImageDir,
     store: Journal<State>,
     busy: InFlight,
+    thin: thin::ThinUse,
     max_volume_bytes: u64,
     max_volumes: u64,
     _lock: StateLock,
@@ -418,6 +428,7 @@ impl HostPath {
             snapshots,
             store,
             busy: InFlight::default(),
+            thin: thin::ThinUse::default(),
             max_volume_bytes: 1 << 40,
             max_volumes: if max_volumes == 0 {
                 DEFAULT_MAX_VOLUMES
@@ -507,21 +518,16 @@ impl HostPath {
     /// free bytes, and what thin volumes may still take.
     fn space_reader(&self) -> impl FnOnce() -> CsiResult<Space> + Send + 'static {
         let root = self.root.clone();
-        let thin: Vec<(PathBuf, u64)> = self
+        let thin: Vec<(String, u64)> = self
             .state()
-            .volumes
-            .values()
-            .filter(|r| provisioning(&r.parameters).ok() == Some(Provisioning::Thin))
-            .map(|r| (self.volumes.image_path(&r.id), r.capacity_bytes))
+            .thin
+            .iter()
+            .map(|(id, capacity)| (id.clone(), *capacity))
             .collect();
+        let (measure, dir) = (self.thin.clone(), self.volumes.clone());
         move || {
             let free = crate::node::fs::stats(&root)?.available_bytes;
-            let promised = thin
-                .iter()
-                .map(|(image, capacity)| {
-                    capacity.saturating_sub(image::allocated(image).unwrap_or(0))
-                })
-                .sum();
+            let promised = measure.promised(&dir, &thin);
             Ok(Space { free, promised })
         }
     }
@@ -763,10 +769,8 @@ fn repair_image(path: &Path, capacity: u64) -> Result<(), String> {
 /// reservation is, so a crash may have lost the latter. Where the space is
 /// gone, the volume still serves (as thin) and the log says so.
 fn reserve_again(path: &Path, capacity: u64) {
-    let allocated = image::allocated(path).unwrap_or(0);
-    if allocated >= capacity {
-        return;
-    }
+    // Always: the allocated size counts the block of the record the image
+    // carries, and allocating what is allocated changes nothing.
     if let Err(e) = image::reserve(path, capacity) {
         tracing::warn!(path = %path.display(), error = %e, "cannot reserve the space of this thick volume again; writes to its unallocated parts may fail until space is freed and the driver restarts");
     }
@@ -949,20 +953,24 @@ impl Backend for HostPath {
         let what = format!("cannot create image {} and its record", target.display());
         let records = self.root.join(FREEZE_RECORDS);
         let (dir, own, own_id) = (self.volumes.clone(), record.own_record(), id.clone());
-        make_image(target.clone(), what, self.space_check(size), move || {
-            match source_image {
-                None => image::create(&target, size),
-                Some(source) => copy_live(&source, &target, size, &records),
-            }
-            .and_then(|()| {
-                if thin {
-                    Ok(())
-                } else {
-                    image::reserve(&target, size)
-                }
-            })
-            .and_then(|()| dir.write_record(&own_id, &own))
-        })
+        make_image(
+            target.clone(),
+            what,
+            self.space_check(size),
+            move || match source_image {
+                None => image::make(&target, size, !thin)
+                    .and_then(|file| dir.write_new_record(&file, &own_id, &own)),
+                Some(source) => copy_live(&source, &target, size, &records)
+                    .and_then(|()| {
+                        if thin {
+                            Ok(())
+                        } else {
+                            image::reserve(&target, size)
+                        }
+                    })
+                    .and_then(|()| dir.write_record(&own_id, &own)),
+            },
+        )
         .await?;
         if let Err(e) = self.write_volume(record).await {
             // Never acknowledged: this call's own image and record go.
@@ -1406,7 +1414,8 @@ mod state_tests {
             "{}",
             allocated("hp-thick")
         );
-        assert_eq!(allocated("hp-thin"), 0);
+        // Nothing reserved: at most the block of the record it carries.
+        assert!(allocated("hp-thin") <= 4096, "{}", allocated("hp-thin"));
     }
 
     #[test]
@@ -1433,11 +1442,19 @@ mod state_tests {
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names.len(), 2, "{names:?}");
         assert!(
             names.iter().all(|n| n.starts_with("hp-unmarked-")),
             "{names:?}"
         );
+        // The image kept aside keeps its record (on it, or beside it).
+        let image = aside
+            .iter()
+            .find(|p| p.extension().is_some_and(|e| e == "img"));
+        let image = image.expect("the image is kept aside");
+        let kept = ImageDir::open(image.parent().unwrap().to_path_buf()).unwrap();
+        let stem = image.file_stem().unwrap().to_str().unwrap();
+        let own: VolumeRecord = kept.read_record(stem).unwrap().unwrap();
+        assert_eq!(own, record("hp-unmarked", MIB));
     }
 
     #[test]
