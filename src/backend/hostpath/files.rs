@@ -18,7 +18,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::fs::XattrFlags;
 use rustix::io::Errno;
@@ -46,6 +46,11 @@ pub type Legacy<T> = (Vec<(PathBuf, T)>, Vec<String>);
 pub struct ImageDir {
     dir: PathBuf,
     counter: Arc<AtomicU64>,
+    /// Whether record or mark files may be here (from an earlier version,
+    /// or written where the attribute could not be). Only the process that
+    /// holds the state writes here, so while this is false none is looked
+    /// for: a lookup of an absent name searches the directory.
+    files_here: Arc<AtomicBool>,
 }
 
 impl ImageDir {
@@ -55,10 +60,26 @@ impl ImageDir {
             .recursive(true)
             .mode(0o700)
             .create(&dir)?;
+        let mut files_here = false;
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let ext = path.extension().and_then(|e| e.to_str());
+            files_here |= matches!(ext, Some(RECORD_EXT | DELETED_EXT));
+        }
         Ok(ImageDir {
             dir,
             counter: Arc::new(AtomicU64::new(0)),
+            files_here: Arc::new(AtomicBool::new(files_here)),
         })
+    }
+
+    /// Removes a record or mark file of `id`, where there may be one.
+    fn remove_files_of(&self, id: &str, exts: &[&str]) -> io::Result<()> {
+        if !self.files_here.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        exts.iter()
+            .try_for_each(|ext| remove_stale(&self.dir.join(format!("{id}.{ext}"))))
     }
 
     pub fn path(&self) -> &Path {
@@ -139,11 +160,12 @@ impl ImageDir {
         record: &T,
         set: impl FnOnce(&[u8]) -> io::Result<bool>,
     ) -> io::Result<()> {
-        remove_stale(&self.deleted_path(id))?;
+        self.remove_files_of(id, &[DELETED_EXT])?;
         let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
         if set(&bytes)? {
-            return remove_stale(&self.record_path(id));
+            return self.remove_files_of(id, &[RECORD_EXT]);
         }
+        self.files_here.store(true, Ordering::Relaxed);
         let temp = self.temp_path(id);
         let written = fs::OpenOptions::new()
             .write(true)
@@ -188,8 +210,9 @@ impl ImageDir {
     /// longer names), never lost data.
     pub fn mark_deleted(&self, id: &str) -> io::Result<()> {
         if set_attr(&self.image_path(id), DELETED_MARK)? {
-            return remove_stale(&self.record_path(id));
+            return self.remove_files_of(id, &[RECORD_EXT]);
         }
+        self.files_here.store(true, Ordering::Relaxed);
         match fs::rename(self.record_path(id), self.deleted_path(id)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 File::create(self.deleted_path(id)).map(drop)
@@ -201,8 +224,7 @@ impl ImageDir {
     /// Removes an object marked deleted: its image, then its mark.
     pub fn finish_deletion(&self, id: &str) -> io::Result<()> {
         remove_if_present(&self.image_path(id))?;
-        remove_stale(&self.record_path(id))?;
-        remove_stale(&self.deleted_path(id))
+        self.remove_files_of(id, &[RECORD_EXT, DELETED_EXT])
     }
 
     /// The IDs that have an image, a record or a deletion mark here, and
@@ -494,10 +516,12 @@ mod tests {
             );
             return;
         }
-        let dir = ImageDir::open(tmp.path().join("v")).unwrap();
-        fs::write(dir.image_path("a"), b"").unwrap();
         // A record file of an earlier version is replaced by the attribute.
-        fs::write(dir.record_path("a"), br#"{"n":0}"#).unwrap();
+        let path = tmp.path().join("v");
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("a.record"), br#"{"n":0}"#).unwrap();
+        let dir = ImageDir::open(path).unwrap();
+        fs::write(dir.image_path("a"), b"").unwrap();
         assert_eq!(dir.read_record::<R>("a").unwrap(), Some(R { n: 0 }));
         dir.write_record("a", &R { n: 1 }).unwrap();
         let names: Vec<_> = fs::read_dir(dir.path())
