@@ -106,10 +106,11 @@ fn space_error(what: String, e: std::io::Error) -> CsiError {
 }
 
 /// Makes a new image at `target` with `make`, off the async workers, after
-/// `check` (the space check) in the same trip; a file already there is
-/// never touched (an error). When `make` fails, what it left at `target`
-/// goes: it is this call's own, never acknowledged. A full filesystem is
-/// RESOURCE_EXHAUSTED.
+/// `check` (the space check) in the same trip. `make` creates the file
+/// exclusively (`create_new`), so a file already there is never touched: it
+/// fails with AlreadyExists, an error here. When `make` fails otherwise,
+/// what it left at `target` goes: it is this call's own, never
+/// acknowledged. A full filesystem is RESOURCE_EXHAUSTED.
 async fn make_image(
     target: PathBuf,
     what: String,
@@ -118,13 +119,13 @@ async fn make_image(
 ) -> CsiResult<()> {
     crate::blocking::run(move || {
         check()?;
-        if std::fs::symlink_metadata(&target).is_ok() {
-            return Err(CsiError::Internal(format!(
-                "{what}: a file the state does not name is in the way at {}; it is kept as it is: restart the driver to move it aside (see Troubleshooting)",
-                target.display()
-            )));
-        }
         make().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                return CsiError::Internal(format!(
+                    "{what}: a file the state does not name is in the way at {}; it is kept as it is: restart the driver to move it aside (see Troubleshooting)",
+                    target.display()
+                ));
+            }
             let _ = files::remove_if_present(&target);
             space_error(what, e)
         })
