@@ -16,21 +16,20 @@
 //! `--groups N,N,..`, `--only-groups`. The state directory lives under
 //! `$BENCH_DIR` (default /var/tmp), on local disk.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use multicsi::csi::controller_client::ControllerClient;
-use multicsi::csi::identity_client::IdentityClient;
 use multicsi::csi::node_client::NodeClient;
 use multicsi::csi::volume_capability::access_mode::Mode;
 use multicsi::csi::volume_capability::{AccessMode, AccessType, MountVolume};
 use multicsi::csi::{self as csi, VolumeCapability};
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const MIB: i64 = 1 << 20;
 
@@ -124,20 +123,7 @@ impl Server {
             .stderr(log)
             .spawn()
             .expect("start multicsi");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let channel = loop {
-            if socket.exists()
-                && let Ok(channel) = connect(&socket).await
-                && IdentityClient::new(channel.clone())
-                    .probe(csi::ProbeRequest {})
-                    .await
-                    .is_ok()
-            {
-                break channel;
-            }
-            assert!(Instant::now() < deadline, "multicsi did not start");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let channel = common::await_server(&format!("unix://{}", socket.display())).await;
         Server {
             child,
             dir,
@@ -215,16 +201,6 @@ impl Drop for Server {
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
-    let socket = socket.to_path_buf();
-    Endpoint::from_static("http://[::]:50051")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
-        }))
-        .await
 }
 
 fn mount_cap() -> VolumeCapability {

@@ -17,6 +17,8 @@
 //! snapshot_metadata`). The state lives under `$BENCH_DIR` (default
 //! /var/tmp).
 
+mod common;
+
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,7 +26,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use multicsi::client::connect::connect;
 use multicsi::csi::controller_client::ControllerClient;
 use multicsi::csi::snapshot_metadata_client::SnapshotMetadataClient;
 use multicsi::csi::volume_capability::access_mode::Mode;
@@ -94,19 +95,7 @@ impl Server {
             .stderr(log)
             .spawn()
             .expect("start multicsi");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let channel = loop {
-            if let Ok(channel) = connect(&endpoint, Some(Duration::from_secs(1))).await {
-                let probe = multicsi::csi::identity_client::IdentityClient::new(channel.clone())
-                    .probe(csi::ProbeRequest {})
-                    .await;
-                if probe.is_ok() {
-                    break channel;
-                }
-            }
-            assert!(Instant::now() < deadline, "multicsi did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let channel = common::await_server(&endpoint).await;
         Server {
             child,
             dir,
