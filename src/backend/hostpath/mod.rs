@@ -179,8 +179,8 @@ struct State {
     volumes: BTreeMap<String, VolumeRecord>,
     snapshots: BTreeMap<String, SnapshotRecord>,
     groups: BTreeMap<String, group::GroupRecord>,
-    /// The capacity of every thin volume, by ID (kept with `volumes`).
-    thin: BTreeMap<String, u64>,
+    /// The thin volumes and what they may still take (kept with `volumes`).
+    thin: thin::ThinVolumes,
 }
 
 /// One change of the state, as the journal keeps it.
@@ -208,7 +208,7 @@ impl Replay for State {
         match change {
             Change::Volume(record) => {
                 if provisioning(&record.parameters).ok() == Some(Provisioning::Thin) {
-                    self.thin.insert(record.id.clone(), record.capacity_bytes);
+                    self.thin.set(&record.id, record.capacity_bytes);
                 } else {
                     self.thin.remove(&record.id);
                 }
@@ -279,7 +279,7 @@ pub struct HostPath {
     snapshots: ImageDir,
     store: Journal<State>,
     busy: InFlight,
-    thin: thin::ThinUse,
+    thin: thin::Schedule,
     max_volume_bytes: u64,
     max_volumes: u64,
     _lock: StateLock,
@@ -429,7 +429,7 @@ impl HostPath {
             snapshots,
             store,
             busy: InFlight::default(),
-            thin: thin::ThinUse::default(),
+            thin: thin::Schedule::default(),
             max_volume_bytes: 1 << 40,
             max_volumes: if max_volumes == 0 {
                 DEFAULT_MAX_VOLUMES
@@ -512,37 +512,52 @@ impl HostPath {
     /// Free space of the state filesystem and what thin volumes may still
     /// take of it.
     async fn space(&self) -> CsiResult<Space> {
-        crate::blocking::run(self.space_reader()).await
+        crate::blocking::run(self.space_reader().await?).await
+    }
+
+    /// Measures the thin images again when the last measurement is over a
+    /// second old.
+    async fn measure_thin(&self) -> CsiResult<()> {
+        if !self.thin.due() {
+            return Ok(());
+        }
+        let volumes = self.state().thin.to_measure();
+        if volumes.is_empty() {
+            return Ok(());
+        }
+        let dir = self.volumes.clone();
+        let measured = crate::blocking::run(move || Ok(thin::measure(&dir, volumes))).await?;
+        self.state().thin.measured(measured);
+        Ok(())
     }
 
     /// Reads the space of the state filesystem when called (blocking): its
     /// free bytes, and what thin volumes may still take.
-    fn space_reader(&self) -> impl FnOnce() -> CsiResult<Space> + Send + 'static {
+    async fn space_reader(
+        &self,
+    ) -> CsiResult<impl FnOnce() -> CsiResult<Space> + Send + 'static + use<>> {
+        self.measure_thin().await?;
         let root = self.root.clone();
-        let thin: Vec<(String, u64)> = self
-            .state()
-            .thin
-            .iter()
-            .map(|(id, capacity)| (id.clone(), *capacity))
-            .collect();
-        let (measure, dir) = (self.thin.clone(), self.volumes.clone());
-        move || {
+        let promised = self.state().thin.promised();
+        Ok(move || {
             let free = crate::node::fs::stats(&root)?.available_bytes;
-            let promised = measure.promised(&dir, &thin);
             Ok(Space { free, promised })
-        }
+        })
     }
 
     /// RESOURCE_EXHAUSTED, with the free space, when `bytes` do not fit.
     async fn check_space(&self, bytes: u64) -> CsiResult<()> {
-        crate::blocking::run(self.space_check(bytes)).await
+        crate::blocking::run(self.space_check(bytes).await?).await
     }
 
     /// [`Self::check_space`] to run off the async workers (blocking).
-    fn space_check(&self, bytes: u64) -> impl FnOnce() -> CsiResult<()> + Send + 'static {
-        let read = self.space_reader();
+    async fn space_check(
+        &self,
+        bytes: u64,
+    ) -> CsiResult<impl FnOnce() -> CsiResult<()> + Send + 'static + use<>> {
+        let read = self.space_reader().await?;
         let root = self.root.clone();
-        move || {
+        Ok(move || {
             let space = read()?;
             if bytes > space.available() {
                 return Err(CsiError::ResourceExhausted(format!(
@@ -554,7 +569,7 @@ impl HostPath {
                 )));
             }
             Ok(())
-        }
+        })
     }
 
     fn to_volume(&self, record: &VolumeRecord) -> Volume {
@@ -957,7 +972,7 @@ impl Backend for HostPath {
         make_image(
             target.clone(),
             what,
-            self.space_check(size),
+            self.space_check(size).await?,
             move || match source_image {
                 None => image::make(&target, size, !thin)
                     .and_then(|file| dir.write_new_record(&file, &own_id, &own)),
