@@ -207,7 +207,7 @@ impl Replay for State {
     fn apply(&mut self, change: Change) {
         match change {
             Change::Volume(record) => {
-                if provisioning(&record.parameters).ok() == Some(Provisioning::Thin) {
+                if record.is_thin() {
                     self.thin.set(&record.id, record.capacity_bytes);
                 } else {
                     self.thin.remove(&record.id);
@@ -394,10 +394,7 @@ impl HostPath {
             state
                 .volumes
                 .values()
-                .map(|r| {
-                    let thin = provisioning(&r.parameters).ok() == Some(Provisioning::Thin);
-                    (volumes.image_path(&r.id), r.capacity_bytes, thin)
-                })
+                .map(|r| (volumes.image_path(&r.id), r.capacity_bytes, r.is_thin()))
                 .collect::<Vec<(PathBuf, u64, bool)>>()
         };
         report_kept_aside(root);
@@ -487,7 +484,7 @@ impl HostPath {
                 record.capacity_bytes
             ));
         }
-        let thin = provisioning(&record.parameters).ok() == Some(Provisioning::Thin);
+        let thin = record.is_thin();
         let allocated = image::allocated(&image).unwrap_or(len);
         if thin && allocated < record.capacity_bytes {
             let free = crate::node::fs::stats(&self.root).map_or(u64::MAX, |s| s.available_bytes);
@@ -642,6 +639,12 @@ impl VolumeRecord {
             published: BTreeMap::new(),
             ..self.clone()
         }
+    }
+
+    /// Whether the volume is thin (a record with a provisioning this
+    /// version does not know counts as thick).
+    fn is_thin(&self) -> bool {
+        provisioning(&self.parameters).ok() == Some(Provisioning::Thin)
     }
 }
 
